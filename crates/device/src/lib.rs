@@ -1,0 +1,143 @@
+//! The device side of msec, as a library for device firmware, gateways and our simulators.
+//!
+//! It owns a device's identity (an Ed25519 key and the key id derived from it), its sequence
+//! counter and the sealing of readings into envelopes. It never talks to the network and never
+//! sees another device's key: how the bytes travel (MQTT, HTTP) is the caller's choice.
+
+use ed25519_dalek::SigningKey;
+use msec_envelope::{key_id, seal, Measurement, KEY_ID_LEN};
+use serde::{Deserialize, Serialize};
+
+pub use msec_envelope::{Measurement as Reading, Value};
+
+/// The MQTT topic a device publishes its readings on: `{root}/v1/{tenant}/{device}/readings`.
+pub fn readings_topic(root: &str, tenant: &str, device_id: &str) -> String {
+    format!("{root}/v1/{tenant}/{device_id}/readings")
+}
+
+/// A device's private identity. The seed is secret: `Debug` never prints it.
+#[derive(Clone)]
+pub struct DeviceKey(SigningKey);
+
+impl std::fmt::Debug for DeviceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceKey(kid={})", hex::encode(self.key_id()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("the operating system's random source failed: {0}")]
+    Random(String),
+    #[error("a device seed is 32 bytes written as 64 hex digits")]
+    BadSeed,
+}
+
+impl DeviceKey {
+    /// A fresh key from the operating system's CSPRNG.
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
+        Ok(DeviceKey(SigningKey::from_bytes(&seed)))
+    }
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        DeviceKey(SigningKey::from_bytes(&seed))
+    }
+    pub fn from_seed_hex(hex_seed: &str) -> Result<Self, KeyError> {
+        let bytes = hex::decode(hex_seed.trim()).map_err(|_| KeyError::BadSeed)?;
+        let seed: [u8; 32] = bytes.try_into().map_err(|_| KeyError::BadSeed)?;
+        Ok(Self::from_seed(seed))
+    }
+    pub fn seed_hex(&self) -> String {
+        hex::encode(self.0.to_bytes())
+    }
+    pub fn public_key(&self) -> [u8; 32] {
+        self.0.verifying_key().to_bytes()
+    }
+    pub fn key_id(&self) -> [u8; KEY_ID_LEN] {
+        key_id(&self.public_key())
+    }
+}
+
+/// What a device stores about itself: enough to restart without reusing a sequence number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceFile {
+    pub device_id: String,
+    pub tenant: String,
+    /// Hex Ed25519 seed. Keep this file readable only by the device (mode 0600).
+    pub seed: String,
+    pub public_key: String,
+    pub next_sequence: u64,
+}
+
+/// A device that seals readings: identity plus a strictly increasing sequence number.
+#[derive(Debug)]
+pub struct Device {
+    id: String,
+    key: DeviceKey,
+    next_sequence: u64,
+}
+
+impl Device {
+    /// `next_sequence` must be larger than any sequence this key ever used, or msec rejects the
+    /// readings as replays. A device without durable storage can start from its clock, e.g.
+    /// [`sequence_from_clock`].
+    pub fn new(id: impl Into<String>, key: DeviceKey, next_sequence: u64) -> Self {
+        Device { id: id.into(), key, next_sequence }
+    }
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    pub fn key(&self) -> &DeviceKey {
+        &self.key
+    }
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+    /// Signs the measurements into a COSE_Sign1 envelope and advances the sequence number.
+    pub fn seal(&mut self, measurements: &[Measurement], now_unix_secs: f64) -> Vec<u8> {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        seal(&self.key.0, sequence, now_unix_secs.floor() as i64, measurements)
+    }
+}
+
+/// A sequence start for devices without durable counters: microseconds since the Unix epoch.
+/// Strictly newer than anything sent before a restart as long as the device sends fewer than a
+/// million readings per second and its clock does not go backwards.
+pub fn sequence_from_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
+}
+
+/// Seconds since the Unix epoch as a float, the time unit of SenML.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_advances_and_key_id_matches() {
+        let mut d = Device::new("d1", DeviceKey::from_seed([1; 32]), 10);
+        let a = msec_envelope::open(&d.seal(&[Measurement::boolean("x", 1.0, true)], 5.0), 1 << 16).unwrap();
+        let b = msec_envelope::open(&d.seal(&[Measurement::boolean("x", 1.0, true)], 5.0), 1 << 16).unwrap();
+        assert_eq!((a.sequence, b.sequence), (10, 11));
+        assert_eq!(a.key_id, d.key().key_id());
+    }
+
+    #[test]
+    fn seed_round_trips_and_debug_hides_it() {
+        let k = DeviceKey::generate().unwrap();
+        assert_eq!(DeviceKey::from_seed_hex(&k.seed_hex()).unwrap().public_key(), k.public_key());
+        assert!(!format!("{k:?}").contains(&k.seed_hex()));
+        assert!(DeviceKey::from_seed_hex("abcd").is_err());
+    }
+}

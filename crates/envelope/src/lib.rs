@@ -1,0 +1,267 @@
+//! The msec reading envelope: a SenML pack (RFC 8428, CBOR representation) carried as the
+//! payload of a COSE_Sign1 (RFC 9052) signed with Ed25519 by the device.
+//!
+//! This crate owns the byte format — encoding, decoding, limits and signature checking — and
+//! nothing else. It never performs I/O, never looks up devices and never decides policy (replay
+//! windows, clock skew): callers get decoded, verified facts and decide. `docs/protocol.md` is
+//! the normative description of what is implemented here; keep the two in step.
+
+mod senml;
+
+pub use senml::{Measurement, SenmlError, Value, MAX_NAME_BYTES, MAX_RECORDS};
+
+use coset::{
+    cbor::value::Value as Cbor, iana, CborSerializable, CoseSign1, CoseSign1Builder, TaggedCborSerializable,
+};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+/// Default and recommended upper bound on one envelope, in bytes.
+pub const DEFAULT_MAX_ENVELOPE_BYTES: usize = 64 * 1024;
+/// COSE header parameter "CWT Claims" (RFC 9597).
+pub const HEADER_CWT_CLAIMS: i64 = 15;
+/// CWT claim "iat" (issued at, RFC 8392): NumericDate, integer seconds since the Unix epoch.
+pub const CLAIM_IAT: i64 = 6;
+/// CWT claim "cti" (CWT ID, RFC 8392): here the device's sequence number, 8 bytes big-endian.
+pub const CLAIM_CTI: i64 = 7;
+/// CoAP content-format of the payload: application/senml+cbor.
+pub const CONTENT_FORMAT_SENML_CBOR: u64 = 112;
+/// Length of a key id: the first 16 bytes of SHA-256 over the raw 32-byte Ed25519 public key.
+pub const KEY_ID_LEN: usize = 16;
+
+/// A key id, derived from the public key so that it can never disagree with it.
+pub fn key_id(public_key: &[u8; 32]) -> [u8; KEY_ID_LEN] {
+    let digest = Sha256::digest(public_key);
+    let mut id = [0u8; KEY_ID_LEN];
+    id.copy_from_slice(&digest[..KEY_ID_LEN]);
+    id
+}
+
+/// SHA-256 of the envelope bytes exactly as received: the identity of a stored reading, used to
+/// tell an idempotent redelivery from a replay with different content.
+pub fn digest(envelope: &[u8]) -> [u8; 32] {
+    Sha256::digest(envelope).into()
+}
+
+/// Why an envelope could not be decoded or verified. `reason()` is the stable code that ends up
+/// in security events, metrics and problem+json responses.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EnvelopeError {
+    #[error("envelope is {size} bytes, over the limit of {limit} bytes")]
+    Oversized { size: usize, limit: usize },
+    #[error("not a COSE_Sign1 structure: {0}")]
+    MalformedCose(String),
+    #[error("protected header: {0}")]
+    BadHeader(String),
+    #[error("signature does not verify with the registered key")]
+    BadSignature,
+    #[error("SenML payload: {0}")]
+    Senml(#[from] SenmlError),
+}
+
+impl EnvelopeError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EnvelopeError::Oversized { .. } => "oversized",
+            EnvelopeError::MalformedCose(_) | EnvelopeError::BadHeader(_) => "malformed_envelope",
+            EnvelopeError::BadSignature => "bad_signature",
+            EnvelopeError::Senml(_) => "malformed_senml",
+        }
+    }
+}
+
+/// The facts in an envelope that can be read before its signature is checked. Nothing here is
+/// trustworthy until [`Unverified::verify`] has succeeded.
+#[derive(Debug)]
+pub struct Unverified {
+    pub key_id: [u8; KEY_ID_LEN],
+    pub sequence: u64,
+    pub issued_at: i64,
+    sign1: CoseSign1,
+}
+
+/// A verified reading: the signature checked against a key the caller trusts, the SenML decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub key_id: [u8; KEY_ID_LEN],
+    pub sequence: u64,
+    /// Seconds since the Unix epoch, from the signed `iat` claim.
+    pub issued_at: i64,
+    pub measurements: Vec<Measurement>,
+}
+
+/// Decodes the envelope structure and its protected header. Checks the size first so that
+/// hostile input is bounded before any parsing.
+pub fn open(bytes: &[u8], max_bytes: usize) -> Result<Unverified, EnvelopeError> {
+    if bytes.len() > max_bytes {
+        return Err(EnvelopeError::Oversized { size: bytes.len(), limit: max_bytes });
+    }
+    let sign1 = CoseSign1::from_tagged_slice(bytes)
+        .or_else(|_| CoseSign1::from_slice(bytes))
+        .map_err(|e| EnvelopeError::MalformedCose(e.to_string()))?;
+    let header = &sign1.protected.header;
+    let bad = |m: &str| EnvelopeError::BadHeader(m.to_string());
+    if header.alg != Some(coset::RegisteredLabelWithPrivate::Assigned(iana::Algorithm::EdDSA)) {
+        return Err(bad("alg must be EdDSA (-8)"));
+    }
+    if !header.crit.is_empty() {
+        return Err(bad("crit lists parameters msec does not understand"));
+    }
+    match &header.content_type {
+        Some(coset::ContentType::Assigned(f)) if *f as u64 == CONTENT_FORMAT_SENML_CBOR => {}
+        _ => return Err(bad("content type must be 112 (application/senml+cbor)")),
+    }
+    let key_id: [u8; KEY_ID_LEN] = header
+        .key_id
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad("kid must be 16 bytes"))?;
+    let claims = header
+        .rest
+        .iter()
+        .find(|(label, _)| *label == coset::Label::Int(HEADER_CWT_CLAIMS))
+        .map(|(_, v)| v)
+        .ok_or_else(|| bad("CWT claims (15) missing"))?;
+    let Cbor::Map(claims) = claims else {
+        return Err(bad("CWT claims (15) must be a map"));
+    };
+    let claim = |label: i64| {
+        claims
+            .iter()
+            .find(|(k, _)| k.as_integer().map(i128::from) == Some(label as i128))
+            .map(|(_, v)| v)
+    };
+    let issued_at = claim(CLAIM_IAT)
+        .and_then(|v| v.as_integer())
+        .and_then(|i| i64::try_from(i128::from(i)).ok())
+        .ok_or_else(|| bad("iat (6) missing or not an integer"))?;
+    let sequence = claim(CLAIM_CTI)
+        .and_then(|v| v.as_bytes())
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| bad("cti (7) missing or not an 8-byte string"))?;
+    if sign1.payload.is_none() {
+        return Err(bad("detached payloads are not accepted"));
+    }
+    Ok(Unverified { key_id, sequence, issued_at, sign1 })
+}
+
+impl Unverified {
+    /// Checks the signature with the device's registered key, then decodes the SenML.
+    pub fn verify(self, key: &VerifyingKey) -> Result<Reading, EnvelopeError> {
+        self.sign1.verify_signature(b"", |sig, data| {
+            let sig = Signature::from_slice(sig).map_err(|_| EnvelopeError::BadSignature)?;
+            key.verify(data, &sig).map_err(|_| EnvelopeError::BadSignature)
+        })?;
+        let payload = self.sign1.payload.as_deref().unwrap_or_default();
+        let measurements = senml::decode(payload, self.issued_at as f64)?;
+        Ok(Reading {
+            key_id: self.key_id,
+            sequence: self.sequence,
+            issued_at: self.issued_at,
+            measurements,
+        })
+    }
+}
+
+/// Builds and signs an envelope. Used by the device library; lives here so that encoder and
+/// decoder are tested against each other in one place.
+pub fn seal(
+    key: &SigningKey,
+    sequence: u64,
+    issued_at: i64,
+    measurements: &[Measurement],
+) -> Vec<u8> {
+    let public = key.verifying_key().to_bytes();
+    let claims = Cbor::Map(vec![
+        (Cbor::Integer(CLAIM_IAT.into()), Cbor::Integer(issued_at.into())),
+        (Cbor::Integer(CLAIM_CTI.into()), Cbor::Bytes(sequence.to_be_bytes().to_vec())),
+    ]);
+    let protected = coset::HeaderBuilder::new()
+        .algorithm(iana::Algorithm::EdDSA)
+        .key_id(key_id(&public).to_vec())
+        .content_format(iana::CoapContentFormat::SenmlCbor)
+        .value(HEADER_CWT_CLAIMS, claims)
+        .build();
+    let sign1 = CoseSign1Builder::new()
+        .protected(protected)
+        .payload(senml::encode(measurements))
+        .create_signature(b"", |data| key.sign(data).to_bytes().to_vec())
+        .build();
+    // Serialising a structure we just built cannot fail; an empty result would be rejected by
+    // every receiver, which is the safe failure.
+    sign1.to_tagged_vec().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7u8; 32])
+    }
+
+    fn sample() -> Vec<Measurement> {
+        vec![
+            Measurement::number("urn:dev:msec:park-01:temperature", "Cel", 1_700_000_000.25, 21.5),
+            Measurement::number("urn:dev:msec:park-01:co2", "ppm", 1_700_000_000.25, 415.0),
+        ]
+    }
+
+    #[test]
+    fn round_trip_verifies_and_decodes() {
+        let bytes = seal(&key(), 42, 1_700_000_000, &sample());
+        let env = open(&bytes, DEFAULT_MAX_ENVELOPE_BYTES).unwrap();
+        assert_eq!(env.sequence, 42);
+        assert_eq!(env.key_id, key_id(&key().verifying_key().to_bytes()));
+        let reading = env.verify(&key().verifying_key()).unwrap();
+        assert_eq!(reading.measurements, sample());
+    }
+
+    #[test]
+    fn every_flipped_byte_is_rejected() {
+        let bytes = seal(&key(), 1, 1_700_000_000, &sample());
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            let result = open(&bad, DEFAULT_MAX_ENVELOPE_BYTES)
+                .and_then(|e| e.verify(&key().verifying_key()));
+            assert!(result.is_err(), "flipping byte {i} was accepted");
+        }
+    }
+
+    #[test]
+    fn other_key_is_bad_signature() {
+        let bytes = seal(&key(), 1, 1_700_000_000, &sample());
+        let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
+        let err = open(&bytes, 1 << 16).unwrap().verify(&other).unwrap_err();
+        assert_eq!(err.reason(), "bad_signature");
+    }
+
+    #[test]
+    fn oversized_is_rejected_before_parsing() {
+        let err = open(&vec![0u8; 100], 99).unwrap_err();
+        assert_eq!(err.reason(), "oversized");
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // A cheap deterministic sweep; the cargo-fuzz target covers this more deeply.
+        let mut state = 0x2545F4914F6CDD1Du64;
+        for len in 0..512usize {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            let _ = open(&bytes, 1 << 16).and_then(|e| e.verify(&key().verifying_key()));
+        }
+        let good = seal(&key(), 1, 1, &sample());
+        for cut in 0..good.len() {
+            assert!(open(&good[..cut], 1 << 16).and_then(|e| e.verify(&key().verifying_key())).is_err());
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! SenML (RFC 8428) in its CBOR representation: the encoder devices use and a strict decoder
+//! that resolves base fields into self-contained measurements.
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
+use coset::cbor::value::Value as Cbor;
+use serde::{Deserialize, Serialize};
+
+/// Most records accepted in one pack.
+pub const MAX_RECORDS: usize = 1024;
+/// Longest resolved name accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+/// SenML: times below 2^28 are relative to "now" (RFC 8428 section 4.5.3).
+const RELATIVE_TIME_LIMIT: f64 = 268_435_456.0;
+
+// CBOR labels from RFC 8428 section 6.
+const BVER: i64 = -1;
+const BN: i64 = -2;
+const BT: i64 = -3;
+const BU: i64 = -4;
+const BV: i64 = -5;
+const BS: i64 = -6;
+const N: i64 = 0;
+const U: i64 = 1;
+const V: i64 = 2;
+const VS: i64 = 3;
+const VB: i64 = 4;
+const S: i64 = 5;
+const T: i64 = 6;
+const UT: i64 = 7;
+const VD: i64 = 8;
+
+/// One resolved SenML record: absolute name and time, its unit and one value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    #[serde(rename = "n")]
+    pub name: String,
+    #[serde(rename = "u", skip_serializing_if = "Option::is_none", default)]
+    pub unit: Option<String>,
+    /// Seconds since the Unix epoch.
+    #[serde(rename = "t")]
+    pub time: f64,
+    #[serde(flatten)]
+    pub value: Value,
+}
+
+/// A SenML value. Serialises as the SenML JSON field that carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    #[serde(rename = "v")]
+    Number(f64),
+    #[serde(rename = "s")]
+    Sum(f64),
+    #[serde(rename = "vb")]
+    Bool(bool),
+    #[serde(rename = "vs")]
+    String(String),
+    /// Raw bytes, written base64url without padding in JSON as RFC 8428 prescribes.
+    #[serde(rename = "vd")]
+    Data(String),
+}
+
+impl Measurement {
+    pub fn number(name: &str, unit: &str, time: f64, value: f64) -> Self {
+        Measurement { name: name.into(), unit: Some(unit.into()), time, value: Value::Number(value) }
+    }
+    pub fn boolean(name: &str, time: f64, value: bool) -> Self {
+        Measurement { name: name.into(), unit: None, time, value: Value::Bool(value) }
+    }
+    pub fn text(name: &str, time: f64, value: &str) -> Self {
+        Measurement { name: name.into(), unit: None, time, value: Value::String(value.into()) }
+    }
+    /// The numeric value, if the record has one (value or sum).
+    pub fn as_f64(&self) -> Option<f64> {
+        match self.value {
+            Value::Number(v) | Value::Sum(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SenmlError {
+    #[error("not CBOR: {0}")]
+    NotCbor(String),
+    #[error("a SenML pack must be a non-empty array of at most {MAX_RECORDS} maps")]
+    NotAPack,
+    #[error("record {0}: {1}")]
+    Record(usize, String),
+}
+
+fn int(i: i64) -> Cbor {
+    Cbor::Integer(i.into())
+}
+
+/// Encodes measurements as a SenML CBOR pack, one self-contained record each.
+pub fn encode(measurements: &[Measurement]) -> Vec<u8> {
+    let pack: Vec<Cbor> = measurements
+        .iter()
+        .map(|m| {
+            let mut rec = vec![(int(N), Cbor::Text(m.name.clone()))];
+            if let Some(u) = &m.unit {
+                rec.push((int(U), Cbor::Text(u.clone())));
+            }
+            rec.push((int(T), Cbor::Float(m.time)));
+            rec.push(match &m.value {
+                Value::Number(v) => (int(V), Cbor::Float(*v)),
+                Value::Sum(v) => (int(S), Cbor::Float(*v)),
+                Value::Bool(b) => (int(VB), Cbor::Bool(*b)),
+                Value::String(s) => (int(VS), Cbor::Text(s.clone())),
+                Value::Data(b64) => (int(VD), Cbor::Bytes(B64.decode(b64).unwrap_or_default())),
+            });
+            Cbor::Map(rec)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(32 * measurements.len());
+    // Writing into a Vec cannot fail.
+    let _ = ciborium::into_writer(&Cbor::Array(pack), &mut out);
+    out
+}
+
+fn number(v: &Cbor) -> Option<f64> {
+    match v {
+        Cbor::Integer(i) => Some(i128::from(*i) as f64),
+        Cbor::Float(f) if f.is_finite() => Some(*f),
+        _ => None,
+    }
+}
+
+/// Valid SenML name characters (RFC 8428 section 4.5.1).
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "-:./_".contains(c))
+        && name.len() <= MAX_NAME_BYTES
+}
+
+/// Decodes and resolves a SenML CBOR pack. `now` anchors relative times. Numeric values must
+/// carry a unit: a reading whose meaning depends on a guess is not accepted.
+pub fn decode(bytes: &[u8], now: f64) -> Result<Vec<Measurement>, SenmlError> {
+    let value: Cbor =
+        ciborium::from_reader(bytes).map_err(|e| SenmlError::NotCbor(e.to_string()))?;
+    let Cbor::Array(records) = value else { return Err(SenmlError::NotAPack) };
+    if records.is_empty() || records.len() > MAX_RECORDS {
+        return Err(SenmlError::NotAPack);
+    }
+    let (mut bn, mut bt, mut bu, mut bv, mut bs) = (String::new(), 0.0f64, None, 0.0f64, 0.0f64);
+    let mut out = Vec::with_capacity(records.len());
+    for (i, rec) in records.iter().enumerate() {
+        let err = |m: &str| SenmlError::Record(i, m.to_string());
+        let Cbor::Map(fields) = rec else { return Err(err("not a map")) };
+        let (mut n, mut u, mut t, mut value) = (None, None, 0.0f64, None);
+        for (k, v) in fields {
+            let label = match k {
+                Cbor::Integer(l) => i64::try_from(i128::from(*l)).map_err(|_| err("bad label"))?,
+                Cbor::Text(l) if l.ends_with('_') => return Err(err("must-understand field")),
+                Cbor::Text(_) => continue, // unknown extension field: ignored (RFC 8428 4.4)
+                _ => return Err(err("label must be an integer")),
+            };
+            let text = || v.as_text().map(str::to_owned).ok_or_else(|| err("expected text"));
+            let num = || number(v).ok_or_else(|| err("expected a finite number"));
+            let set = |slot: &mut Option<Value>, val: Value| {
+                if slot.replace(val).is_some() {
+                    return Err(err("more than one value field"));
+                }
+                Ok(())
+            };
+            match label {
+                BVER => {
+                    let version = num()?;
+                    if version > 10.0 {
+                        return Err(err("unsupported SenML version"));
+                    }
+                }
+                BN => bn = text()?,
+                BT => bt = num()?,
+                BU => bu = Some(text()?),
+                BV => bv = num()?,
+                BS => bs = num()?,
+                N => n = Some(text()?),
+                U => u = Some(text()?),
+                T => t = num()?,
+                UT => {
+                    num()?;
+                }
+                V => set(&mut value, Value::Number(num()?))?,
+                S => set(&mut value, Value::Sum(num()?))?,
+                VB => set(&mut value, Value::Bool(v.as_bool().ok_or_else(|| err("vb"))?))?,
+                VS => set(&mut value, Value::String(text()?))?,
+                VD => {
+                    let data = v.as_bytes().ok_or_else(|| err("vd must be bytes"))?;
+                    set(&mut value, Value::Data(B64.encode(data)))?
+                }
+                _ => {} // unknown non-mandatory labels are ignored per RFC 8428
+            }
+        }
+        let name = format!("{bn}{}", n.unwrap_or_default());
+        if !valid_name(&name) {
+            return Err(err("missing or invalid name"));
+        }
+        let value = match value.ok_or_else(|| err("no value"))? {
+            Value::Number(v) => Value::Number(bv + v),
+            Value::Sum(v) => Value::Sum(bs + v),
+            other => other,
+        };
+        let unit = u.or_else(|| bu.clone());
+        if matches!(value, Value::Number(_) | Value::Sum(_)) && unit.is_none() {
+            return Err(err("numeric value without a unit"));
+        }
+        let mut time = bt + t;
+        if time < RELATIVE_TIME_LIMIT {
+            time += now;
+        }
+        if !time.is_finite() {
+            return Err(err("time out of range"));
+        }
+        out.push(Measurement { name, unit, time, value });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cbor(v: Cbor) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(&v, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn base_fields_resolve() {
+        let pack = Cbor::Array(vec![
+            Cbor::Map(vec![
+                (int(BN), Cbor::Text("urn:dev:x:".into())),
+                (int(BT), Cbor::Float(1_700_000_000.0)),
+                (int(BU), Cbor::Text("Cel".into())),
+                (int(N), Cbor::Text("temp".into())),
+                (int(V), Cbor::Float(20.5)),
+            ]),
+            Cbor::Map(vec![(int(N), Cbor::Text("hum".into())), (int(U), Cbor::Text("%RH".into())), (int(T), int(5)), (int(V), int(40))]),
+        ]);
+        let m = decode(&cbor(pack), 0.0).unwrap();
+        assert_eq!(m[0], Measurement::number("urn:dev:x:temp", "Cel", 1_700_000_000.0, 20.5));
+        assert_eq!(m[1], Measurement::number("urn:dev:x:hum", "%RH", 1_700_000_005.0, 40.0));
+    }
+
+    #[test]
+    fn relative_time_is_anchored_at_now() {
+        let pack = Cbor::Array(vec![Cbor::Map(vec![(int(N), Cbor::Text("door".into())), (int(VB), Cbor::Bool(true))])]);
+        let m = decode(&cbor(pack), 1_000_000_000.0).unwrap();
+        assert_eq!(m[0].time, 1_000_000_000.0);
+    }
+
+    #[test]
+    fn rejects_what_a_receiver_cannot_interpret() {
+        let cases = [
+            Cbor::Map(vec![]),
+            Cbor::Array(vec![]),
+            Cbor::Array(vec![Cbor::Map(vec![(int(N), Cbor::Text("t".into())), (int(V), int(1))])]), // no unit
+            Cbor::Array(vec![Cbor::Map(vec![(int(N), Cbor::Text("t".into()))])]),                   // no value
+            Cbor::Array(vec![Cbor::Map(vec![(int(N), Cbor::Text("-bad".into())), (int(VB), Cbor::Bool(true))])]),
+            Cbor::Array(vec![Cbor::Map(vec![(int(N), Cbor::Text("t".into())), (int(VB), Cbor::Bool(true)), (int(VS), Cbor::Text("x".into()))])]),
+            Cbor::Array(vec![Cbor::Map(vec![(Cbor::Text("x_".into()), int(1)), (int(N), Cbor::Text("t".into())), (int(VB), Cbor::Bool(true))])]),
+            Cbor::Array(vec![Cbor::Map(vec![(int(N), Cbor::Text("t".into())), (int(U), Cbor::Text("W".into())), (int(V), Cbor::Float(f64::NAN))])]),
+        ];
+        for (i, c) in cases.into_iter().enumerate() {
+            assert!(decode(&cbor(c), 0.0).is_err(), "case {i} accepted");
+        }
+        assert!(decode(&[0xff, 0x00], 0.0).is_err());
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let ms = vec![
+            Measurement::number("a", "Cel", 1_700_000_000.5, -3.25),
+            Measurement::boolean("b", 1_700_000_001.0, false),
+            Measurement::text("c", 1_700_000_002.0, "hello"),
+            Measurement { name: "d".into(), unit: None, time: 1_700_000_003.0, value: Value::Data("AP8".into()) },
+        ];
+        assert_eq!(decode(&encode(&ms), 0.0).unwrap(), ms);
+    }
+}

@@ -1,0 +1,316 @@
+//! The two database drivers behind one small surface: run a statement, run a query and map its
+//! rows, transactions. SQL is written once with `$n` placeholders (PostgreSQL's spelling);
+//! SQLite gets them rewritten to its `?n`.
+
+use crate::NewReading;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database: {0}")]
+    Open(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                StoreError::Conflict(e.to_string())
+            }
+            _ => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
+            return StoreError::Conflict(e.to_string());
+        }
+        // The Display of a postgres::Error hides the server's message; the source carries it.
+        match std::error::Error::source(&e) {
+            Some(src) => StoreError::Backend(format!("{e}: {src}")),
+            None => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+/// A statement parameter, convertible to either driver's type.
+#[derive(Debug)]
+pub(crate) enum P<'a> {
+    I64(i64),
+    OptF64(Option<f64>),
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Bytes(&'a [u8]),
+}
+
+impl rusqlite::ToSql for P<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            P::I64(v) => v.to_sql(),
+            P::OptF64(v) => v.to_sql(),
+            P::Text(v) => v.to_sql(),
+            P::OptText(v) => v.to_sql(),
+            P::Bytes(v) => v.to_sql(),
+        }
+    }
+}
+
+impl postgres::types::ToSql for P<'_> {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut postgres::types::private::BytesMut,
+    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            P::I64(v) => v.to_sql(ty, out),
+            P::OptF64(v) => v.to_sql(ty, out),
+            P::Text(v) => v.to_sql(ty, out),
+            P::OptText(v) => v.to_sql(ty, out),
+            P::Bytes(v) => v.to_sql(ty, out),
+        }
+    }
+    // Every statement in this crate binds parameters to columns of the matching type (BIGINT,
+    // DOUBLE PRECISION, TEXT, BYTEA), so the server-inferred type is always the right one.
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
+    }
+    postgres::types::to_sql_checked!();
+}
+
+/// Typed access to a result row, whichever driver produced it.
+pub(crate) trait Row {
+    fn i64(&self, i: usize) -> Result<i64, StoreError>;
+    fn opt_i64(&self, i: usize) -> Result<Option<i64>, StoreError>;
+    fn opt_f64(&self, i: usize) -> Result<Option<f64>, StoreError>;
+    fn text(&self, i: usize) -> Result<String, StoreError>;
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError>;
+    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError>;
+}
+
+impl Row for rusqlite::Row<'_> {
+    fn i64(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn opt_i64(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn opt_f64(&self, i: usize) -> Result<Option<f64>, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        Ok(self.get(i)?)
+    }
+}
+
+impl Row for postgres::Row {
+    fn i64(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_i64(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_f64(&self, i: usize) -> Result<Option<f64>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+}
+
+pub(crate) enum Db {
+    Sqlite(rusqlite::Connection),
+    Postgres(Box<postgres::Client>),
+}
+
+fn sqlite_sql(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+impl Db {
+    pub(crate) fn sqlite(path: &Path) -> Result<Db, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Open(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = rusqlite::Connection::open(path)
+            .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+        // WAL lets the API read while ingest writes; synchronous=FULL makes a commit survive
+        // power loss, which is what "acknowledged only after a durable commit" promises.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+             PRAGMA busy_timeout = 10000;",
+        )
+        .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+        Ok(Db::Sqlite(conn))
+    }
+
+    pub(crate) fn postgres(url: &str) -> Result<Db, StoreError> {
+        let client = postgres::Client::connect(url, postgres::NoTls).map_err(|e| {
+            let detail = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            StoreError::Open(format!("PostgreSQL at {}: {e}{detail}", redact(url)))
+        })?;
+        Ok(Db::Postgres(Box::new(client)))
+    }
+
+    pub(crate) fn engine(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Rewrites the few type names that differ between the engines.
+    pub(crate) fn dialect(&self, sql: &str) -> String {
+        match self {
+            Db::Sqlite(_) => sql.replace("{BLOB}", "BLOB").replace("{SERIAL}", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+            Db::Postgres(_) => sql.replace("{BLOB}", "BYTEA").replace("{SERIAL}", "BIGSERIAL PRIMARY KEY"),
+        }
+    }
+
+    pub(crate) fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(c) => Ok(c.execute_batch(sql)?),
+            Db::Postgres(c) => Ok(c.batch_execute(sql)?),
+        }
+    }
+
+    pub(crate) fn begin(&mut self) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(c) => Ok(c.execute_batch("BEGIN IMMEDIATE")?),
+            Db::Postgres(c) => Ok(c.batch_execute("BEGIN")?),
+        }
+    }
+
+    pub(crate) fn commit(&mut self) -> Result<(), StoreError> {
+        self.batch("COMMIT")
+    }
+
+    pub(crate) fn rollback(&mut self) -> Result<(), StoreError> {
+        self.batch("ROLLBACK")
+    }
+
+    pub(crate) fn exec(&mut self, sql: &str, params: &[P]) -> Result<u64, StoreError> {
+        match self {
+            Db::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(&sqlite_sql(sql))?;
+                Ok(stmt.execute(rusqlite::params_from_iter(params.iter()))? as u64)
+            }
+            Db::Postgres(c) => {
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    params.iter().map(|p| p as &(dyn postgres::types::ToSql + Sync)).collect();
+                Ok(c.execute(sql, &refs)?)
+            }
+        }
+    }
+
+    pub(crate) fn query<T>(
+        &mut self,
+        sql: &str,
+        params: &[P],
+        map: impl Fn(&dyn Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        match self {
+            Db::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(&sqlite_sql(sql))?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next()? {
+                    out.push(map(row)?);
+                }
+                Ok(out)
+            }
+            Db::Postgres(c) => {
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    params.iter().map(|p| p as &(dyn postgres::types::ToSql + Sync)).collect();
+                c.query(sql, &refs)?.iter().map(|r| map(r)).collect()
+            }
+        }
+    }
+
+    /// Inserts readings, skipping any (device, sequence) already stored. PostgreSQL gets one
+    /// round trip per batch (UNNEST over arrays) because per-row round trips would cap ingest at
+    /// the network latency; SQLite is in-process, so a cached prepared statement is fastest.
+    pub(crate) fn insert_readings(&mut self, readings: &[NewReading]) -> Result<(), StoreError> {
+        if readings.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Db::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(
+                    "INSERT INTO readings (device_id, sequence, issued_at, received_ms, envelope, digest, measurements) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                )?;
+                for r in readings {
+                    stmt.execute(rusqlite::params![
+                        r.device_id,
+                        r.sequence,
+                        r.issued_at,
+                        r.received_ms,
+                        r.envelope,
+                        &r.digest[..],
+                        r.measurements_json
+                    ])?;
+                }
+                Ok(())
+            }
+            Db::Postgres(c) => {
+                let ids: Vec<&str> = readings.iter().map(|r| r.device_id.as_str()).collect();
+                let seqs: Vec<i64> = readings.iter().map(|r| r.sequence).collect();
+                let issued: Vec<i64> = readings.iter().map(|r| r.issued_at).collect();
+                let received: Vec<i64> = readings.iter().map(|r| r.received_ms).collect();
+                let envelopes: Vec<&[u8]> = readings.iter().map(|r| r.envelope.as_slice()).collect();
+                let digests: Vec<&[u8]> = readings.iter().map(|r| &r.digest[..]).collect();
+                let json: Vec<&str> = readings.iter().map(|r| r.measurements_json.as_str()).collect();
+                c.execute(
+                    "INSERT INTO readings (device_id, sequence, issued_at, received_ms, envelope, digest, measurements) \
+                     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[], $7::text[]) \
+                     ON CONFLICT DO NOTHING",
+                    &[&ids, &seqs, &issued, &received, &envelopes, &digests, &json],
+                )?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A database URL without its password, for error messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &creds[..colon], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact("/tmp/x.db"), "/tmp/x.db");
+    }
+}

@@ -1,0 +1,83 @@
+//! Versioned schema migrations, applied in order on open. A migration, once released, is never
+//! edited: new needs get a new version.
+
+use crate::db::{Db, P};
+use crate::StoreError;
+
+/// (version, SQL). The SQL is written to be valid on SQLite and PostgreSQL alike;
+/// `{BLOB}` and `{SERIAL}` are the only engine-specific spellings.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        location_lat DOUBLE PRECISION,
+        location_lon DOUBLE PRECISION,
+        location_label TEXT,
+        public_key {BLOB} NOT NULL UNIQUE,
+        key_id {BLOB} NOT NULL UNIQUE,
+        status TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        updated_ms BIGINT NOT NULL,
+        last_seen_ms BIGINT,
+        last_sequence BIGINT,
+        battery DOUBLE PRECISION,
+        link DOUBLE PRECISION
+    );
+    CREATE INDEX devices_updated ON devices (updated_ms);
+    CREATE TABLE readings (
+        device_id TEXT NOT NULL REFERENCES devices (id),
+        sequence BIGINT NOT NULL,
+        issued_at BIGINT NOT NULL,
+        received_ms BIGINT NOT NULL,
+        envelope {BLOB} NOT NULL,
+        digest {BLOB} NOT NULL,
+        measurements TEXT NOT NULL,
+        PRIMARY KEY (device_id, sequence)
+    );
+    CREATE TABLE security_events (
+        id {SERIAL},
+        at_ms BIGINT NOT NULL,
+        reason TEXT NOT NULL,
+        device_id TEXT,
+        source TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX security_events_reason ON security_events (reason);",
+)];
+
+pub(crate) fn current_version(db: &mut Db) -> Result<i64, StoreError> {
+    let v = db.query("SELECT COALESCE(MAX(version), 0) FROM msec_schema", &[], |r| r.i64(0))?;
+    Ok(v.into_iter().next().unwrap_or(0))
+}
+
+pub(crate) fn migrate(db: &mut Db) -> Result<(), StoreError> {
+    db.batch("CREATE TABLE IF NOT EXISTS msec_schema (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)")?;
+    let current = current_version(db)?;
+    let newest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if current > newest {
+        return Err(StoreError::Backend(format!(
+            "the database has schema version {current}, newer than this msec understands ({newest}); upgrade msec"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        let sql = db.dialect(sql);
+        db.begin()?;
+        let applied = db.batch(&sql).and_then(|_| {
+            db.exec(
+                "INSERT INTO msec_schema (version, applied_ms) VALUES ($1, $2)",
+                &[P::I64(*version), P::I64(crate::now_ms())],
+            )
+        });
+        match applied {
+            Ok(_) => db.commit()?,
+            Err(e) => {
+                let _ = db.rollback();
+                return Err(StoreError::Backend(format!("migration {version} failed: {e}")));
+            }
+        }
+    }
+    Ok(())
+}

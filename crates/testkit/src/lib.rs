@@ -1,0 +1,65 @@
+//! Test support shared by msec's crates: where the real services are, fresh isolated
+//! PostgreSQL schemas, free loopback ports and unique names.
+//!
+//! Tests against real services read their location from the environment. Without it they skip
+//! with a loud line on stderr; with `MSEC_REQUIRE_SERVICES=1` (as CI sets) a missing service is a
+//! failure, so nothing is silently untested. This crate is for tests only and never ships.
+
+/// A random suffix for names that must not collide between concurrent tests.
+pub fn unique(prefix: &str) -> String {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).expect("OS random source");
+    format!("{prefix}{}", hex::encode(b))
+}
+
+fn required() -> bool {
+    std::env::var("MSEC_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// Called when a service is absent: panics under `MSEC_REQUIRE_SERVICES=1`, otherwise prints a
+/// loud line saying what was not tested.
+pub fn missing(what: &str, how: &str) {
+    if required() {
+        panic!("{what} is required (MSEC_REQUIRE_SERVICES=1) but unavailable: {how}");
+    }
+    eprintln!("\n!!!! SKIPPED: {what} was NOT tested: {how}\n");
+}
+
+/// A PostgreSQL URL whose search_path points at a fresh, empty schema, or None (after
+/// reporting) when `MSEC_TEST_DATABASE_URL` is unset or unreachable.
+pub fn postgres_url() -> Option<String> {
+    let Ok(base) = std::env::var("MSEC_TEST_DATABASE_URL") else {
+        missing("PostgreSQL", "set MSEC_TEST_DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/test");
+        return None;
+    };
+    let mut client = match postgres::Client::connect(&base, postgres::NoTls) {
+        Ok(c) => c,
+        Err(e) => {
+            missing("PostgreSQL", &format!("cannot connect to MSEC_TEST_DATABASE_URL: {e}"));
+            return None;
+        }
+    };
+    let schema = unique("msec_test_");
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).expect("create test schema");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options=-csearch_path%3D{schema}"))
+}
+
+/// The external MQTT broker for tests (Mosquitto in CI), or None after reporting.
+pub fn mqtt_url() -> Option<String> {
+    let Ok(url) = std::env::var("MSEC_TEST_MQTT_URL") else {
+        missing("an external MQTT broker (Mosquitto)", "set MSEC_TEST_MQTT_URL, e.g. mqtt://127.0.0.1:1883");
+        return None;
+    };
+    let addr = url.trim_start_matches("mqtt://").to_string();
+    if std::net::TcpStream::connect(&addr).is_err() {
+        missing("an external MQTT broker (Mosquitto)", &format!("nothing listens at {addr}"));
+        return None;
+    }
+    Some(url)
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback").local_addr().expect("addr").port()
+}
