@@ -1,1 +1,275 @@
-//! placeholder
+//! Ingest: every reading that reaches msec, from MQTT or HTTP, passes through here.
+//!
+//! This crate owns the acceptance rules (known active device, valid signature, fresh sequence,
+//! timestamp within the allowed skew, size limit, well-formed SenML) and the promise behind an
+//! acknowledgement: [`Ingest::submit`] returns only after the reading, or the security event
+//! recording its rejection, is durably committed. It never speaks HTTP, and it never
+//! acknowledges a reading that is not stored.
+//!
+//! Work is split in two stages. Stateless checks (size, structure, key lookup, signature) run
+//! on the caller's task, so they spread over all cores. Stateful checks (sequence, duplicates,
+//! clock) run on one writer thread that owns a database connection and commits in batches.
+
+mod metrics;
+mod mqtt;
+mod writer;
+
+pub use metrics::{Metrics, REASONS};
+pub use mqtt::{run_mqtt, MqttConfig};
+
+use ed25519_dalek::VerifyingKey;
+use msec_envelope::{Reading, KEY_ID_LEN};
+use msec_store::{Device, DeviceStatus, SecurityEvent, Store, StoredReading};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Acceptance limits.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest envelope accepted, in bytes.
+    pub max_envelope_bytes: usize,
+    /// Largest accepted difference between a reading's `iat` and the server clock, in seconds.
+    pub max_skew_secs: i64,
+    /// Most jobs committed in one transaction.
+    pub batch_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { max_envelope_bytes: msec_envelope::DEFAULT_MAX_ENVELOPE_BYTES, max_skew_secs: 300, batch_max: 2048 }
+    }
+}
+
+/// Where a submission came from, recorded in security events.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The MQTT topic it was published on.
+    Mqtt(String),
+    /// The HTTP peer address.
+    Http(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Topics are attacker-chosen: bound what reaches logs and the dashboard.
+        match self {
+            Source::Mqtt(topic) => write!(f, "mqtt {}", bounded(topic, 200)),
+            Source::Http(peer) => write!(f, "http {}", bounded(peer, 100)),
+        }
+    }
+}
+
+/// At most `max` characters of `s`, control characters replaced.
+pub fn bounded(s: &str, max: usize) -> String {
+    s.chars().take(max).map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+/// What happened to an accepted submission.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Newly stored.
+    Stored { device_id: String, sequence: u64 },
+    /// The identical envelope was already stored: a redelivery, acknowledged again.
+    Duplicate { device_id: String, sequence: u64 },
+}
+
+/// Why a submission was not stored. `reason` is a stable code (see [`REASONS`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct Rejection {
+    pub reason: &'static str,
+    pub detail: String,
+    pub device_id: Option<String>,
+    /// Id of the stored security event; None when the failure was ours (storage unavailable),
+    /// in which case the sender should retry and the reading is not acknowledged.
+    pub event_id: Option<i64>,
+}
+
+impl Rejection {
+    /// True when the submission must not be acknowledged: msec failed, not the sender.
+    pub fn is_retryable(&self) -> bool {
+        self.reason == "storage_unavailable" || self.reason == "shutting_down"
+    }
+}
+
+/// Something that happened, for live views (dashboard, streams).
+#[derive(Debug, Clone)]
+pub enum Live {
+    Reading(Arc<StoredReading>),
+    Security(Arc<SecurityEvent>),
+}
+
+#[derive(Debug)]
+pub(crate) struct KnownDevice {
+    pub id: String,
+    pub tenant: String,
+    pub key: Option<VerifyingKey>,
+    pub active: bool,
+}
+
+pub(crate) type Registry = RwLock<HashMap<[u8; KEY_ID_LEN], Arc<KnownDevice>>>;
+
+pub(crate) fn known(d: &Device) -> Option<([u8; KEY_ID_LEN], Arc<KnownDevice>)> {
+    let kid: [u8; KEY_ID_LEN] = d.key_id.as_slice().try_into().ok()?;
+    let key = <[u8; 32]>::try_from(d.public_key.as_slice()).ok().and_then(|k| VerifyingKey::from_bytes(&k).ok());
+    Some((
+        kid,
+        Arc::new(KnownDevice { id: d.id.clone(), tenant: d.tenant.clone(), key, active: d.status == DeviceStatus::Active }),
+    ))
+}
+
+pub(crate) type Reply = oneshot::Sender<Result<Outcome, Rejection>>;
+
+/// A submission after the stateless checks, waiting for the writer's stateful ones.
+pub struct Checked(pub(crate) Verdict);
+
+pub(crate) enum Verdict {
+    Verified { reading: Reading, device_id: String, envelope: Vec<u8>, received_ms: i64, source: String },
+    Rejected { rejection: Rejection, source: String },
+}
+
+pub(crate) struct Job {
+    pub verdict: Verdict,
+    pub reply: Reply,
+}
+
+/// The pending result of an enqueued submission.
+pub struct Pending(oneshot::Receiver<Result<Outcome, Rejection>>);
+
+fn shutting_down() -> Rejection {
+    Rejection { reason: "shutting_down", detail: "msec is shutting down; retry later".into(), device_id: None, event_id: None }
+}
+
+impl Pending {
+    /// Resolves once the outcome is durable.
+    pub async fn outcome(self) -> Result<Outcome, Rejection> {
+        self.0.await.unwrap_or_else(|_| Err(shutting_down()))
+    }
+}
+
+struct Inner {
+    config: Config,
+    registry: Arc<Registry>,
+    jobs: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
+    live: broadcast::Sender<Live>,
+}
+
+/// A handle on the running ingest pipeline; cheap to clone.
+#[derive(Clone)]
+pub struct Ingest(Arc<Inner>);
+
+impl Ingest {
+    /// Loads the device registry from `store` and starts the writer thread that owns `store`
+    /// from then on. The thread stops once every handle is dropped and its queue is drained.
+    pub fn start(mut store: Store, config: Config) -> Result<(Ingest, std::thread::JoinHandle<()>), msec_store::StoreError> {
+        let devices = store.devices()?;
+        let registry: Arc<Registry> = Arc::new(RwLock::new(devices.iter().filter_map(known).collect()));
+        let (jobs, rx) = mpsc::channel(16 * config.batch_max.max(1));
+        let metrics = Arc::new(Metrics::default());
+        let (live, _) = broadcast::channel(4096);
+        let writer = writer::Writer::new(store, &devices, config.clone(), registry.clone(), metrics.clone(), live.clone());
+        let handle = std::thread::Builder::new()
+            .name("msec-ingest-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| msec_store::StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+        Ok((Ingest(Arc::new(Inner { config, registry, jobs, metrics, live })), handle))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// Live feed of committed readings and security events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Live> {
+        self.0.live.subscribe()
+    }
+
+    /// Makes a registration or revocation done elsewhere effective now (the writer also polls
+    /// the database every second for changes made by other processes).
+    pub fn refresh_device(&self, device: &Device) {
+        if let Some((kid, entry)) = known(device) {
+            self.0.registry.write().unwrap_or_else(|e| e.into_inner()).insert(kid, entry);
+        }
+    }
+
+    /// Checks and commits one envelope. Returns once the outcome is durable. Submissions from
+    /// one device must be sequential (await each) or they may be judged out of order.
+    pub async fn submit(&self, envelope: Vec<u8>, source: Source) -> Result<Outcome, Rejection> {
+        let checked = self.check(envelope, source);
+        self.enqueue(checked).await.outcome().await
+    }
+
+    /// The stateless checks (size, structure, key, signature): CPU work that callers may run in
+    /// parallel, as long as they [`Ingest::enqueue`] the results in arrival order.
+    pub fn check(&self, envelope: Vec<u8>, source: Source) -> Checked {
+        let received_ms = msec_store::now_ms();
+        let source_text = source.to_string();
+        Checked(match self.stateless(envelope, &source) {
+            Ok((reading, device_id, envelope)) => {
+                Verdict::Verified { reading, device_id, envelope, received_ms, source: source_text }
+            }
+            Err(rejection) => Verdict::Rejected { rejection, source: source_text },
+        })
+    }
+
+    /// Hands a checked submission to the writer, in order; waits only for queue space.
+    pub async fn enqueue(&self, checked: Checked) -> Pending {
+        let (reply, done) = oneshot::channel();
+        // If the writer is gone, `done` resolves to "shutting down".
+        let _ = self.0.jobs.send(Job { verdict: checked.0, reply }).await;
+        Pending(done)
+    }
+
+    /// The stateless checks, in an order that spends no signature work on junk.
+    fn stateless(&self, envelope: Vec<u8>, source: &Source) -> Result<(Reading, String, Vec<u8>), Rejection> {
+        let reject = |reason: &'static str, detail: String, device: Option<&str>| Rejection {
+            reason,
+            detail,
+            device_id: device.map(str::to_owned),
+            event_id: None,
+        };
+        let unverified = msec_envelope::open(&envelope, self.0.config.max_envelope_bytes)
+            .map_err(|e| reject(e.reason(), bounded(&e.to_string(), 300), None))?;
+        let device = self
+            .0
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&unverified.key_id)
+            .cloned()
+            .ok_or_else(|| {
+                reject("unknown_device", format!("no registered device has key id {}", hex(&unverified.key_id)), None)
+            })?;
+        let id = Some(device.id.as_str());
+        if !device.active {
+            return Err(reject("revoked_device", "the device is revoked".into(), id));
+        }
+        if let Source::Mqtt(topic) = source {
+            let mut parts = topic.rsplit('/');
+            let (_, dev, tenant) = (parts.next(), parts.next(), parts.next());
+            if dev != Some(device.id.as_str()) || tenant != Some(device.tenant.as_str()) {
+                return Err(reject(
+                    "topic_mismatch",
+                    format!("signed by {}/{} but published on another device's topic", device.tenant, device.id),
+                    id,
+                ));
+            }
+        }
+        let key = device.key.as_ref().ok_or_else(|| reject("bad_signature", "registered key is invalid".into(), id))?;
+        let reading = unverified.verify(key).map_err(|e| reject(e.reason(), bounded(&e.to_string(), 300), id))?;
+        if reading.sequence > i64::MAX as u64 {
+            return Err(reject("malformed_envelope", "sequence numbers must be below 2^63".into(), id));
+        }
+        Ok((reading, device.id.clone(), envelope))
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

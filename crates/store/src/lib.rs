@@ -276,16 +276,17 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Commits a batch in one transaction. Readings already stored (same device and sequence)
-    /// are left untouched, which makes redelivery idempotent even across processes.
-    pub fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
+    /// Commits a batch in one transaction and returns the ids given to its security events.
+    /// Readings already stored (same device and sequence) are left untouched, which makes
+    /// redelivery idempotent even across processes.
+    pub fn commit(&mut self, batch: &Batch) -> Result<Vec<i64>, StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.db.begin()?;
         let result = self.write_batch(batch);
         match result {
-            Ok(()) => self.db.commit(),
+            Ok(ids) => self.db.commit().map(|()| ids),
             Err(e) => {
                 let _ = self.db.rollback();
                 Err(e)
@@ -293,13 +294,17 @@ impl Store {
         }
     }
 
-    fn write_batch(&mut self, batch: &Batch) -> Result<(), StoreError> {
+    fn write_batch(&mut self, batch: &Batch) -> Result<Vec<i64>, StoreError> {
         self.db.insert_readings(&batch.readings)?;
+        let mut ids = Vec::with_capacity(batch.events.len());
         for e in &batch.events {
-            self.db.exec(
-                "INSERT INTO security_events (at_ms, reason, device_id, source, detail) VALUES ($1, $2, $3, $4, $5)",
+            let id = self.db.query(
+                "INSERT INTO security_events (at_ms, reason, device_id, source, detail) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
                 &[P::I64(e.at_ms), P::Text(&e.reason), P::OptText(e.device_id.as_deref()), P::Text(&e.source), P::Text(&e.detail)],
+                |r| r.i64(0),
             )?;
+            ids.extend(id);
         }
         for u in &batch.devices {
             self.db.exec(
@@ -308,7 +313,7 @@ impl Store {
                 &[P::Text(&u.device_id), P::I64(u.last_seen_ms), P::I64(u.last_sequence), P::OptF64(u.battery), P::OptF64(u.link)],
             )?;
         }
-        Ok(())
+        Ok(ids)
     }
 
     /// The digest of a stored reading, to tell a redelivery from a replay.

@@ -57,7 +57,7 @@ fn suite(url: &str) {
         }],
         devices: vec![DeviceUpdate { device_id: "d1".into(), last_seen_ms: 99, last_sequence: 5, battery: Some(80.0), link: None }],
     };
-    s.commit(&batch).unwrap();
+    assert_eq!(s.commit(&batch).unwrap().len(), 1);
     // Redelivery of the same batch is idempotent.
     s.commit(&Batch { readings: batch.readings.clone(), ..Default::default() }).unwrap();
     let d1 = s.device("d1").unwrap().unwrap();

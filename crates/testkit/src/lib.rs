@@ -32,15 +32,20 @@ pub fn postgres_url() -> Option<String> {
         missing("PostgreSQL", "set MSEC_TEST_DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/test");
         return None;
     };
-    let mut client = match postgres::Client::connect(&base, postgres::NoTls) {
-        Ok(c) => c,
-        Err(e) => {
-            missing("PostgreSQL", &format!("cannot connect to MSEC_TEST_DATABASE_URL: {e}"));
-            return None;
-        }
-    };
     let schema = unique("msec_test_");
-    client.batch_execute(&format!("CREATE SCHEMA {schema}")).expect("create test schema");
+    // The blocking driver may not run on an async worker thread: use a plain thread.
+    let created = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut client = postgres::Client::connect(&base, postgres::NoTls)?;
+            client.batch_execute(&format!("CREATE SCHEMA {schema}"))
+        })
+        .join()
+        .expect("schema thread")
+    });
+    if let Err(e) = created {
+        missing("PostgreSQL", &format!("cannot create a schema through MSEC_TEST_DATABASE_URL: {e}"));
+        return None;
+    }
     let sep = if base.contains('?') { '&' } else { '?' };
     Some(format!("{base}{sep}options=-csearch_path%3D{schema}"))
 }

@@ -1,0 +1,41 @@
+//! Ingest counters, exposed by the server in Prometheus text format.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Every rejection reason code ingest can produce, in the order metrics list them.
+pub const REASONS: &[&str] = &[
+    "oversized",
+    "malformed_envelope",
+    "malformed_senml",
+    "unknown_device",
+    "revoked_device",
+    "topic_mismatch",
+    "bad_signature",
+    "replayed_sequence",
+    "stale_timestamp",
+    "future_timestamp",
+];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub accepted: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub batches: AtomicU64,
+    pub storage_failures: AtomicU64,
+    rejected: [AtomicU64; 10],
+}
+
+impl Metrics {
+    pub(crate) fn reject(&self, reason: &str) {
+        if let Some(i) = REASONS.iter().position(|r| *r == reason) {
+            self.rejected[i].fetch_add(1, Relaxed);
+        }
+    }
+    /// Rejections per reason code, including zeros.
+    pub fn rejected(&self) -> Vec<(&'static str, u64)> {
+        REASONS.iter().zip(&self.rejected).map(|(r, n)| (*r, n.load(Relaxed))).collect()
+    }
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().map(|n| n.load(Relaxed)).sum()
+    }
+}

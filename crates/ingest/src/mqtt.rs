@@ -1,0 +1,157 @@
+//! The MQTT consumer: subscribes to every device's readings topic with QoS 1 on a persistent
+//! session and sends each PUBACK only after ingest has committed the reading (or the security
+//! event recording its rejection). A consumer killed mid-stream therefore loses nothing it
+//! acknowledged: the broker redelivers the rest, and redelivery is idempotent.
+
+use crate::{Checked, Ingest, Pending, Source};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Where and how to consume readings.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// MQTT client id. Fixed across restarts so the broker keeps the session and its queue.
+    pub client_id: String,
+    /// First topic level; readings arrive on `{root}/v1/{tenant}/{device}/readings`.
+    pub topic_root: String,
+    /// Most readings received but not yet acknowledged.
+    pub inflight: u16,
+}
+
+impl MqttConfig {
+    /// Parses `mqtt://host:port` (port defaults to 1883).
+    pub fn from_url(url: &str, client_id: &str, topic_root: &str) -> Result<MqttConfig, String> {
+        let rest = url
+            .strip_prefix("mqtt://")
+            .ok_or_else(|| format!("broker URL {url:?} must start with mqtt:// (e.g. mqtt://127.0.0.1:1883)"))?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().map_err(|_| format!("broker URL {url:?}: port {p:?} is not a number"))?),
+            None => (rest, 1883),
+        };
+        if host.is_empty() {
+            return Err(format!("broker URL {url:?} has no host"));
+        }
+        Ok(MqttConfig {
+            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            port,
+            client_id: client_id.to_string(),
+            topic_root: topic_root.to_string(),
+            inflight: 1000,
+        })
+    }
+
+    pub fn filter(&self) -> String {
+        format!("{}/v1/+/+/readings", self.topic_root)
+    }
+}
+
+/// Consumes readings until `stop` turns true, then acknowledges what was committed and
+/// disconnects. Broker outages are retried every second, with the error logged.
+pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver<bool>) {
+    let mut options = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    options
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_inflight(cfg.inflight)
+        // Accept anything the broker delivers: an oversized reading must reach ingest to be
+        // rejected and recorded, not break the connection and come back forever.
+        .set_max_packet_size(256 * 1024 * 1024, 64 * 1024);
+    let (client, mut events) = AsyncClient::new(options, 4 * cfg.inflight as usize);
+    // Three stages: signature checks run in parallel tasks; a forwarder hands their results to
+    // the writer in arrival order (sequence checks depend on it); the acker sends PUBACKs in
+    // order, each after its commit.
+    let (queue, checking) = mpsc::channel::<(rumqttc::Publish, JoinHandle<Checked>)>(cfg.inflight as usize);
+    let (to_ack, pending) = mpsc::channel::<(rumqttc::Publish, Pending)>(cfg.inflight as usize);
+    let forwarder = tokio::spawn(forward_in_order(ingest.clone(), checking, to_ack));
+    let acker = tokio::spawn(ack_in_order(client.clone(), pending));
+    let filter = cfg.filter();
+    let mut broker_down = false;
+    loop {
+        let event = tokio::select! {
+            e = events.poll() => e,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                tracing::info!(broker = %format!("{}:{}", cfg.host, cfg.port), %filter, "consuming readings");
+                broker_down = false;
+                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    tracing::error!(error = %e, "cannot subscribe");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let ingest = ingest.clone();
+                let topic = publish.topic.clone();
+                let payload = publish.payload.to_vec();
+                let check = tokio::spawn(async move { ingest.check(payload, Source::Mqtt(topic)) });
+                if queue.send((publish, check)).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if !broker_down {
+                    tracing::error!(broker = %format!("{}:{}", cfg.host, cfg.port), error = %e, "MQTT connection lost; retrying every second");
+                }
+                broker_down = true;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    // Drain: every reading already handed to ingest gets its PUBACK once committed. Keep the
+    // event loop turning so those acks reach the broker, then disconnect.
+    drop(queue);
+    let flush = async {
+        let _ = forwarder.await;
+        let _ = acker.await;
+        let _ = client.disconnect().await;
+        loop {
+            match events.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                _ => {}
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), flush).await.is_err() {
+        tracing::warn!("MQTT consumer did not drain within 10 s; unacknowledged readings will be redelivered");
+    }
+}
+
+async fn forward_in_order(
+    ingest: Ingest,
+    mut checking: mpsc::Receiver<(rumqttc::Publish, JoinHandle<Checked>)>,
+    to_ack: mpsc::Sender<(rumqttc::Publish, Pending)>,
+) {
+    while let Some((publish, check)) = checking.recv().await {
+        let Ok(checked) = check.await else { continue }; // a panicked check is never acknowledged
+        let pending = ingest.enqueue(checked).await;
+        if to_ack.send((publish, pending)).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Acknowledges in arrival order (MQTT requires PUBACKs in order), and only after commit.
+async fn ack_in_order(client: AsyncClient, mut pending: mpsc::Receiver<(rumqttc::Publish, Pending)>) {
+    while let Some((publish, result)) = pending.recv().await {
+        match result.outcome().await {
+            Ok(_) => {}
+            // A rejection is final and already recorded as a security event: acknowledge it
+            // too, or the broker would redeliver hostile input forever.
+            Err(r) if !r.is_retryable() => {}
+            Err(r) => {
+                tracing::error!(reason = r.reason, "reading not stored; leaving it unacknowledged for redelivery");
+                continue;
+            }
+        }
+        if let Err(e) = client.ack(&publish).await {
+            tracing::error!(error = %e, "cannot acknowledge a reading; the broker will redeliver it");
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The writer thread: the stateful checks (sequence, duplicates, clock) and batched commits.
+//! Replies go out only after the commit that made their outcome durable.
+
+use crate::{known, Job, Live, Metrics, Outcome, Registry, Rejection, Reply, Verdict};
+use msec_store::{Batch, Device, DeviceUpdate, NewEvent, NewReading, SecurityEvent, Store, StoredReading};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+/// How often registry changes made by other processes (the CLI) are picked up.
+const REFRESH_EVERY_MS: i64 = 1000;
+/// Commit attempts before a batch is failed back to its senders (who then retry).
+const COMMIT_ATTEMPTS: u32 = 5;
+
+pub(crate) struct Writer {
+    store: Store,
+    config: crate::Config,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    live: broadcast::Sender<Live>,
+    last_sequence: HashMap<String, i64>,
+    refreshed_ms: i64,
+}
+
+enum Pending {
+    Reading(usize),
+    Duplicate(Outcome),
+}
+
+impl Writer {
+    pub(crate) fn new(
+        store: Store,
+        devices: &[Device],
+        config: crate::Config,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        live: broadcast::Sender<Live>,
+    ) -> Writer {
+        let last_sequence = devices.iter().filter_map(|d| Some((d.id.clone(), d.last_sequence?))).collect();
+        Writer { store, config, registry, metrics, live, last_sequence, refreshed_ms: msec_store::now_ms() }
+    }
+
+    pub(crate) fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let max = self.config.batch_max.max(1);
+        while let Some(first) = jobs.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < max {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.refresh_registry();
+            self.process(batch);
+        }
+    }
+
+    fn refresh_registry(&mut self) {
+        let now = msec_store::now_ms();
+        if now - self.refreshed_ms < REFRESH_EVERY_MS {
+            return;
+        }
+        // Overlap the window so a change written in the same millisecond is not missed.
+        match self.store.devices_changed_since(self.refreshed_ms - REFRESH_EVERY_MS) {
+            Ok(changed) => {
+                let mut registry = self.registry.write().unwrap_or_else(|e| e.into_inner());
+                registry.extend(changed.iter().filter_map(known));
+                self.refreshed_ms = now;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot refresh the device registry"),
+        }
+    }
+
+    fn process(&mut self, jobs: Vec<Job>) {
+        let now_s = msec_store::now_ms() / 1000;
+        let skew = self.config.max_skew_secs;
+        let mut batch = Batch::default();
+        let mut replies: Vec<(Reply, Result<Pending, Rejection>)> = Vec::with_capacity(jobs.len());
+        let mut newest: HashMap<String, i64> = HashMap::new();
+        let mut digests: HashMap<(String, i64), [u8; 32]> = HashMap::new();
+        let mut updates: HashMap<String, DeviceUpdate> = HashMap::new();
+        let event = |batch: &mut Batch, r: &Rejection, source: &str| {
+            batch.events.push(NewEvent {
+                at_ms: msec_store::now_ms(),
+                reason: r.reason.to_string(),
+                device_id: r.device_id.clone(),
+                source: source.to_string(),
+                detail: r.detail.clone(),
+            });
+        };
+        for Job { verdict, reply } in jobs {
+            match verdict {
+                Verdict::Rejected { rejection, source } => {
+                    event(&mut batch, &rejection, &source);
+                    replies.push((reply, Err(rejection)));
+                }
+                Verdict::Verified { reading, device_id, envelope, received_ms, source } => {
+                    let seq = reading.sequence as i64;
+                    let digest = msec_envelope::digest(&envelope);
+                    let last = newest.get(&device_id).or(self.last_sequence.get(&device_id)).copied();
+                    let reject = |reason: &'static str, detail: String| Rejection {
+                        reason,
+                        detail,
+                        device_id: Some(device_id.clone()),
+                        event_id: None,
+                    };
+                    let verdict = if last.is_some_and(|last| seq <= last) {
+                        let stored = match digests.get(&(device_id.clone(), seq)) {
+                            Some(d) => Some(d.to_vec()),
+                            None => self.store.reading_digest(&device_id, seq).unwrap_or_else(|e| {
+                                tracing::error!(error = %e, "cannot look up a stored reading");
+                                None
+                            }),
+                        };
+                        if stored.as_deref() == Some(&digest[..]) {
+                            Ok(Pending::Duplicate(Outcome::Duplicate { device_id: device_id.clone(), sequence: seq as u64 }))
+                        } else {
+                            Err(reject(
+                                "replayed_sequence",
+                                format!("sequence {seq} is not newer than the last accepted {}", last.unwrap_or(0)),
+                            ))
+                        }
+                    } else if reading.issued_at < now_s - skew {
+                        Err(reject("stale_timestamp", format!("issued {} s before the server clock (limit {skew} s)", now_s - reading.issued_at)))
+                    } else if reading.issued_at > now_s + skew {
+                        Err(reject("future_timestamp", format!("issued {} s after the server clock (limit {skew} s)", reading.issued_at - now_s)))
+                    } else {
+                        let measurements_json = serde_json::to_string(&reading.measurements).unwrap_or_else(|_| "[]".into());
+                        let update = updates.entry(device_id.clone()).or_insert_with(|| DeviceUpdate {
+                            device_id: device_id.clone(),
+                            ..Default::default()
+                        });
+                        update.last_seen_ms = received_ms;
+                        update.last_sequence = seq;
+                        for m in &reading.measurements {
+                            match (m.name.rsplit(':').next(), m.unit.as_deref()) {
+                                (Some("battery"), Some("%EL")) => update.battery = m.as_f64(),
+                                (Some("link"), Some("%")) => update.link = m.as_f64(),
+                                _ => {}
+                            }
+                        }
+                        newest.insert(device_id.clone(), seq);
+                        digests.insert((device_id.clone(), seq), digest);
+                        batch.readings.push(NewReading {
+                            device_id: device_id.clone(),
+                            sequence: seq,
+                            issued_at: reading.issued_at,
+                            received_ms,
+                            envelope,
+                            digest,
+                            measurements_json,
+                        });
+                        Ok(Pending::Reading(batch.readings.len() - 1))
+                    };
+                    match verdict {
+                        Ok(p) => replies.push((reply, Ok(p))),
+                        Err(rejection) => {
+                            event(&mut batch, &rejection, &source);
+                            replies.push((reply, Err(rejection)));
+                        }
+                    }
+                }
+            }
+        }
+        batch.devices = updates.into_values().collect();
+        match self.commit(&batch) {
+            Ok(ids) => {
+                self.last_sequence.extend(newest);
+                self.metrics.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.deliver(batch, replies, &ids);
+            }
+            Err(e) => {
+                self.metrics.storage_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(Rejection {
+                        reason: "storage_unavailable",
+                        detail: format!("the reading was not stored: {e}"),
+                        device_id: None,
+                        event_id: None,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self, batch: &Batch) -> Result<Vec<i64>, msec_store::StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.store.commit(batch) {
+                Ok(ids) => return Ok(ids),
+                Err(e) if attempt < COMMIT_ATTEMPTS => {
+                    tracing::error!(error = %e, attempt, "commit failed, retrying");
+                    std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
+                    attempt += 1;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "commit failed; the batch is refused and will be redelivered");
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, batch: Batch, replies: Vec<(Reply, Result<Pending, Rejection>)>, ids: &[i64]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Batch { readings, events, .. } = batch;
+        for (i, e) in events.into_iter().enumerate() {
+            self.metrics.reject(&e.reason);
+            tracing::warn!(
+                target: "msec::security",
+                reason = %e.reason,
+                device = e.device_id.as_deref().unwrap_or("-"),
+                source = %e.source,
+                "reading rejected: {}",
+                e.detail
+            );
+            let event = SecurityEvent {
+                id: ids.get(i).copied().unwrap_or(0),
+                at_ms: e.at_ms,
+                reason: e.reason,
+                device_id: e.device_id,
+                source: e.source,
+                detail: e.detail,
+            };
+            let _ = self.live.send(Live::Security(Arc::new(event)));
+        }
+        let mut outcomes = Vec::with_capacity(readings.len());
+        for r in readings {
+            self.metrics.accepted.fetch_add(1, Relaxed);
+            outcomes.push(Outcome::Stored { device_id: r.device_id.clone(), sequence: r.sequence as u64 });
+            if self.live.receiver_count() > 0 {
+                let stored = StoredReading {
+                    device_id: r.device_id,
+                    sequence: r.sequence,
+                    issued_at: r.issued_at,
+                    received_ms: r.received_ms,
+                    measurements: serde_json::from_str(&r.measurements_json).unwrap_or_default(),
+                };
+                let _ = self.live.send(Live::Reading(Arc::new(stored)));
+            }
+        }
+        // Every rejection pushed exactly one event, in reply order: the i-th rejection's event
+        // has the i-th id.
+        let mut events_seen = 0;
+        for (reply, pending) in replies {
+            let result = match pending {
+                Ok(Pending::Reading(i)) => Ok(outcomes[i].clone()),
+                Ok(Pending::Duplicate(o)) => {
+                    self.metrics.duplicates.fetch_add(1, Relaxed);
+                    Ok(o)
+                }
+                Err(mut rejection) => {
+                    rejection.event_id = ids.get(events_seen).copied();
+                    events_seen += 1;
+                    Err(rejection)
+                }
+            };
+            let _ = reply.send(result);
+        }
+    }
+}
