@@ -25,13 +25,16 @@ pub fn missing(what: &str, how: &str) {
     eprintln!("\n!!!! SKIPPED: {what} was NOT tested: {how}\n");
 }
 
+/// Where tests look for services unless the environment says otherwise: the local defaults
+/// of a developer machine and of CI.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const DEFAULT_MQTT_URL: &str = "mqtt://127.0.0.1:1883";
+
 /// A PostgreSQL URL whose search_path points at a fresh, empty schema, or None (after
-/// reporting) when `MSEC_TEST_DATABASE_URL` is unset or unreachable.
+/// reporting) when PostgreSQL (`MSEC_TEST_DATABASE_URL`, default [`DEFAULT_DATABASE_URL`]) is
+/// unreachable.
 pub fn postgres_url() -> Option<String> {
-    let Ok(base) = std::env::var("MSEC_TEST_DATABASE_URL") else {
-        missing("PostgreSQL", "set MSEC_TEST_DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/test");
-        return None;
-    };
+    let base = std::env::var("MSEC_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.into());
     let schema = unique("msec_test_");
     // The blocking driver may not run on an async worker thread: use a plain thread.
     let created = std::thread::scope(|s| {
@@ -43,22 +46,20 @@ pub fn postgres_url() -> Option<String> {
         .expect("schema thread")
     });
     if let Err(e) = created {
-        missing("PostgreSQL", &format!("cannot create a schema through MSEC_TEST_DATABASE_URL: {e}"));
+        missing("PostgreSQL", &format!("cannot create a schema at {base} (set MSEC_TEST_DATABASE_URL): {e}"));
         return None;
     }
     let sep = if base.contains('?') { '&' } else { '?' };
     Some(format!("{base}{sep}options=-csearch_path%3D{schema}"))
 }
 
-/// The external MQTT broker for tests (Mosquitto in CI), or None after reporting.
+/// The external MQTT broker for tests (Mosquitto; `MSEC_TEST_MQTT_URL`, default
+/// [`DEFAULT_MQTT_URL`]), or None after reporting.
 pub fn mqtt_url() -> Option<String> {
-    let Ok(url) = std::env::var("MSEC_TEST_MQTT_URL") else {
-        missing("an external MQTT broker (Mosquitto)", "set MSEC_TEST_MQTT_URL, e.g. mqtt://127.0.0.1:1883");
-        return None;
-    };
+    let url = std::env::var("MSEC_TEST_MQTT_URL").unwrap_or_else(|_| DEFAULT_MQTT_URL.into());
     let addr = url.trim_start_matches("mqtt://").to_string();
     if std::net::TcpStream::connect(&addr).is_err() {
-        missing("an external MQTT broker (Mosquitto)", &format!("nothing listens at {addr}"));
+        missing("an external MQTT broker (Mosquitto)", &format!("nothing listens at {addr} (set MSEC_TEST_MQTT_URL)"));
         return None;
     }
     Some(url)
