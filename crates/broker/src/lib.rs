@@ -9,7 +9,10 @@ use std::net::SocketAddr;
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("the embedded MQTT broker cannot listen on {addr}: {source} (is another broker, e.g. Mosquitto, using that port? choose another with --mqtt, or use it with --broker mqtt://{addr})")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start the embedded MQTT broker thread: {0}")]
     Thread(std::io::Error),
 }
@@ -55,8 +58,14 @@ fn config(listen: SocketAddr) -> rumqttd::Config {
 pub fn start(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
     // rumqttd reports bind failures only in its log, from another thread; probe first so the
     // user gets an error instead of a broker that silently never listens.
-    let probe = std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind { addr: listen, source })?;
-    let listen = probe.local_addr().map_err(|source| BrokerError::Bind { addr: listen, source })?;
+    let probe = std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let listen = probe.local_addr().map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
     drop(probe);
     let mut broker = rumqttd::Broker::new(config(listen));
     std::thread::Builder::new()
@@ -67,9 +76,11 @@ pub fn start(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
             }
         })
         .map_err(BrokerError::Thread)?;
-    // Wait until it accepts connections, so callers can connect straight away.
+    // Wait until it listens, so callers can connect straight away. Probing by binding (which
+    // fails once rumqttd holds the port) rather than connecting keeps its log free of
+    // "connection closed by peer" errors.
     for _ in 0..200 {
-        if std::net::TcpStream::connect(listen).is_ok() {
+        if std::net::TcpListener::bind(listen).is_err() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));

@@ -83,7 +83,11 @@ impl Device {
     /// readings as replays. A device without durable storage can start from its clock, e.g.
     /// [`sequence_from_clock`].
     pub fn new(id: impl Into<String>, key: DeviceKey, next_sequence: u64) -> Self {
-        Device { id: id.into(), key, next_sequence }
+        Device {
+            id: id.into(),
+            key,
+            next_sequence,
+        }
     }
     pub fn id(&self) -> &str {
         &self.id
@@ -98,7 +102,12 @@ impl Device {
     pub fn seal(&mut self, measurements: &[Measurement], now_unix_secs: f64) -> Vec<u8> {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        seal(&self.key.0, sequence, now_unix_secs.floor() as i64, measurements)
+        seal(
+            &self.key.0,
+            sequence,
+            now_unix_secs.floor() as i64,
+            measurements,
+        )
     }
 }
 
@@ -127,8 +136,16 @@ mod tests {
     #[test]
     fn sequence_advances_and_key_id_matches() {
         let mut d = Device::new("d1", DeviceKey::from_seed([1; 32]), 10);
-        let a = msec_envelope::open(&d.seal(&[Measurement::boolean("x", 1.0, true)], 5.0), 1 << 16).unwrap();
-        let b = msec_envelope::open(&d.seal(&[Measurement::boolean("x", 1.0, true)], 5.0), 1 << 16).unwrap();
+        let a = msec_envelope::open(
+            &d.seal(&[Measurement::boolean("x", 1.0, true)], 5.0),
+            1 << 16,
+        )
+        .unwrap();
+        let b = msec_envelope::open(
+            &d.seal(&[Measurement::boolean("x", 1.0, true)], 5.0),
+            1 << 16,
+        )
+        .unwrap();
         assert_eq!((a.sequence, b.sequence), (10, 11));
         assert_eq!(a.key_id, d.key().key_id());
     }
@@ -136,7 +153,12 @@ mod tests {
     #[test]
     fn seed_round_trips_and_debug_hides_it() {
         let k = DeviceKey::generate().unwrap();
-        assert_eq!(DeviceKey::from_seed_hex(&k.seed_hex()).unwrap().public_key(), k.public_key());
+        assert_eq!(
+            DeviceKey::from_seed_hex(&k.seed_hex())
+                .unwrap()
+                .public_key(),
+            k.public_key()
+        );
         assert!(!format!("{k:?}").contains(&k.seed_hex()));
         assert!(DeviceKey::from_seed_hex("abcd").is_err());
     }

@@ -11,7 +11,8 @@ mod senml;
 pub use senml::{Measurement, SenmlError, Value, MAX_NAME_BYTES, MAX_RECORDS};
 
 use coset::{
-    cbor::value::Value as Cbor, iana, CborSerializable, CoseSign1, CoseSign1Builder, TaggedCborSerializable,
+    cbor::value::Value as Cbor, iana, CborSerializable, CoseSign1, CoseSign1Builder,
+    TaggedCborSerializable,
 };
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
@@ -94,14 +95,21 @@ pub struct Reading {
 /// hostile input is bounded before any parsing.
 pub fn open(bytes: &[u8], max_bytes: usize) -> Result<Unverified, EnvelopeError> {
     if bytes.len() > max_bytes {
-        return Err(EnvelopeError::Oversized { size: bytes.len(), limit: max_bytes });
+        return Err(EnvelopeError::Oversized {
+            size: bytes.len(),
+            limit: max_bytes,
+        });
     }
     let sign1 = CoseSign1::from_tagged_slice(bytes)
         .or_else(|_| CoseSign1::from_slice(bytes))
         .map_err(|e| EnvelopeError::MalformedCose(e.to_string()))?;
     let header = &sign1.protected.header;
     let bad = |m: &str| EnvelopeError::BadHeader(m.to_string());
-    if header.alg != Some(coset::RegisteredLabelWithPrivate::Assigned(iana::Algorithm::EdDSA)) {
+    if header.alg
+        != Some(coset::RegisteredLabelWithPrivate::Assigned(
+            iana::Algorithm::EdDSA,
+        ))
+    {
         return Err(bad("alg must be EdDSA (-8)"));
     }
     if !header.crit.is_empty() {
@@ -143,7 +151,12 @@ pub fn open(bytes: &[u8], max_bytes: usize) -> Result<Unverified, EnvelopeError>
     if sign1.payload.is_none() {
         return Err(bad("detached payloads are not accepted"));
     }
-    Ok(Unverified { key_id, sequence, issued_at, sign1 })
+    Ok(Unverified {
+        key_id,
+        sequence,
+        issued_at,
+        sign1,
+    })
 }
 
 impl Unverified {
@@ -151,7 +164,8 @@ impl Unverified {
     pub fn verify(self, key: &VerifyingKey) -> Result<Reading, EnvelopeError> {
         self.sign1.verify_signature(b"", |sig, data| {
             let sig = Signature::from_slice(sig).map_err(|_| EnvelopeError::BadSignature)?;
-            key.verify(data, &sig).map_err(|_| EnvelopeError::BadSignature)
+            key.verify(data, &sig)
+                .map_err(|_| EnvelopeError::BadSignature)
         })?;
         let payload = self.sign1.payload.as_deref().unwrap_or_default();
         let measurements = senml::decode(payload, self.issued_at as f64)?;
@@ -174,8 +188,14 @@ pub fn seal(
 ) -> Vec<u8> {
     let public = key.verifying_key().to_bytes();
     let claims = Cbor::Map(vec![
-        (Cbor::Integer(CLAIM_IAT.into()), Cbor::Integer(issued_at.into())),
-        (Cbor::Integer(CLAIM_CTI.into()), Cbor::Bytes(sequence.to_be_bytes().to_vec())),
+        (
+            Cbor::Integer(CLAIM_IAT.into()),
+            Cbor::Integer(issued_at.into()),
+        ),
+        (
+            Cbor::Integer(CLAIM_CTI.into()),
+            Cbor::Bytes(sequence.to_be_bytes().to_vec()),
+        ),
     ]);
     let protected = coset::HeaderBuilder::new()
         .algorithm(iana::Algorithm::EdDSA)
@@ -203,7 +223,12 @@ mod tests {
 
     fn sample() -> Vec<Measurement> {
         vec![
-            Measurement::number("urn:dev:msec:park-01:temperature", "Cel", 1_700_000_000.25, 21.5),
+            Measurement::number(
+                "urn:dev:msec:park-01:temperature",
+                "Cel",
+                1_700_000_000.25,
+                21.5,
+            ),
             Measurement::number("urn:dev:msec:park-01:co2", "ppm", 1_700_000_000.25, 415.0),
         ]
     }
@@ -261,7 +286,9 @@ mod tests {
         }
         let good = seal(&key(), 1, 1, &sample());
         for cut in 0..good.len() {
-            assert!(open(&good[..cut], 1 << 16).and_then(|e| e.verify(&key().verifying_key())).is_err());
+            assert!(open(&good[..cut], 1 << 16)
+                .and_then(|e| e.verify(&key().verifying_key()))
+                .is_err());
         }
     }
 }

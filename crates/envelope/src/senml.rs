@@ -61,13 +61,28 @@ pub enum Value {
 
 impl Measurement {
     pub fn number(name: &str, unit: &str, time: f64, value: f64) -> Self {
-        Measurement { name: name.into(), unit: Some(unit.into()), time, value: Value::Number(value) }
+        Measurement {
+            name: name.into(),
+            unit: Some(unit.into()),
+            time,
+            value: Value::Number(value),
+        }
     }
     pub fn boolean(name: &str, time: f64, value: bool) -> Self {
-        Measurement { name: name.into(), unit: None, time, value: Value::Bool(value) }
+        Measurement {
+            name: name.into(),
+            unit: None,
+            time,
+            value: Value::Bool(value),
+        }
     }
     pub fn text(name: &str, time: f64, value: &str) -> Self {
-        Measurement { name: name.into(), unit: None, time, value: Value::String(value.into()) }
+        Measurement {
+            name: name.into(),
+            unit: None,
+            time,
+            value: Value::String(value.into()),
+        }
     }
     /// The numeric value, if the record has one (value or sum).
     pub fn as_f64(&self) -> Option<f64> {
@@ -139,7 +154,9 @@ fn valid_name(name: &str) -> bool {
 pub fn decode(bytes: &[u8], now: f64) -> Result<Vec<Measurement>, SenmlError> {
     let value: Cbor =
         ciborium::from_reader(bytes).map_err(|e| SenmlError::NotCbor(e.to_string()))?;
-    let Cbor::Array(records) = value else { return Err(SenmlError::NotAPack) };
+    let Cbor::Array(records) = value else {
+        return Err(SenmlError::NotAPack);
+    };
     if records.is_empty() || records.len() > MAX_RECORDS {
         return Err(SenmlError::NotAPack);
     }
@@ -147,7 +164,9 @@ pub fn decode(bytes: &[u8], now: f64) -> Result<Vec<Measurement>, SenmlError> {
     let mut out = Vec::with_capacity(records.len());
     for (i, rec) in records.iter().enumerate() {
         let err = |m: &str| SenmlError::Record(i, m.to_string());
-        let Cbor::Map(fields) = rec else { return Err(err("not a map")) };
+        let Cbor::Map(fields) = rec else {
+            return Err(err("not a map"));
+        };
         let (mut n, mut u, mut t, mut value) = (None, None, 0.0f64, None);
         for (k, v) in fields {
             let label = match k {
@@ -156,7 +175,11 @@ pub fn decode(bytes: &[u8], now: f64) -> Result<Vec<Measurement>, SenmlError> {
                 Cbor::Text(_) => continue, // unknown extension field: ignored (RFC 8428 4.4)
                 _ => return Err(err("label must be an integer")),
             };
-            let text = || v.as_text().map(str::to_owned).ok_or_else(|| err("expected text"));
+            let text = || {
+                v.as_text()
+                    .map(str::to_owned)
+                    .ok_or_else(|| err("expected text"))
+            };
             let num = || number(v).ok_or_else(|| err("expected a finite number"));
             let set = |slot: &mut Option<Value>, val: Value| {
                 if slot.replace(val).is_some() {
@@ -184,7 +207,10 @@ pub fn decode(bytes: &[u8], now: f64) -> Result<Vec<Measurement>, SenmlError> {
                 }
                 V => set(&mut value, Value::Number(num()?))?,
                 S => set(&mut value, Value::Sum(num()?))?,
-                VB => set(&mut value, Value::Bool(v.as_bool().ok_or_else(|| err("vb"))?))?,
+                VB => set(
+                    &mut value,
+                    Value::Bool(v.as_bool().ok_or_else(|| err("vb"))?),
+                )?,
                 VS => set(&mut value, Value::String(text()?))?,
                 VD => {
                     let data = v.as_bytes().ok_or_else(|| err("vd must be bytes"))?;
@@ -213,7 +239,12 @@ pub fn decode(bytes: &[u8], now: f64) -> Result<Vec<Measurement>, SenmlError> {
         if !time.is_finite() {
             return Err(err("time out of range"));
         }
-        out.push(Measurement { name, unit, time, value });
+        out.push(Measurement {
+            name,
+            unit,
+            time,
+            value,
+        });
     }
     Ok(out)
 }
@@ -238,16 +269,30 @@ mod tests {
                 (int(N), Cbor::Text("temp".into())),
                 (int(V), Cbor::Float(20.5)),
             ]),
-            Cbor::Map(vec![(int(N), Cbor::Text("hum".into())), (int(U), Cbor::Text("%RH".into())), (int(T), int(5)), (int(V), int(40))]),
+            Cbor::Map(vec![
+                (int(N), Cbor::Text("hum".into())),
+                (int(U), Cbor::Text("%RH".into())),
+                (int(T), int(5)),
+                (int(V), int(40)),
+            ]),
         ]);
         let m = decode(&cbor(pack), 0.0).unwrap();
-        assert_eq!(m[0], Measurement::number("urn:dev:x:temp", "Cel", 1_700_000_000.0, 20.5));
-        assert_eq!(m[1], Measurement::number("urn:dev:x:hum", "%RH", 1_700_000_005.0, 40.0));
+        assert_eq!(
+            m[0],
+            Measurement::number("urn:dev:x:temp", "Cel", 1_700_000_000.0, 20.5)
+        );
+        assert_eq!(
+            m[1],
+            Measurement::number("urn:dev:x:hum", "%RH", 1_700_000_005.0, 40.0)
+        );
     }
 
     #[test]
     fn relative_time_is_anchored_at_now() {
-        let pack = Cbor::Array(vec![Cbor::Map(vec![(int(N), Cbor::Text("door".into())), (int(VB), Cbor::Bool(true))])]);
+        let pack = Cbor::Array(vec![Cbor::Map(vec![
+            (int(N), Cbor::Text("door".into())),
+            (int(VB), Cbor::Bool(true)),
+        ])]);
         let m = decode(&cbor(pack), 1_000_000_000.0).unwrap();
         assert_eq!(m[0].time, 1_000_000_000.0);
     }
@@ -257,12 +302,30 @@ mod tests {
         let cases = [
             Cbor::Map(vec![]),
             Cbor::Array(vec![]),
-            Cbor::Array(vec![Cbor::Map(vec![(int(N), Cbor::Text("t".into())), (int(V), int(1))])]), // no unit
-            Cbor::Array(vec![Cbor::Map(vec![(int(N), Cbor::Text("t".into()))])]),                   // no value
-            Cbor::Array(vec![Cbor::Map(vec![(int(N), Cbor::Text("-bad".into())), (int(VB), Cbor::Bool(true))])]),
-            Cbor::Array(vec![Cbor::Map(vec![(int(N), Cbor::Text("t".into())), (int(VB), Cbor::Bool(true)), (int(VS), Cbor::Text("x".into()))])]),
-            Cbor::Array(vec![Cbor::Map(vec![(Cbor::Text("x_".into()), int(1)), (int(N), Cbor::Text("t".into())), (int(VB), Cbor::Bool(true))])]),
-            Cbor::Array(vec![Cbor::Map(vec![(int(N), Cbor::Text("t".into())), (int(U), Cbor::Text("W".into())), (int(V), Cbor::Float(f64::NAN))])]),
+            Cbor::Array(vec![Cbor::Map(vec![
+                (int(N), Cbor::Text("t".into())),
+                (int(V), int(1)),
+            ])]), // no unit
+            Cbor::Array(vec![Cbor::Map(vec![(int(N), Cbor::Text("t".into()))])]), // no value
+            Cbor::Array(vec![Cbor::Map(vec![
+                (int(N), Cbor::Text("-bad".into())),
+                (int(VB), Cbor::Bool(true)),
+            ])]),
+            Cbor::Array(vec![Cbor::Map(vec![
+                (int(N), Cbor::Text("t".into())),
+                (int(VB), Cbor::Bool(true)),
+                (int(VS), Cbor::Text("x".into())),
+            ])]),
+            Cbor::Array(vec![Cbor::Map(vec![
+                (Cbor::Text("x_".into()), int(1)),
+                (int(N), Cbor::Text("t".into())),
+                (int(VB), Cbor::Bool(true)),
+            ])]),
+            Cbor::Array(vec![Cbor::Map(vec![
+                (int(N), Cbor::Text("t".into())),
+                (int(U), Cbor::Text("W".into())),
+                (int(V), Cbor::Float(f64::NAN)),
+            ])]),
         ];
         for (i, c) in cases.into_iter().enumerate() {
             assert!(decode(&cbor(c), 0.0).is_err(), "case {i} accepted");
@@ -276,7 +339,12 @@ mod tests {
             Measurement::number("a", "Cel", 1_700_000_000.5, -3.25),
             Measurement::boolean("b", 1_700_000_001.0, false),
             Measurement::text("c", 1_700_000_002.0, "hello"),
-            Measurement { name: "d".into(), unit: None, time: 1_700_000_003.0, value: Value::Data("AP8".into()) },
+            Measurement {
+                name: "d".into(),
+                unit: None,
+                time: 1_700_000_003.0,
+                value: Value::Data("AP8".into()),
+            },
         ];
         assert_eq!(decode(&encode(&ms), 0.0).unwrap(), ms);
     }

@@ -27,12 +27,21 @@ fn example() -> String {
     let lines = [
         ("Ed25519 seed (secret; bytes 00..1f)", hex::encode(seed)),
         ("public key", hex::encode(public)),
-        ("key id = SHA-256(public key)[0..16]", hex::encode(key_id(&public))),
+        (
+            "key id = SHA-256(public key)[0..16]",
+            hex::encode(key_id(&public)),
+        ),
         ("protected header (bstr contents)", hex::encode(&protected)),
         ("payload: SenML CBOR pack", hex::encode(&payload)),
-        ("Sig_structure (the bytes signed)", hex::encode(parsed.tbs_data(b""))),
+        (
+            "Sig_structure (the bytes signed)",
+            hex::encode(parsed.tbs_data(b"")),
+        ),
         ("signature", hex::encode(&parsed.signature)),
-        ("complete envelope (tag 18 COSE_Sign1)", hex::encode(&envelope)),
+        (
+            "complete envelope (tag 18 COSE_Sign1)",
+            hex::encode(&envelope),
+        ),
     ];
     let mut out = format!("{BEGIN}\n\nDevice `park-env-01`, sequence 1764000000000001, iat 1764000000, four\nmeasurements at t = 1764000000.5: temperature 18.25 Cel, humidity 71 %RH, battery 93 %EL,\ndoor false. Ed25519 signatures are deterministic, so these bytes are reproducible.\n\n");
     for (label, value) in lines {
@@ -51,11 +60,18 @@ fn example() -> String {
 fn protocol_doc_example_is_current() {
     let path = format!("{}/../../docs/protocol.md", env!("CARGO_MANIFEST_DIR"));
     let doc = std::fs::read_to_string(&path).expect("docs/protocol.md exists");
-    let (start, end) = (doc.find(BEGIN).expect("begin marker"), doc.find(END).expect("end marker") + END.len());
+    let (start, end) = (
+        doc.find(BEGIN).expect("begin marker"),
+        doc.find(END).expect("end marker") + END.len(),
+    );
     let generated = example();
     if &doc[start..end] != generated {
         if std::env::var("MSEC_UPDATE_DOCS").is_ok_and(|v| v == "1") {
-            std::fs::write(&path, format!("{}{}{}", &doc[..start], generated, &doc[end..])).unwrap();
+            std::fs::write(
+                &path,
+                format!("{}{}{}", &doc[..start], generated, &doc[end..]),
+            )
+            .unwrap();
         } else {
             panic!("docs/protocol.md's worked example is stale; run MSEC_UPDATE_DOCS=1 cargo test -p msec-envelope");
         }

@@ -37,7 +37,11 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { max_envelope_bytes: msec_envelope::DEFAULT_MAX_ENVELOPE_BYTES, max_skew_secs: 300, batch_max: 2048 }
+        Config {
+            max_envelope_bytes: msec_envelope::DEFAULT_MAX_ENVELOPE_BYTES,
+            max_skew_secs: 300,
+            batch_max: 2048,
+        }
     }
 }
 
@@ -62,7 +66,10 @@ impl std::fmt::Display for Source {
 
 /// At most `max` characters of `s`, control characters replaced.
 pub fn bounded(s: &str, max: usize) -> String {
-    s.chars().take(max).map(|c| if c.is_control() { '?' } else { c }).collect()
+    s.chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// What happened to an accepted submission.
@@ -112,10 +119,17 @@ pub(crate) type Registry = RwLock<HashMap<[u8; KEY_ID_LEN], Arc<KnownDevice>>>;
 
 pub(crate) fn known(d: &Device) -> Option<([u8; KEY_ID_LEN], Arc<KnownDevice>)> {
     let kid: [u8; KEY_ID_LEN] = d.key_id.as_slice().try_into().ok()?;
-    let key = <[u8; 32]>::try_from(d.public_key.as_slice()).ok().and_then(|k| VerifyingKey::from_bytes(&k).ok());
+    let key = <[u8; 32]>::try_from(d.public_key.as_slice())
+        .ok()
+        .and_then(|k| VerifyingKey::from_bytes(&k).ok());
     Some((
         kid,
-        Arc::new(KnownDevice { id: d.id.clone(), tenant: d.tenant.clone(), key, active: d.status == DeviceStatus::Active }),
+        Arc::new(KnownDevice {
+            id: d.id.clone(),
+            tenant: d.tenant.clone(),
+            key,
+            active: d.status == DeviceStatus::Active,
+        }),
     ))
 }
 
@@ -125,20 +139,36 @@ pub(crate) type Reply = oneshot::Sender<Result<Outcome, Rejection>>;
 pub struct Checked(pub(crate) Verdict);
 
 pub(crate) enum Verdict {
-    Verified { reading: Reading, device_id: String, envelope: Vec<u8>, received_ms: i64, source: String },
-    Rejected { rejection: Rejection, source: String },
+    Verified {
+        reading: Reading,
+        device_id: String,
+        envelope: Vec<u8>,
+        received_ms: i64,
+        source: String,
+    },
+    Rejected {
+        rejection: Rejection,
+        source: String,
+    },
 }
 
-pub(crate) struct Job {
-    pub verdict: Verdict,
-    pub reply: Reply,
+pub(crate) enum Job {
+    Submit(Verdict, Reply),
+    /// Wakes the writer once a second so registry changes made by other processes are picked
+    /// up even when no readings arrive.
+    Tick,
 }
 
 /// The pending result of an enqueued submission.
 pub struct Pending(oneshot::Receiver<Result<Outcome, Rejection>>);
 
 fn shutting_down() -> Rejection {
-    Rejection { reason: "shutting_down", detail: "msec is shutting down; retry later".into(), device_id: None, event_id: None }
+    Rejection {
+        reason: "shutting_down",
+        detail: "msec is shutting down; retry later".into(),
+        device_id: None,
+        event_id: None,
+    }
 }
 
 impl Pending {
@@ -163,18 +193,57 @@ pub struct Ingest(Arc<Inner>);
 impl Ingest {
     /// Loads the device registry from `store` and starts the writer thread that owns `store`
     /// from then on. The thread stops once every handle is dropped and its queue is drained.
-    pub fn start(mut store: Store, config: Config) -> Result<(Ingest, std::thread::JoinHandle<()>), msec_store::StoreError> {
+    pub fn start(
+        mut store: Store,
+        config: Config,
+    ) -> Result<(Ingest, std::thread::JoinHandle<()>), msec_store::StoreError> {
         let devices = store.devices()?;
-        let registry: Arc<Registry> = Arc::new(RwLock::new(devices.iter().filter_map(known).collect()));
+        let registry: Arc<Registry> =
+            Arc::new(RwLock::new(devices.iter().filter_map(known).collect()));
         let (jobs, rx) = mpsc::channel(16 * config.batch_max.max(1));
         let metrics = Arc::new(Metrics::default());
         let (live, _) = broadcast::channel(4096);
-        let writer = writer::Writer::new(store, &devices, config.clone(), registry.clone(), metrics.clone(), live.clone());
+        let writer = writer::Writer::new(
+            store,
+            &devices,
+            config.clone(),
+            registry.clone(),
+            metrics.clone(),
+            live.clone(),
+        );
+        let thread_error = |e: std::io::Error| {
+            msec_store::StoreError::Backend(format!("cannot start an ingest thread: {e}"))
+        };
         let handle = std::thread::Builder::new()
             .name("msec-ingest-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| msec_store::StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        Ok((Ingest(Arc::new(Inner { config, registry, jobs, metrics, live })), handle))
+            .map_err(thread_error)?;
+        // A weak sender, so that the ticker never keeps the writer alive on its own.
+        let ticker = jobs.downgrade();
+        std::thread::Builder::new()
+            .name("msec-ingest-ticker".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(
+                    writer::REFRESH_EVERY_MS as u64,
+                ));
+                match ticker.upgrade() {
+                    Some(jobs) => {
+                        let _ = jobs.try_send(Job::Tick);
+                    }
+                    None => return,
+                }
+            })
+            .map_err(thread_error)?;
+        Ok((
+            Ingest(Arc::new(Inner {
+                config,
+                registry,
+                jobs,
+                metrics,
+                live,
+            })),
+            handle,
+        ))
     }
 
     pub fn config(&self) -> &Config {
@@ -194,7 +263,11 @@ impl Ingest {
     /// the database every second for changes made by other processes).
     pub fn refresh_device(&self, device: &Device) {
         if let Some((kid, entry)) = known(device) {
-            self.0.registry.write().unwrap_or_else(|e| e.into_inner()).insert(kid, entry);
+            self.0
+                .registry
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(kid, entry);
         }
     }
 
@@ -211,10 +284,17 @@ impl Ingest {
         let received_ms = msec_store::now_ms();
         let source_text = source.to_string();
         Checked(match self.stateless(envelope, &source) {
-            Ok((reading, device_id, envelope)) => {
-                Verdict::Verified { reading, device_id, envelope, received_ms, source: source_text }
-            }
-            Err(rejection) => Verdict::Rejected { rejection, source: source_text },
+            Ok((reading, device_id, envelope)) => Verdict::Verified {
+                reading,
+                device_id,
+                envelope,
+                received_ms,
+                source: source_text,
+            },
+            Err(rejection) => Verdict::Rejected {
+                rejection,
+                source: source_text,
+            },
         })
     }
 
@@ -222,12 +302,16 @@ impl Ingest {
     pub async fn enqueue(&self, checked: Checked) -> Pending {
         let (reply, done) = oneshot::channel();
         // If the writer is gone, `done` resolves to "shutting down".
-        let _ = self.0.jobs.send(Job { verdict: checked.0, reply }).await;
+        let _ = self.0.jobs.send(Job::Submit(checked.0, reply)).await;
         Pending(done)
     }
 
     /// The stateless checks, in an order that spends no signature work on junk.
-    fn stateless(&self, envelope: Vec<u8>, source: &Source) -> Result<(Reading, String, Vec<u8>), Rejection> {
+    fn stateless(
+        &self,
+        envelope: Vec<u8>,
+        source: &Source,
+    ) -> Result<(Reading, String, Vec<u8>), Rejection> {
         let reject = |reason: &'static str, detail: String, device: Option<&str>| Rejection {
             reason,
             detail,
@@ -244,7 +328,14 @@ impl Ingest {
             .get(&unverified.key_id)
             .cloned()
             .ok_or_else(|| {
-                reject("unknown_device", format!("no registered device has key id {}", hex(&unverified.key_id)), None)
+                reject(
+                    "unknown_device",
+                    format!(
+                        "no registered device has key id {}",
+                        hex(&unverified.key_id)
+                    ),
+                    None,
+                )
             })?;
         let id = Some(device.id.as_str());
         if !device.active {
@@ -256,15 +347,27 @@ impl Ingest {
             if dev != Some(device.id.as_str()) || tenant != Some(device.tenant.as_str()) {
                 return Err(reject(
                     "topic_mismatch",
-                    format!("signed by {}/{} but published on another device's topic", device.tenant, device.id),
+                    format!(
+                        "signed by {}/{} but published on another device's topic",
+                        device.tenant, device.id
+                    ),
                     id,
                 ));
             }
         }
-        let key = device.key.as_ref().ok_or_else(|| reject("bad_signature", "registered key is invalid".into(), id))?;
-        let reading = unverified.verify(key).map_err(|e| reject(e.reason(), bounded(&e.to_string(), 300), id))?;
+        let key = device
+            .key
+            .as_ref()
+            .ok_or_else(|| reject("bad_signature", "registered key is invalid".into(), id))?;
+        let reading = unverified
+            .verify(key)
+            .map_err(|e| reject(e.reason(), bounded(&e.to_string(), 300), id))?;
         if reading.sequence > i64::MAX as u64 {
-            return Err(reject("malformed_envelope", "sequence numbers must be below 2^63".into(), id));
+            return Err(reject(
+                "malformed_envelope",
+                "sequence numbers must be below 2^63".into(),
+                id,
+            ));
         }
         Ok((reading, device.id.clone(), envelope))
     }

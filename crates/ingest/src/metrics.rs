@@ -33,7 +33,11 @@ impl Metrics {
     }
     /// Rejections per reason code, including zeros.
     pub fn rejected(&self) -> Vec<(&'static str, u64)> {
-        REASONS.iter().zip(&self.rejected).map(|(r, n)| (*r, n.load(Relaxed))).collect()
+        REASONS
+            .iter()
+            .zip(&self.rejected)
+            .map(|(r, n)| (*r, n.load(Relaxed)))
+            .collect()
     }
     pub fn rejected_total(&self) -> u64 {
         self.rejected.iter().map(|n| n.load(Relaxed)).sum()

@@ -25,19 +25,26 @@ pub struct MqttConfig {
 impl MqttConfig {
     /// Parses `mqtt://host:port` (port defaults to 1883).
     pub fn from_url(url: &str, client_id: &str, topic_root: &str) -> Result<MqttConfig, String> {
-        let rest = url
-            .strip_prefix("mqtt://")
-            .ok_or_else(|| format!("broker URL {url:?} must start with mqtt:// (e.g. mqtt://127.0.0.1:1883)"))?;
+        let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
+            format!("broker URL {url:?} must start with mqtt:// (e.g. mqtt://127.0.0.1:1883)")
+        })?;
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().map_err(|_| format!("broker URL {url:?}: port {p:?} is not a number"))?),
+            Some((h, p)) => (
+                h,
+                p.parse()
+                    .map_err(|_| format!("broker URL {url:?}: port {p:?} is not a number"))?,
+            ),
             None => (rest, 1883),
         };
         if host.is_empty() {
             return Err(format!("broker URL {url:?} has no host"));
         }
         Ok(MqttConfig {
-            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port,
             client_id: client_id.to_string(),
             topic_root: topic_root.to_string(),
@@ -66,7 +73,8 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
     // Three stages: signature checks run in parallel tasks; a forwarder hands their results to
     // the writer in arrival order (sequence checks depend on it); the acker sends PUBACKs in
     // order, each after its commit.
-    let (queue, checking) = mpsc::channel::<(rumqttc::Publish, JoinHandle<Checked>)>(cfg.inflight as usize);
+    let (queue, checking) =
+        mpsc::channel::<(rumqttc::Publish, JoinHandle<Checked>)>(cfg.inflight as usize);
     let (to_ack, pending) = mpsc::channel::<(rumqttc::Publish, Pending)>(cfg.inflight as usize);
     let forwarder = tokio::spawn(forward_in_order(ingest.clone(), checking, to_ack));
     let acker = tokio::spawn(ack_in_order(client.clone(), pending));
@@ -118,8 +126,13 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
             }
         }
     };
-    if tokio::time::timeout(Duration::from_secs(10), flush).await.is_err() {
-        tracing::warn!("MQTT consumer did not drain within 10 s; unacknowledged readings will be redelivered");
+    if tokio::time::timeout(Duration::from_secs(10), flush)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "MQTT consumer did not drain within 10 s; unacknowledged readings will be redelivered"
+        );
     }
 }
 
@@ -138,7 +151,10 @@ async fn forward_in_order(
 }
 
 /// Acknowledges in arrival order (MQTT requires PUBACKs in order), and only after commit.
-async fn ack_in_order(client: AsyncClient, mut pending: mpsc::Receiver<(rumqttc::Publish, Pending)>) {
+async fn ack_in_order(
+    client: AsyncClient,
+    mut pending: mpsc::Receiver<(rumqttc::Publish, Pending)>,
+) {
     while let Some((publish, result)) = pending.recv().await {
         match result.outcome().await {
             Ok(_) => {}
@@ -146,7 +162,10 @@ async fn ack_in_order(client: AsyncClient, mut pending: mpsc::Receiver<(rumqttc:
             // too, or the broker would redeliver hostile input forever.
             Err(r) if !r.is_retryable() => {}
             Err(r) => {
-                tracing::error!(reason = r.reason, "reading not stored; leaving it unacknowledged for redelivery");
+                tracing::error!(
+                    reason = r.reason,
+                    "reading not stored; leaving it unacknowledged for redelivery"
+                );
                 continue;
             }
         }

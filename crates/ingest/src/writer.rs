@@ -2,14 +2,16 @@
 //! Replies go out only after the commit that made their outcome durable.
 
 use crate::{known, Job, Live, Metrics, Outcome, Registry, Rejection, Reply, Verdict};
-use msec_store::{Batch, Device, DeviceUpdate, NewEvent, NewReading, SecurityEvent, Store, StoredReading};
+use msec_store::{
+    Batch, Device, DeviceUpdate, NewEvent, NewReading, SecurityEvent, Store, StoredReading,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
 /// How often registry changes made by other processes (the CLI) are picked up.
-const REFRESH_EVERY_MS: i64 = 1000;
+pub(crate) const REFRESH_EVERY_MS: i64 = 1000;
 /// Commit attempts before a batch is failed back to its senders (who then retry).
 const COMMIT_ATTEMPTS: u32 = 5;
 
@@ -37,8 +39,19 @@ impl Writer {
         metrics: Arc<Metrics>,
         live: broadcast::Sender<Live>,
     ) -> Writer {
-        let last_sequence = devices.iter().filter_map(|d| Some((d.id.clone(), d.last_sequence?))).collect();
-        Writer { store, config, registry, metrics, live, last_sequence, refreshed_ms: msec_store::now_ms() }
+        let last_sequence = devices
+            .iter()
+            .filter_map(|d| Some((d.id.clone(), d.last_sequence?)))
+            .collect();
+        Writer {
+            store,
+            config,
+            registry,
+            metrics,
+            live,
+            last_sequence,
+            refreshed_ms: msec_store::now_ms(),
+        }
     }
 
     pub(crate) fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
@@ -62,7 +75,10 @@ impl Writer {
             return;
         }
         // Overlap the window so a change written in the same millisecond is not missed.
-        match self.store.devices_changed_since(self.refreshed_ms - REFRESH_EVERY_MS) {
+        match self
+            .store
+            .devices_changed_since(self.refreshed_ms - REFRESH_EVERY_MS)
+        {
             Ok(changed) => {
                 let mut registry = self.registry.write().unwrap_or_else(|e| e.into_inner());
                 registry.extend(changed.iter().filter_map(known));
@@ -89,70 +105,115 @@ impl Writer {
                 detail: r.detail.clone(),
             });
         };
-        for Job { verdict, reply } in jobs {
+        for job in jobs {
+            let Job::Submit(verdict, reply) = job else {
+                continue;
+            };
             match verdict {
                 Verdict::Rejected { rejection, source } => {
                     event(&mut batch, &rejection, &source);
                     replies.push((reply, Err(rejection)));
                 }
-                Verdict::Verified { reading, device_id, envelope, received_ms, source } => {
+                Verdict::Verified {
+                    reading,
+                    device_id,
+                    envelope,
+                    received_ms,
+                    source,
+                } => {
                     let seq = reading.sequence as i64;
                     let digest = msec_envelope::digest(&envelope);
-                    let last = newest.get(&device_id).or(self.last_sequence.get(&device_id)).copied();
+                    let last = newest
+                        .get(&device_id)
+                        .or(self.last_sequence.get(&device_id))
+                        .copied();
                     let reject = |reason: &'static str, detail: String| Rejection {
                         reason,
                         detail,
                         device_id: Some(device_id.clone()),
                         event_id: None,
                     };
-                    let verdict = if last.is_some_and(|last| seq <= last) {
-                        let stored = match digests.get(&(device_id.clone(), seq)) {
+                    // The signature was checked against the registry as it was a moment ago; a
+                    // revocation that has landed since then still wins.
+                    let revoked = !self
+                        .registry
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&reading.key_id)
+                        .is_some_and(|d| d.active && d.id == device_id);
+                    let verdict =
+                        if revoked {
+                            Err(reject("revoked_device", "the device was revoked".into()))
+                        } else if last.is_some_and(|last| seq <= last) {
+                            let stored = match digests.get(&(device_id.clone(), seq)) {
                             Some(d) => Some(d.to_vec()),
                             None => self.store.reading_digest(&device_id, seq).unwrap_or_else(|e| {
                                 tracing::error!(error = %e, "cannot look up a stored reading");
                                 None
                             }),
                         };
-                        if stored.as_deref() == Some(&digest[..]) {
-                            Ok(Pending::Duplicate(Outcome::Duplicate { device_id: device_id.clone(), sequence: seq as u64 }))
-                        } else {
-                            Err(reject(
-                                "replayed_sequence",
-                                format!("sequence {seq} is not newer than the last accepted {}", last.unwrap_or(0)),
-                            ))
-                        }
-                    } else if reading.issued_at < now_s - skew {
-                        Err(reject("stale_timestamp", format!("issued {} s before the server clock (limit {skew} s)", now_s - reading.issued_at)))
-                    } else if reading.issued_at > now_s + skew {
-                        Err(reject("future_timestamp", format!("issued {} s after the server clock (limit {skew} s)", reading.issued_at - now_s)))
-                    } else {
-                        let measurements_json = serde_json::to_string(&reading.measurements).unwrap_or_else(|_| "[]".into());
-                        let update = updates.entry(device_id.clone()).or_insert_with(|| DeviceUpdate {
-                            device_id: device_id.clone(),
-                            ..Default::default()
-                        });
-                        update.last_seen_ms = received_ms;
-                        update.last_sequence = seq;
-                        for m in &reading.measurements {
-                            match (m.name.rsplit(':').next(), m.unit.as_deref()) {
-                                (Some("battery"), Some("%EL")) => update.battery = m.as_f64(),
-                                (Some("link"), Some("%")) => update.link = m.as_f64(),
-                                _ => {}
+                            if stored.as_deref() == Some(&digest[..]) {
+                                Ok(Pending::Duplicate(Outcome::Duplicate {
+                                    device_id: device_id.clone(),
+                                    sequence: seq as u64,
+                                }))
+                            } else {
+                                Err(reject(
+                                    "replayed_sequence",
+                                    format!(
+                                        "sequence {seq} is not newer than the last accepted {}",
+                                        last.unwrap_or(0)
+                                    ),
+                                ))
                             }
-                        }
-                        newest.insert(device_id.clone(), seq);
-                        digests.insert((device_id.clone(), seq), digest);
-                        batch.readings.push(NewReading {
-                            device_id: device_id.clone(),
-                            sequence: seq,
-                            issued_at: reading.issued_at,
-                            received_ms,
-                            envelope,
-                            digest,
-                            measurements_json,
-                        });
-                        Ok(Pending::Reading(batch.readings.len() - 1))
-                    };
+                        } else if reading.issued_at < now_s - skew {
+                            Err(reject(
+                                "stale_timestamp",
+                                format!(
+                                    "issued {} s before the server clock (limit {skew} s)",
+                                    now_s - reading.issued_at
+                                ),
+                            ))
+                        } else if reading.issued_at > now_s + skew {
+                            Err(reject(
+                                "future_timestamp",
+                                format!(
+                                    "issued {} s after the server clock (limit {skew} s)",
+                                    reading.issued_at - now_s
+                                ),
+                            ))
+                        } else {
+                            let measurements_json = serde_json::to_string(&reading.measurements)
+                                .unwrap_or_else(|_| "[]".into());
+                            let update =
+                                updates
+                                    .entry(device_id.clone())
+                                    .or_insert_with(|| DeviceUpdate {
+                                        device_id: device_id.clone(),
+                                        ..Default::default()
+                                    });
+                            update.last_seen_ms = received_ms;
+                            update.last_sequence = seq;
+                            for m in &reading.measurements {
+                                match (m.name.rsplit(':').next(), m.unit.as_deref()) {
+                                    (Some("battery"), Some("%EL")) => update.battery = m.as_f64(),
+                                    (Some("link"), Some("%")) => update.link = m.as_f64(),
+                                    _ => {}
+                                }
+                            }
+                            newest.insert(device_id.clone(), seq);
+                            digests.insert((device_id.clone(), seq), digest);
+                            batch.readings.push(NewReading {
+                                device_id: device_id.clone(),
+                                sequence: seq,
+                                issued_at: reading.issued_at,
+                                received_ms,
+                                envelope,
+                                digest,
+                                measurements_json,
+                            });
+                            Ok(Pending::Reading(batch.readings.len() - 1))
+                        };
                     match verdict {
                         Ok(p) => replies.push((reply, Ok(p))),
                         Err(rejection) => {
@@ -167,11 +228,15 @@ impl Writer {
         match self.commit(&batch) {
             Ok(ids) => {
                 self.last_sequence.extend(newest);
-                self.metrics.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .batches
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.deliver(batch, replies, &ids);
             }
             Err(e) => {
-                self.metrics.storage_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .storage_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 for (reply, _) in replies {
                     let _ = reply.send(Err(Rejection {
                         reason: "storage_unavailable",
@@ -202,9 +267,16 @@ impl Writer {
         }
     }
 
-    fn deliver(&self, batch: Batch, replies: Vec<(Reply, Result<Pending, Rejection>)>, ids: &[i64]) {
+    fn deliver(
+        &self,
+        batch: Batch,
+        replies: Vec<(Reply, Result<Pending, Rejection>)>,
+        ids: &[i64],
+    ) {
         use std::sync::atomic::Ordering::Relaxed;
-        let Batch { readings, events, .. } = batch;
+        let Batch {
+            readings, events, ..
+        } = batch;
         for (i, e) in events.into_iter().enumerate() {
             self.metrics.reject(&e.reason);
             tracing::warn!(
@@ -228,7 +300,10 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(readings.len());
         for r in readings {
             self.metrics.accepted.fetch_add(1, Relaxed);
-            outcomes.push(Outcome::Stored { device_id: r.device_id.clone(), sequence: r.sequence as u64 });
+            outcomes.push(Outcome::Stored {
+                device_id: r.device_id.clone(),
+                sequence: r.sequence as u64,
+            });
             if self.live.receiver_count() > 0 {
                 let stored = StoredReading {
                     device_id: r.device_id,

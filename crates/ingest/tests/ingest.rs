@@ -22,11 +22,18 @@ fn register(store: &mut Store, id: &str, key: &DeviceKey) {
 }
 
 fn temp(now: f64, v: f64) -> Vec<Measurement> {
-    vec![Measurement::number("temperature", "Cel", now, v), Measurement::number("battery", "%EL", now, 77.0)]
+    vec![
+        Measurement::number("temperature", "Cel", now, v),
+        Measurement::number("battery", "%EL", now, 77.0),
+    ]
 }
 
 fn sqlite_url() -> String {
-    std::env::temp_dir().join(msec_testkit::unique("msec-ingest-")).join("msec.db").to_string_lossy().into_owned()
+    std::env::temp_dir()
+        .join(msec_testkit::unique("msec-ingest-"))
+        .join("msec.db")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The PostgreSQL driver is blocking: keep it off the async worker's hot path.
@@ -35,7 +42,10 @@ fn sync<T>(f: impl FnOnce() -> T) -> T {
 }
 
 fn start(url: &str) -> Ingest {
-    let config = Config { max_skew_secs: 60, ..Config::default() };
+    let config = Config {
+        max_skew_secs: 60,
+        ..Config::default()
+    };
     sync(|| Ingest::start(Store::open(url).unwrap(), config).unwrap().0)
 }
 
@@ -54,9 +64,21 @@ async fn rules(url: String) {
     let mut a = Device::new("dev-a", key_a.clone(), 100);
 
     let valid = a.seal(&temp(now, 21.0), now);
-    assert_eq!(ingest.submit(valid.clone(), http()).await, Ok(Outcome::Stored { device_id: "dev-a".into(), sequence: 100 }));
+    assert_eq!(
+        ingest.submit(valid.clone(), http()).await,
+        Ok(Outcome::Stored {
+            device_id: "dev-a".into(),
+            sequence: 100
+        })
+    );
     // The identical envelope again (an MQTT redelivery) is acknowledged, not stored twice.
-    assert_eq!(ingest.submit(valid.clone(), http()).await, Ok(Outcome::Duplicate { device_id: "dev-a".into(), sequence: 100 }));
+    assert_eq!(
+        ingest.submit(valid.clone(), http()).await,
+        Ok(Outcome::Duplicate {
+            device_id: "dev-a".into(),
+            sequence: 100
+        })
+    );
 
     let mut forged = a.seal(&temp(now, 99.0), now);
     let last = forged.len() - 1;
@@ -66,42 +88,114 @@ async fn rules(url: String) {
     let mut replay = Device::new("dev-a", key_a.clone(), 50);
     let mut big = vec![];
     for i in 0..1200 {
-        big.push(Measurement::text(&format!("blob{i}"), now, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"));
+        big.push(Measurement::text(
+            &format!("blob{i}"),
+            now,
+            "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        ));
     }
-    let no_unit = vec![Measurement { name: "temperature".into(), unit: None, time: now, value: msec_envelope::Value::Number(1.0) }];
+    let no_unit = vec![Measurement {
+        name: "temperature".into(),
+        unit: None,
+        time: now,
+        value: msec_envelope::Value::Number(1.0),
+    }];
     let cases: Vec<(&str, Vec<u8>, Source)> = vec![
         ("bad_signature", forged, http()),
-        ("unknown_device", stranger.seal(&temp(now, 1.0), now), http()),
+        (
+            "unknown_device",
+            stranger.seal(&temp(now, 1.0), now),
+            http(),
+        ),
         ("revoked_device", revoked.seal(&temp(now, 1.0), now), http()),
-        ("replayed_sequence", replay.seal(&temp(now, 5.0), now), http()),
-        ("stale_timestamp", a.seal(&temp(now, 1.0), now - 3600.0), http()),
-        ("future_timestamp", a.seal(&temp(now, 1.0), now + 3600.0), http()),
+        (
+            "replayed_sequence",
+            replay.seal(&temp(now, 5.0), now),
+            http(),
+        ),
+        (
+            "stale_timestamp",
+            a.seal(&temp(now, 1.0), now - 3600.0),
+            http(),
+        ),
+        (
+            "future_timestamp",
+            a.seal(&temp(now, 1.0), now + 3600.0),
+            http(),
+        ),
         ("oversized", a.seal(&big, now), http()),
         ("malformed_envelope", b"\xd2\x84garbage".to_vec(), http()),
         ("malformed_senml", a.seal(&no_unit, now), http()),
-        ("topic_mismatch", a.seal(&temp(now, 1.0), now), Source::Mqtt("msec/v1/santander/dev-b/readings".into())),
+        (
+            "topic_mismatch",
+            a.seal(&temp(now, 1.0), now),
+            Source::Mqtt("msec/v1/santander/dev-b/readings".into()),
+        ),
     ];
     for (reason, bytes, source) in cases {
         let rejection = ingest.submit(bytes, source).await.expect_err(reason);
         assert_eq!(rejection.reason, reason, "{rejection}");
-        assert!(rejection.event_id.is_some(), "{reason}: no security event id");
+        assert!(
+            rejection.event_id.is_some(),
+            "{reason}: no security event id"
+        );
     }
     // Readings after the rejections still flow: nothing blocked the device.
     let next = a.seal(&temp(now, 22.0), now);
-    assert!(matches!(ingest.submit(next, http()).await, Ok(Outcome::Stored { .. })));
+    assert!(matches!(
+        ingest.submit(next, http()).await,
+        Ok(Outcome::Stored { .. })
+    ));
 
     sync(|| check_rules_outcome(&url, &ingest));
 }
 
 fn check_rules_outcome(url: &str, ingest: &Ingest) {
     let mut s = Store::open(url).unwrap();
-    let counts: std::collections::HashMap<String, i64> = s.security_event_counts().unwrap().into_iter().collect();
-    for reason in ["bad_signature", "unknown_device", "revoked_device", "replayed_sequence", "stale_timestamp", "future_timestamp", "oversized", "malformed_envelope", "malformed_senml", "topic_mismatch"] {
-        assert_eq!(counts.get(reason), Some(&1), "exactly one event for {reason}: {counts:?}");
-        assert_eq!(ingest.metrics().rejected().iter().find(|r| r.0 == reason).unwrap().1, 1);
+    let counts: std::collections::HashMap<String, i64> =
+        s.security_event_counts().unwrap().into_iter().collect();
+    for reason in [
+        "bad_signature",
+        "unknown_device",
+        "revoked_device",
+        "replayed_sequence",
+        "stale_timestamp",
+        "future_timestamp",
+        "oversized",
+        "malformed_envelope",
+        "malformed_senml",
+        "topic_mismatch",
+    ] {
+        assert_eq!(
+            counts.get(reason),
+            Some(&1),
+            "exactly one event for {reason}: {counts:?}"
+        );
+        assert_eq!(
+            ingest
+                .metrics()
+                .rejected()
+                .iter()
+                .find(|r| r.0 == reason)
+                .unwrap()
+                .1,
+            1
+        );
     }
-    let stored = s.readings("dev-a", &ReadingQuery { limit: 100, ..Default::default() }).unwrap();
-    assert_eq!(stored.iter().map(|r| r.sequence).collect::<Vec<_>>(), [107, 100], "only valid readings stored");
+    let stored = s
+        .readings(
+            "dev-a",
+            &ReadingQuery {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        stored.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        [107, 100],
+        "only valid readings stored"
+    );
     assert_eq!(stored[1].measurements[0]["v"], 21.0);
     let dev = s.device("dev-a").unwrap().unwrap();
     assert_eq!((dev.last_sequence, dev.battery), (Some(107), Some(77.0)));
@@ -127,12 +221,19 @@ async fn revocation_by_another_process_takes_effect_within_seconds() {
     let ingest = start(&url);
     let mut d = Device::new("dev-r", key, 1);
     let src = || Source::Http("t".into());
-    assert!(ingest.submit(d.seal(&temp(unix_now(), 1.0), unix_now()), src()).await.is_ok());
+    assert!(ingest
+        .submit(d.seal(&temp(unix_now(), 1.0), unix_now()), src())
+        .await
+        .is_ok());
     Store::open(&url).unwrap().revoke_device("dev-r").unwrap();
     let mut last = None;
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        last = ingest.submit(d.seal(&temp(unix_now(), 1.0), unix_now()), src()).await.err().map(|r| r.reason);
+        last = ingest
+            .submit(d.seal(&temp(unix_now(), 1.0), unix_now()), src())
+            .await
+            .err()
+            .map(|r| r.reason);
         if last == Some("revoked_device") {
             break;
         }
@@ -142,13 +243,20 @@ async fn revocation_by_another_process_takes_effect_within_seconds() {
 
 /// Publishes envelopes with QoS 1 and waits for the broker's PUBACKs.
 async fn publish_all(broker: &MqttConfig, messages: Vec<(String, Vec<u8>)>, pace: Duration) {
-    let mut opts = rumqttc::MqttOptions::new(msec_testkit::unique("pub-"), broker.host.clone(), broker.port);
+    let mut opts = rumqttc::MqttOptions::new(
+        msec_testkit::unique("pub-"),
+        broker.host.clone(),
+        broker.port,
+    );
     opts.set_max_packet_size(1 << 20, 1 << 20).set_inflight(100);
     let (client, mut events) = rumqttc::AsyncClient::new(opts, 100);
     let n = messages.len();
     tokio::spawn(async move {
         for (topic, payload) in messages {
-            client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await.unwrap();
+            client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
             if !pace.is_zero() {
                 tokio::time::sleep(pace).await;
             }
@@ -156,7 +264,10 @@ async fn publish_all(broker: &MqttConfig, messages: Vec<(String, Vec<u8>)>, pace
     });
     let mut acked = 0;
     while acked < n {
-        match tokio::time::timeout(Duration::from_secs(20), events.poll()).await.expect("broker stalled") {
+        match tokio::time::timeout(Duration::from_secs(20), events.poll())
+            .await
+            .expect("broker stalled")
+        {
             Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => acked += 1,
             Ok(_) => {}
             Err(e) => panic!("publisher: {e}"),
@@ -190,14 +301,17 @@ async fn through_broker(broker_url: String, db_url: String) {
     let key = DeviceKey::generate().unwrap();
     sync(|| register(&mut Store::open(&db_url).unwrap(), "dev-m", &key));
     let ingest = start(&db_url);
-    let cfg = MqttConfig::from_url(&broker_url, &msec_testkit::unique("msec-ingest-"), &root).unwrap();
+    let cfg =
+        MqttConfig::from_url(&broker_url, &msec_testkit::unique("msec-ingest-"), &root).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let consumer = tokio::spawn(run_mqtt(ingest.clone(), cfg.clone(), stopped));
     tokio::time::sleep(Duration::from_millis(500)).await; // subscription in place
     let topic = readings_topic(&root, "santander", "dev-m");
     let mut d = Device::new("dev-m", key, 1);
     let now = unix_now();
-    let mut msgs: Vec<_> = (0..200).map(|i| (topic.clone(), d.seal(&temp(now, i as f64), now))).collect();
+    let mut msgs: Vec<_> = (0..200)
+        .map(|i| (topic.clone(), d.seal(&temp(now, i as f64), now)))
+        .collect();
     let mut forged = d.seal(&temp(now, -1.0), now);
     let l = forged.len() - 1;
     forged[l] ^= 1;
@@ -236,7 +350,9 @@ async fn crash_and_resume(broker_url: String, db_url: String) {
     // Below Mosquitto's default max_queued_messages (1000) for an offline session: beyond it the
     // broker itself drops messages, which docs/operations.md tells operators to raise.
     let total = 900;
-    let msgs: Vec<_> = (0..total).map(|i| (topic.clone(), d.seal(&temp(now, i as f64), now))).collect();
+    let msgs: Vec<_> = (0..total)
+        .map(|i| (topic.clone(), d.seal(&temp(now, i as f64), now)))
+        .collect();
     let publisher = tokio::spawn({
         let cfg = cfg.clone();
         async move { publish_all(&cfg, msgs, Duration::from_millis(2)).await }
@@ -245,13 +361,19 @@ async fn crash_and_resume(broker_url: String, db_url: String) {
     let stored_before = wait_for_readings(&db_url, 100).await;
     first.abort();
     let _ = first.await;
-    assert!(stored_before >= 100 && stored_before < total, "kill happened mid-stream ({stored_before})");
+    assert!(
+        stored_before >= 100 && stored_before < total,
+        "kill happened mid-stream ({stored_before})"
+    );
     publisher.await.unwrap();
     let second = tokio::spawn(run_mqtt(start(&db_url), cfg, stopped));
     assert_eq!(wait_for_readings(&db_url, total).await, total);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(count_readings(&db_url), total, "no duplicates");
-    assert!(events(&db_url).is_empty(), "a redelivery was treated as hostile");
+    assert!(
+        events(&db_url).is_empty(),
+        "a redelivery was treated as hostile"
+    );
     second.abort();
 }
 
@@ -267,7 +389,9 @@ async fn embedded_broker_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_postgres() {
-    let (Some(mqtt), Some(pg)) = (msec_testkit::mqtt_url(), msec_testkit::postgres_url()) else { return };
+    let (Some(mqtt), Some(pg)) = (msec_testkit::mqtt_url(), msec_testkit::postgres_url()) else {
+        return;
+    };
     through_broker(mqtt, pg).await;
 }
 
@@ -278,6 +402,8 @@ async fn consumer_crash_embedded_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_crash_mosquitto() {
-    let (Some(mqtt), Some(pg)) = (msec_testkit::mqtt_url(), msec_testkit::postgres_url()) else { return };
+    let (Some(mqtt), Some(pg)) = (msec_testkit::mqtt_url(), msec_testkit::postgres_url()) else {
+        return;
+    };
     crash_and_resume(mqtt, pg).await;
 }

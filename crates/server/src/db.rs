@@ -13,11 +13,13 @@ impl DbHandle {
     /// Moves `store` onto a dedicated thread, which ends when the last handle is dropped.
     pub fn start(mut store: Store) -> std::io::Result<DbHandle> {
         let (tx, rx) = std::sync::mpsc::channel::<Task>();
-        std::thread::Builder::new().name("msec-api-db".into()).spawn(move || {
-            for task in rx {
-                task(&mut store);
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("msec-api-db".into())
+            .spawn(move || {
+                for task in rx {
+                    task(&mut store);
+                }
+            })?;
         Ok(DbHandle(tx))
     }
 
@@ -30,7 +32,10 @@ impl DbHandle {
         let task: Task = Box::new(move |store| {
             let _ = tx.send(f(store));
         });
-        self.0.send(task).map_err(|_| StoreError::Backend("the database thread has stopped".into()))?;
-        rx.await.map_err(|_| StoreError::Backend("the database thread has stopped".into()))?
+        self.0
+            .send(task)
+            .map_err(|_| StoreError::Backend("the database thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("the database thread has stopped".into()))?
     }
 }

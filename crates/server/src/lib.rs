@@ -40,16 +40,29 @@ const OPENAPI: &str = include_str!("../assets/openapi.json");
 
 /// Content Security Policy for everything served: no inline script or style, nothing from
 /// other origins, never framed.
-pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+pub const CSP: &str =
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /// The full router.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(|| async { static_file("text/html; charset=utf-8", INDEX_HTML) }))
-        .route("/app.js", get(|| async { static_file("text/javascript; charset=utf-8", APP_JS) }))
-        .route("/style.css", get(|| async { static_file("text/css; charset=utf-8", STYLE_CSS) }))
-        .route("/api/openapi.json", get(|| async { static_file("application/json", OPENAPI) }))
+        .route(
+            "/",
+            get(|| async { static_file("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { static_file("text/css; charset=utf-8", STYLE_CSS) }),
+        )
+        .route(
+            "/api/openapi.json",
+            get(|| async { static_file("application/json", OPENAPI) }),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/devices", get(list_devices).post(register_device))
@@ -72,7 +85,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 fn static_file(content_type: &'static str, body: &'static str) -> Response {
@@ -83,10 +98,19 @@ async fn security_headers(req: Request<Body>, next: Next) -> Response {
     let api = req.uri().path().starts_with("/api/");
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     if api {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -94,14 +118,22 @@ async fn security_headers(req: Request<Body>, next: Next) -> Response {
 }
 
 async fn healthz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
-    let engine = s.db.call(|db| db.schema_version().map(|v| (db.engine(), v))).await?;
-    Ok(Json(json!({"status": "ok", "database": engine.0, "schema_version": engine.1})))
+    let engine =
+        s.db.call(|db| db.schema_version().map(|v| (db.engine(), v)))
+            .await?;
+    Ok(Json(
+        json!({"status": "ok", "database": engine.0, "schema_version": engine.1}),
+    ))
 }
 
 /// Parses an optional integer query parameter, naming it in the error.
 fn int_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Problem> {
     q.get(name)
-        .map(|v| v.parse::<i64>().map_err(|_| Problem::bad_request(format!("query parameter {name}={v:?} is not an integer"))))
+        .map(|v| {
+            v.parse::<i64>().map_err(|_| {
+                Problem::bad_request(format!("query parameter {name}={v:?} is not an integer"))
+            })
+        })
         .transpose()
 }
 
@@ -109,7 +141,9 @@ fn limit_param(q: &HashMap<String, String>) -> Result<u32, Problem> {
     match int_param(q, "limit")? {
         None => Ok(100),
         Some(n) if (1..=1000).contains(&n) => Ok(n as u32),
-        Some(n) => Err(Problem::bad_request(format!("limit={n} is outside 1..=1000"))),
+        Some(n) => Err(Problem::bad_request(format!(
+            "limit={n} is outside 1..=1000"
+        ))),
     }
 }
 
@@ -118,17 +152,25 @@ async fn list_devices(State(s): State<AppState>) -> Result<Json<serde_json::Valu
     Ok(Json(json!({ "devices": devices })))
 }
 
-async fn show_device(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn show_device(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     let lookup = id.clone();
     match s.db.call(move |db| db.device(&lookup)).await? {
         Some(d) => Ok(Json(d).into_response()),
-        None => Err(Problem::not_found(format!("no device {:?}", msec_ingest::bounded(&id, 64)))),
+        None => Err(Problem::not_found(format!(
+            "no device {:?}",
+            msec_ingest::bounded(&id, 64)
+        ))),
     }
 }
 
 /// Identifiers that appear in MQTT topics and URLs: short and unambiguous.
 fn valid_id(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 #[derive(Deserialize)]
@@ -143,8 +185,12 @@ struct Registration {
     public_key: String,
 }
 
-async fn register_device(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Response, Problem> {
-    let r: Registration = serde_json::from_slice(&body).map_err(|e| Problem::bad_request(format!("registration JSON: {e}")))?;
+async fn register_device(
+    State(s): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let r: Registration = serde_json::from_slice(&body)
+        .map_err(|e| Problem::bad_request(format!("registration JSON: {e}")))?;
     let device = new_device(r)?;
     let stored = s.db.call(move |db| db.register_device(&device)).await?;
     s.ingest.refresh_device(&stored);
@@ -153,12 +199,16 @@ async fn register_device(State(s): State<AppState>, body: axum::body::Bytes) -> 
 
 fn new_device(r: Registration) -> Result<NewDevice, Problem> {
     if !valid_id(&r.id) || !valid_id(&r.tenant) {
-        return Err(Problem::bad_request("id and tenant must be 1-64 characters of A-Z a-z 0-9 . _ -"));
+        return Err(Problem::bad_request(
+            "id and tenant must be 1-64 characters of A-Z a-z 0-9 . _ -",
+        ));
     }
     let key: [u8; 32] = hex::decode(r.public_key.trim())
         .ok()
         .and_then(|k| k.try_into().ok())
-        .ok_or_else(|| Problem::bad_request("public_key must be 64 hex digits (a raw Ed25519 public key)"))?;
+        .ok_or_else(|| {
+            Problem::bad_request("public_key must be 64 hex digits (a raw Ed25519 public key)")
+        })?;
     Ok(NewDevice {
         name: r.name.unwrap_or_else(|| r.id.clone()),
         id: r.id,
@@ -170,13 +220,23 @@ fn new_device(r: Registration) -> Result<NewDevice, Problem> {
     })
 }
 
-async fn revoke_device(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn revoke_device(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     let target = id.clone();
-    let device = s
-        .db
-        .call(move |db| if db.revoke_device(&target)? { db.device(&target) } else { Ok(None) })
+    let device =
+        s.db.call(move |db| {
+            if db.revoke_device(&target)? {
+                db.device(&target)
+            } else {
+                Ok(None)
+            }
+        })
         .await?
-        .ok_or_else(|| Problem::not_found(format!("no device {:?}", msec_ingest::bounded(&id, 64))))?;
+        .ok_or_else(|| {
+            Problem::not_found(format!("no device {:?}", msec_ingest::bounded(&id, 64)))
+        })?;
     s.ingest.refresh_device(&device);
     Ok(Json(device).into_response())
 }
@@ -194,15 +254,18 @@ async fn device_readings(
     };
     let limit = query.limit as usize;
     let lookup = id.clone();
-    let readings = s
-        .db
-        .call(move |db| match db.device(&lookup)? {
+    let readings =
+        s.db.call(move |db| match db.device(&lookup)? {
             Some(_) => db.readings(&lookup, &query).map(Some),
             None => Ok(None),
         })
         .await?
-        .ok_or_else(|| Problem::not_found(format!("no device {:?}", msec_ingest::bounded(&id, 64))))?;
-    let next = (readings.len() == limit).then(|| readings.last().map(|r| r.sequence.to_string())).flatten();
+        .ok_or_else(|| {
+            Problem::not_found(format!("no device {:?}", msec_ingest::bounded(&id, 64)))
+        })?;
+    let next = (readings.len() == limit)
+        .then(|| readings.last().map(|r| r.sequence.to_string()))
+        .flatten();
     Ok(Json(json!({ "readings": readings, "next_cursor": next })))
 }
 
@@ -220,17 +283,29 @@ async fn post_reading(
         Err(_) => vec![0u8; limit + 1],
     };
     match s.ingest.submit(bytes, Source::Http(peer.to_string())).await {
-        Ok(Outcome::Stored { device_id, sequence }) => {
-            Ok((StatusCode::CREATED, Json(json!({"status": "stored", "device_id": device_id, "sequence": sequence}))).into_response())
-        }
-        Ok(Outcome::Duplicate { device_id, sequence }) => {
-            Ok((StatusCode::OK, Json(json!({"status": "duplicate", "device_id": device_id, "sequence": sequence}))).into_response())
-        }
+        Ok(Outcome::Stored {
+            device_id,
+            sequence,
+        }) => Ok((
+            StatusCode::CREATED,
+            Json(json!({"status": "stored", "device_id": device_id, "sequence": sequence})),
+        )
+            .into_response()),
+        Ok(Outcome::Duplicate {
+            device_id,
+            sequence,
+        }) => Ok((
+            StatusCode::OK,
+            Json(json!({"status": "duplicate", "device_id": device_id, "sequence": sequence})),
+        )
+            .into_response()),
         Err(r) => {
             let status = match r.reason {
                 "oversized" => StatusCode::PAYLOAD_TOO_LARGE,
                 "malformed_envelope" | "malformed_senml" => StatusCode::BAD_REQUEST,
-                "unknown_device" | "revoked_device" | "bad_signature" | "topic_mismatch" => StatusCode::FORBIDDEN,
+                "unknown_device" | "revoked_device" | "bad_signature" | "topic_mismatch" => {
+                    StatusCode::FORBIDDEN
+                }
                 "replayed_sequence" => StatusCode::CONFLICT,
                 "stale_timestamp" | "future_timestamp" => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
@@ -248,13 +323,19 @@ async fn security_events(
 ) -> Result<Json<serde_json::Value>, Problem> {
     let limit = limit_param(&q)?;
     let cursor = int_param(&q, "cursor")?;
-    let events = s.db.call(move |db| db.security_events(limit, cursor)).await?;
-    let next = (events.len() == limit as usize).then(|| events.last().map(|e| e.id.to_string())).flatten();
+    let events =
+        s.db.call(move |db| db.security_events(limit, cursor))
+            .await?;
+    let next = (events.len() == limit as usize)
+        .then(|| events.last().map(|e| e.id.to_string()))
+        .flatten();
     Ok(Json(json!({ "events": events, "next_cursor": next })))
 }
 
 async fn stats(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
-    let (counts, by_reason) = s.db.call(|db| Ok((db.counts()?, db.security_event_counts()?))).await?;
+    let (counts, by_reason) =
+        s.db.call(|db| Ok((db.counts()?, db.security_event_counts()?)))
+            .await?;
     let m = s.ingest.metrics();
     use std::sync::atomic::Ordering::Relaxed;
     Ok(Json(json!({
@@ -275,27 +356,66 @@ async fn metrics(State(s): State<AppState>) -> Response {
     let m = s.ingest.metrics();
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
     };
-    counter("msec_readings_accepted_total", "Readings accepted and durably stored.", m.accepted.load(Relaxed));
-    counter("msec_readings_duplicate_total", "Redelivered readings acknowledged without storing twice.", m.duplicates.load(Relaxed));
-    counter("msec_ingest_batches_total", "Ingest transactions committed.", m.batches.load(Relaxed));
-    counter("msec_ingest_storage_failures_total", "Batches refused because the database failed.", m.storage_failures.load(Relaxed));
+    counter(
+        "msec_readings_accepted_total",
+        "Readings accepted and durably stored.",
+        m.accepted.load(Relaxed),
+    );
+    counter(
+        "msec_readings_duplicate_total",
+        "Redelivered readings acknowledged without storing twice.",
+        m.duplicates.load(Relaxed),
+    );
+    counter(
+        "msec_ingest_batches_total",
+        "Ingest transactions committed.",
+        m.batches.load(Relaxed),
+    );
+    counter(
+        "msec_ingest_storage_failures_total",
+        "Batches refused because the database failed.",
+        m.storage_failures.load(Relaxed),
+    );
     let _ = writeln!(out, "# HELP msec_security_events_total Rejected readings, each recorded as a security event, by reason.");
     let _ = writeln!(out, "# TYPE msec_security_events_total counter");
     for (reason, n) in m.rejected() {
         let _ = writeln!(out, "msec_security_events_total{{reason=\"{reason}\"}} {n}");
     }
     if let Ok(c) = s.db.call(|db| db.counts()).await {
-        let _ = writeln!(out, "# HELP msec_devices Registered devices by status.\n# TYPE msec_devices gauge");
-        let _ = writeln!(out, "msec_devices{{status=\"active\"}} {}", c.active_devices);
-        let _ = writeln!(out, "msec_devices{{status=\"revoked\"}} {}", c.devices - c.active_devices);
+        let _ = writeln!(
+            out,
+            "# HELP msec_devices Registered devices by status.\n# TYPE msec_devices gauge"
+        );
+        let _ = writeln!(
+            out,
+            "msec_devices{{status=\"active\"}} {}",
+            c.active_devices
+        );
+        let _ = writeln!(
+            out,
+            "msec_devices{{status=\"revoked\"}} {}",
+            c.devices - c.active_devices
+        );
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 /// Live readings and security events as Server-Sent Events (`reading`, `security`).
-async fn stream(State(s): State<AppState>) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+async fn stream(
+    State(s): State<AppState>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
     let rx = s.ingest.subscribe();
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         loop {

@@ -15,7 +15,12 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
-        Problem { status, code, detail: detail.into(), extra: serde_json::Value::Null }
+        Problem {
+            status,
+            code,
+            detail: detail.into(),
+            extra: serde_json::Value::Null,
+        }
     }
     pub fn bad_request(detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::BAD_REQUEST, "bad_request", detail)
@@ -28,10 +33,16 @@ impl Problem {
 impl From<msec_store::StoreError> for Problem {
     fn from(e: msec_store::StoreError) -> Problem {
         match e {
-            msec_store::StoreError::Conflict(m) => Problem::new(StatusCode::CONFLICT, "conflict", m),
+            msec_store::StoreError::Conflict(m) => {
+                Problem::new(StatusCode::CONFLICT, "conflict", m)
+            }
             other => {
                 tracing::error!(error = %other, "database error while serving a request");
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "the database is unavailable; retry later")
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the database is unavailable; retry later",
+                )
             }
         }
     }
@@ -49,9 +60,15 @@ impl IntoResponse for Problem {
         if let (Some(obj), serde_json::Value::Object(extra)) = (body.as_object_mut(), self.extra) {
             obj.extend(extra);
         }
-        let mut resp = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response();
+        let mut resp = (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         resp
     }

@@ -31,7 +31,11 @@ fn http(addr: SocketAddr, method: &str, path: &str, content_type: &str, body: &[
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let status = head[9..12].parse().unwrap();
-    Reply { status, headers: head.to_ascii_lowercase(), body: body.to_string() }
+    Reply {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body: body.to_string(),
+    }
 }
 
 fn get(addr: SocketAddr, path: &str) -> Reply {
@@ -45,11 +49,17 @@ async fn start() -> SocketAddr {
     let db = DbHandle::start(Store::open(&url).unwrap()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(msec_server::serve(listener, AppState { db, ingest }, std::future::pending()));
+    tokio::spawn(msec_server::serve(
+        listener,
+        AppState { db, ingest },
+        std::future::pending(),
+    ));
     addr
 }
 
-fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> impl std::future::Future<Output = T> {
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> impl std::future::Future<Output = T> {
     async { tokio::task::spawn_blocking(f).await.unwrap() }
 }
 
@@ -66,34 +76,82 @@ fn scenario(addr: SocketAddr) {
         "location": {"lat": 43.47, "lon": -3.81, "label": "Las Llamas"},
         "public_key": hex::encode(key.public_key()),
     });
-    let r = http(addr, "POST", "/api/v1/devices", "application/json", reg.to_string().as_bytes());
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/devices",
+        "application/json",
+        reg.to_string().as_bytes(),
+    );
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.json()["key_id"], hex::encode(key.key_id()));
-    assert_eq!(http(addr, "POST", "/api/v1/devices", "application/json", reg.to_string().as_bytes()).status, 409);
-    let bad = http(addr, "POST", "/api/v1/devices", "application/json", br#"{"id":"x y","tenant":"t","kind":"k","public_key":"00"}"#);
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/api/v1/devices",
+            "application/json",
+            reg.to_string().as_bytes()
+        )
+        .status,
+        409
+    );
+    let bad = http(
+        addr,
+        "POST",
+        "/api/v1/devices",
+        "application/json",
+        br#"{"id":"x y","tenant":"t","kind":"k","public_key":"00"}"#,
+    );
     assert_eq!(bad.status, 400);
-    assert!(bad.headers.contains("content-type: application/problem+json"));
-    assert_eq!(get(addr, "/api/v1/devices").json()["devices"][0]["id"], "park-env-01");
+    assert!(bad
+        .headers
+        .contains("content-type: application/problem+json"));
+    assert_eq!(
+        get(addr, "/api/v1/devices").json()["devices"][0]["id"],
+        "park-env-01"
+    );
     let missing = get(addr, "/api/v1/devices/nope");
-    assert_eq!((missing.status, missing.json()["type"].as_str().unwrap()), (404, "urn:msec:problem:not_found"));
+    assert_eq!(
+        (missing.status, missing.json()["type"].as_str().unwrap()),
+        (404, "urn:msec:problem:not_found")
+    );
 
     // HTTP ingest: stored, duplicate, forged, oversized, malformed.
     let mut dev = Device::new("park-env-01", key, 1);
     let now = unix_now();
     let cose = "application/cose; cose-type=\"cose-sign1\"";
-    let env = dev.seal(&[Measurement::number("temperature", "Cel", now, 18.5), Measurement::number("battery", "%EL", now, 91.0)], now);
+    let env = dev.seal(
+        &[
+            Measurement::number("temperature", "Cel", now, 18.5),
+            Measurement::number("battery", "%EL", now, 91.0),
+        ],
+        now,
+    );
     let r = http(addr, "POST", "/api/v1/readings", cose, &env);
-    assert_eq!((r.status, r.json()["status"].as_str().unwrap()), (201, "stored"));
+    assert_eq!(
+        (r.status, r.json()["status"].as_str().unwrap()),
+        (201, "stored")
+    );
     let r = http(addr, "POST", "/api/v1/readings", cose, &env);
-    assert_eq!((r.status, r.json()["status"].as_str().unwrap()), (200, "duplicate"));
+    assert_eq!(
+        (r.status, r.json()["status"].as_str().unwrap()),
+        (200, "duplicate")
+    );
     let mut forged = dev.seal(&[Measurement::number("temperature", "Cel", now, 99.0)], now);
     let l = forged.len() - 1;
     forged[l] ^= 1;
     let r = http(addr, "POST", "/api/v1/readings", cose, &forged);
-    assert_eq!((r.status, r.json()["type"].as_str().unwrap()), (403, "urn:msec:problem:bad_signature"));
+    assert_eq!(
+        (r.status, r.json()["type"].as_str().unwrap()),
+        (403, "urn:msec:problem:bad_signature")
+    );
     assert!(r.json()["security_event_id"].as_i64().is_some());
     let r = http(addr, "POST", "/api/v1/readings", cose, &vec![0u8; 200_000]);
-    assert_eq!((r.status, r.json()["type"].as_str().unwrap()), (413, "urn:msec:problem:oversized"));
+    assert_eq!(
+        (r.status, r.json()["type"].as_str().unwrap()),
+        (413, "urn:msec:problem:oversized")
+    );
     let r = http(addr, "POST", "/api/v1/readings", cose, b"hello");
     assert_eq!(r.status, 400);
 
@@ -101,26 +159,75 @@ fn scenario(addr: SocketAddr) {
     let page = get(addr, "/api/v1/devices/park-env-01/readings?limit=10").json();
     assert_eq!(page["readings"].as_array().unwrap().len(), 1);
     assert_eq!(page["readings"][0]["measurements"][0]["v"], 18.5);
-    assert_eq!(get(addr, "/api/v1/devices/park-env-01").json()["battery"], 91.0);
-    assert_eq!(get(addr, "/api/v1/devices/park-env-01/readings?limit=abc").status, 400);
-    assert_eq!(get(addr, "/api/v1/devices/park-env-01/readings?limit=5000").status, 400);
+    assert_eq!(
+        get(addr, "/api/v1/devices/park-env-01").json()["battery"],
+        91.0
+    );
+    assert_eq!(
+        get(addr, "/api/v1/devices/park-env-01/readings?limit=abc").status,
+        400
+    );
+    assert_eq!(
+        get(addr, "/api/v1/devices/park-env-01/readings?limit=5000").status,
+        400
+    );
     let events = get(addr, "/api/v1/security-events").json();
-    let reasons: Vec<&str> = events["events"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();
-    assert_eq!(reasons, ["malformed_envelope", "oversized", "bad_signature"]);
+    let reasons: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["malformed_envelope", "oversized", "bad_signature"]
+    );
     let metrics = get(addr, "/metrics");
-    assert!(metrics.body.contains("msec_security_events_total{reason=\"bad_signature\"} 1"), "{}", metrics.body);
+    assert!(
+        metrics
+            .body
+            .contains("msec_security_events_total{reason=\"bad_signature\"} 1"),
+        "{}",
+        metrics.body
+    );
     assert!(metrics.body.contains("msec_readings_accepted_total 1"));
-    assert_eq!(get(addr, "/api/v1/stats").json()["rejected_by_reason"]["oversized"], 1);
+    assert_eq!(
+        get(addr, "/api/v1/stats").json()["rejected_by_reason"]["oversized"],
+        1
+    );
 
     // Revocation over HTTP is effective for the very next reading.
-    assert_eq!(http(addr, "POST", "/api/v1/devices/park-env-01/revoke", "text/plain", b"").status, 200);
-    let r = http(addr, "POST", "/api/v1/readings", cose, &dev.seal(&[Measurement::number("temperature", "Cel", now, 1.0)], now));
-    assert_eq!((r.status, r.json()["type"].as_str().unwrap()), (403, "urn:msec:problem:revoked_device"));
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/api/v1/devices/park-env-01/revoke",
+            "text/plain",
+            b""
+        )
+        .status,
+        200
+    );
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/readings",
+        cose,
+        &dev.seal(&[Measurement::number("temperature", "Cel", now, 1.0)], now),
+    );
+    assert_eq!(
+        (r.status, r.json()["type"].as_str().unwrap()),
+        (403, "urn:msec:problem:revoked_device")
+    );
 
     // Security headers everywhere; health.
     let home = get(addr, "/");
     assert_eq!(home.status, 200);
-    for h in ["content-security-policy: default-src 'self'; script-src 'self'", "x-content-type-options: nosniff", "x-frame-options: deny"] {
+    for h in [
+        "content-security-policy: default-src 'self'; script-src 'self'",
+        "x-content-type-options: nosniff",
+        "x-frame-options: deny",
+    ] {
         assert!(home.headers.contains(h), "missing {h}");
     }
     assert_eq!(get(addr, "/healthz").json()["database"], "sqlite");
@@ -133,10 +240,16 @@ async fn openapi_documents_every_route() {
     assert_eq!(doc["openapi"], "3.1.0");
     let src = include_str!("../src/lib.rs");
     let mut routes = 0;
-    for line in src.lines().filter(|l| l.trim_start().starts_with(".route(\"/")) {
+    for line in src
+        .lines()
+        .filter(|l| l.trim_start().starts_with(".route(\"/"))
+    {
         let path = line.split('"').nth(1).unwrap();
         if path.starts_with("/api/") || path == "/healthz" || path == "/metrics" {
-            assert!(doc["paths"].get(path).is_some(), "{path} is not in openapi.json");
+            assert!(
+                doc["paths"].get(path).is_some(),
+                "{path} is not in openapi.json"
+            );
             routes += 1;
         }
     }

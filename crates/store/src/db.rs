@@ -18,7 +18,9 @@ pub enum StoreError {
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match &e {
-            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
                 StoreError::Conflict(e.to_string())
             }
             _ => StoreError::Backend(e.to_string()),
@@ -164,7 +166,9 @@ impl Db {
 
     pub(crate) fn postgres(url: &str) -> Result<Db, StoreError> {
         let client = postgres::Client::connect(url, postgres::NoTls).map_err(|e| {
-            let detail = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            let detail = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
             StoreError::Open(format!("PostgreSQL at {}: {e}{detail}", redact(url)))
         })?;
         Ok(Db::Postgres(Box::new(client)))
@@ -180,8 +184,12 @@ impl Db {
     /// Rewrites the few type names that differ between the engines.
     pub(crate) fn dialect(&self, sql: &str) -> String {
         match self {
-            Db::Sqlite(_) => sql.replace("{BLOB}", "BLOB").replace("{SERIAL}", "INTEGER PRIMARY KEY AUTOINCREMENT"),
-            Db::Postgres(_) => sql.replace("{BLOB}", "BYTEA").replace("{SERIAL}", "BIGSERIAL PRIMARY KEY"),
+            Db::Sqlite(_) => sql
+                .replace("{BLOB}", "BLOB")
+                .replace("{SERIAL}", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+            Db::Postgres(_) => sql
+                .replace("{BLOB}", "BYTEA")
+                .replace("{SERIAL}", "BIGSERIAL PRIMARY KEY"),
         }
     }
 
@@ -214,8 +222,10 @@ impl Db {
                 Ok(stmt.execute(rusqlite::params_from_iter(params.iter()))? as u64)
             }
             Db::Postgres(c) => {
-                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                    params.iter().map(|p| p as &(dyn postgres::types::ToSql + Sync)).collect();
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p as &(dyn postgres::types::ToSql + Sync))
+                    .collect();
                 Ok(c.execute(sql, &refs)?)
             }
         }
@@ -238,8 +248,10 @@ impl Db {
                 Ok(out)
             }
             Db::Postgres(c) => {
-                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                    params.iter().map(|p| p as &(dyn postgres::types::ToSql + Sync)).collect();
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p as &(dyn postgres::types::ToSql + Sync))
+                    .collect();
                 c.query(sql, &refs)?.iter().map(|r| map(r)).collect()
             }
         }
@@ -276,9 +288,13 @@ impl Db {
                 let seqs: Vec<i64> = readings.iter().map(|r| r.sequence).collect();
                 let issued: Vec<i64> = readings.iter().map(|r| r.issued_at).collect();
                 let received: Vec<i64> = readings.iter().map(|r| r.received_ms).collect();
-                let envelopes: Vec<&[u8]> = readings.iter().map(|r| r.envelope.as_slice()).collect();
+                let envelopes: Vec<&[u8]> =
+                    readings.iter().map(|r| r.envelope.as_slice()).collect();
                 let digests: Vec<&[u8]> = readings.iter().map(|r| &r.digest[..]).collect();
-                let json: Vec<&str> = readings.iter().map(|r| r.measurements_json.as_str()).collect();
+                let json: Vec<&str> = readings
+                    .iter()
+                    .map(|r| r.measurements_json.as_str())
+                    .collect();
                 c.execute(
                     "INSERT INTO readings (device_id, sequence, issued_at, received_ms, envelope, digest, measurements) \
                      SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[], $7::text[]) \
@@ -297,7 +313,12 @@ pub fn redact(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => {
             let creds = &url[scheme + 3..at];
             match creds.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &creds[..colon], &url[at..]),
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
                 None => url.to_string(),
             }
         }
@@ -309,7 +330,10 @@ pub fn redact(url: &str) -> String {
 mod tests {
     #[test]
     fn redact_hides_passwords_only() {
-        assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            super::redact("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(super::redact("/tmp/x.db"), "/tmp/x.db");
     }

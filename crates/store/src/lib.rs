@@ -169,7 +169,11 @@ const DEVICE_COLUMNS: &str = "id, tenant, name, kind, location_lat, location_lon
 
 fn device_from(r: &dyn Row) -> Result<Device, StoreError> {
     let location = match (r.opt_f64(4)?, r.opt_f64(5)?) {
-        (Some(lat), Some(lon)) => Some(Location { lat, lon, label: r.opt_text(6)?.unwrap_or_default() }),
+        (Some(lat), Some(lon)) => Some(Location {
+            lat,
+            lon,
+            label: r.opt_text(6)?.unwrap_or_default(),
+        }),
         _ => None,
     };
     Ok(Device {
@@ -180,7 +184,11 @@ fn device_from(r: &dyn Row) -> Result<Device, StoreError> {
         location,
         public_key: r.bytes(7)?,
         key_id: r.bytes(8)?,
-        status: if r.text(9)? == "revoked" { DeviceStatus::Revoked } else { DeviceStatus::Active },
+        status: if r.text(9)? == "revoked" {
+            DeviceStatus::Revoked
+        } else {
+            DeviceStatus::Active
+        },
         created_ms: r.i64(10)?,
         updated_ms: r.i64(11)?,
         last_seen_ms: r.opt_i64(12)?,
@@ -197,7 +205,10 @@ impl Store {
         let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Db::postgres(url)?
         } else {
-            let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+            let path = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url);
             Db::sqlite(std::path::Path::new(path))?
         };
         let mut store = Store { db };
@@ -221,7 +232,10 @@ impl Store {
             None => (None, None, None),
         };
         if self.device(&d.id)?.is_some() {
-            return Err(StoreError::Conflict(format!("device {:?} is already registered", d.id)));
+            return Err(StoreError::Conflict(format!(
+                "device {:?} is already registered",
+                d.id
+            )));
         }
         self.db.exec(
             "INSERT INTO devices (id, tenant, name, kind, location_lat, location_lon, location_label, \
@@ -247,12 +261,17 @@ impl Store {
             )),
             other => other,
         })?;
-        self.device(&d.id)?.ok_or_else(|| StoreError::Backend("device vanished after insert".into()))
+        self.device(&d.id)?
+            .ok_or_else(|| StoreError::Backend("device vanished after insert".into()))
     }
 
     pub fn device(&mut self, id: &str) -> Result<Option<Device>, StoreError> {
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1");
-        Ok(self.db.query(&sql, &[P::Text(id)], device_from)?.into_iter().next())
+        Ok(self
+            .db
+            .query(&sql, &[P::Text(id)], device_from)?
+            .into_iter()
+            .next())
     }
 
     pub fn devices(&mut self) -> Result<Vec<Device>, StoreError> {
@@ -301,7 +320,13 @@ impl Store {
             let id = self.db.query(
                 "INSERT INTO security_events (at_ms, reason, device_id, source, detail) \
                  VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                &[P::I64(e.at_ms), P::Text(&e.reason), P::OptText(e.device_id.as_deref()), P::Text(&e.source), P::Text(&e.detail)],
+                &[
+                    P::I64(e.at_ms),
+                    P::Text(&e.reason),
+                    P::OptText(e.device_id.as_deref()),
+                    P::Text(&e.source),
+                    P::Text(&e.detail),
+                ],
                 |r| r.i64(0),
             )?;
             ids.extend(id);
@@ -310,14 +335,24 @@ impl Store {
             self.db.exec(
                 "UPDATE devices SET last_seen_ms = $2, last_sequence = $3, \
                  battery = COALESCE($4, battery), link = COALESCE($5, link) WHERE id = $1",
-                &[P::Text(&u.device_id), P::I64(u.last_seen_ms), P::I64(u.last_sequence), P::OptF64(u.battery), P::OptF64(u.link)],
+                &[
+                    P::Text(&u.device_id),
+                    P::I64(u.last_seen_ms),
+                    P::I64(u.last_sequence),
+                    P::OptF64(u.battery),
+                    P::OptF64(u.link),
+                ],
             )?;
         }
         Ok(ids)
     }
 
     /// The digest of a stored reading, to tell a redelivery from a replay.
-    pub fn reading_digest(&mut self, device_id: &str, sequence: i64) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn reading_digest(
+        &mut self,
+        device_id: &str,
+        sequence: i64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let rows = self.db.query(
             "SELECT digest FROM readings WHERE device_id = $1 AND sequence = $2",
             &[P::Text(device_id), P::I64(sequence)],
@@ -327,7 +362,11 @@ impl Store {
     }
 
     /// Readings of one device, newest sequence first.
-    pub fn readings(&mut self, device_id: &str, q: &ReadingQuery) -> Result<Vec<StoredReading>, StoreError> {
+    pub fn readings(
+        &mut self,
+        device_id: &str,
+        q: &ReadingQuery,
+    ) -> Result<Vec<StoredReading>, StoreError> {
         let limit = i64::from(q.limit.clamp(1, 1000));
         self.db.query(
             "SELECT device_id, sequence, issued_at, received_ms, measurements FROM readings \
@@ -354,11 +393,18 @@ impl Store {
     }
 
     /// Security events, newest first; `before_id` is the pagination cursor.
-    pub fn security_events(&mut self, limit: u32, before_id: Option<i64>) -> Result<Vec<SecurityEvent>, StoreError> {
+    pub fn security_events(
+        &mut self,
+        limit: u32,
+        before_id: Option<i64>,
+    ) -> Result<Vec<SecurityEvent>, StoreError> {
         self.db.query(
             "SELECT id, at_ms, reason, device_id, source, detail FROM security_events \
              WHERE id < $1 ORDER BY id DESC LIMIT $2",
-            &[P::I64(before_id.unwrap_or(i64::MAX)), P::I64(i64::from(limit.clamp(1, 1000)))],
+            &[
+                P::I64(before_id.unwrap_or(i64::MAX)),
+                P::I64(i64::from(limit.clamp(1, 1000))),
+            ],
             |r| {
                 Ok(SecurityEvent {
                     id: r.i64(0)?,
@@ -383,11 +429,18 @@ impl Store {
 
     pub fn counts(&mut self) -> Result<Counts, StoreError> {
         let one = |db: &mut Db, sql: &str| -> Result<i64, StoreError> {
-            Ok(db.query(sql, &[], |r| r.i64(0))?.into_iter().next().unwrap_or(0))
+            Ok(db
+                .query(sql, &[], |r| r.i64(0))?
+                .into_iter()
+                .next()
+                .unwrap_or(0))
         };
         Ok(Counts {
             devices: one(&mut self.db, "SELECT COUNT(*) FROM devices")?,
-            active_devices: one(&mut self.db, "SELECT COUNT(*) FROM devices WHERE status = 'active'")?,
+            active_devices: one(
+                &mut self.db,
+                "SELECT COUNT(*) FROM devices WHERE status = 'active'",
+            )?,
             readings: one(&mut self.db, "SELECT COUNT(*) FROM readings")?,
             security_events: one(&mut self.db, "SELECT COUNT(*) FROM security_events")?,
         })

@@ -49,7 +49,11 @@ const MIGRATIONS: &[(i64, &str)] = &[(
 )];
 
 pub(crate) fn current_version(db: &mut Db) -> Result<i64, StoreError> {
-    let v = db.query("SELECT COALESCE(MAX(version), 0) FROM msec_schema", &[], |r| r.i64(0))?;
+    let v = db.query(
+        "SELECT COALESCE(MAX(version), 0) FROM msec_schema",
+        &[],
+        |r| r.i64(0),
+    )?;
     Ok(v.into_iter().next().unwrap_or(0))
 }
 
@@ -75,7 +79,9 @@ pub(crate) fn migrate(db: &mut Db) -> Result<(), StoreError> {
             Ok(_) => db.commit()?,
             Err(e) => {
                 let _ = db.rollback();
-                return Err(StoreError::Backend(format!("migration {version} failed: {e}")));
+                return Err(StoreError::Backend(format!(
+                    "migration {version} failed: {e}"
+                )));
             }
         }
     }

@@ -8,7 +8,11 @@ fn device(id: &str, byte: u8) -> NewDevice {
         tenant: "santander".into(),
         name: format!("Device {id}"),
         kind: "environmental-monitor".into(),
-        location: Some(Location { lat: 43.47, lon: -3.81, label: "Las Llamas".into() }),
+        location: Some(Location {
+            lat: 43.47,
+            lon: -3.81,
+            label: "Las Llamas".into(),
+        }),
         public_key: [byte; 32],
         key_id: [byte; 16],
     }
@@ -34,15 +38,38 @@ fn suite(url: &str) {
     let d = s.register_device(&device("d1", 1)).unwrap();
     assert_eq!(d.status, DeviceStatus::Active);
     assert_eq!(d.location.as_ref().unwrap().label, "Las Llamas");
-    assert!(matches!(s.register_device(&device("d1", 2)), Err(StoreError::Conflict(_))));
-    assert!(matches!(s.register_device(&device("d2", 1)), Err(StoreError::Conflict(_))), "same key twice");
+    assert!(matches!(
+        s.register_device(&device("d1", 2)),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(
+        matches!(
+            s.register_device(&device("d2", 1)),
+            Err(StoreError::Conflict(_))
+        ),
+        "same key twice"
+    );
     s.register_device(&device("d2", 2)).unwrap();
-    assert_eq!(s.devices().unwrap().iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["d1", "d2"]);
+    assert_eq!(
+        s.devices()
+            .unwrap()
+            .iter()
+            .map(|d| d.id.as_str())
+            .collect::<Vec<_>>(),
+        ["d1", "d2"]
+    );
     let before = now_ms();
     assert!(s.revoke_device("d2").unwrap());
     assert!(!s.revoke_device("nope").unwrap());
-    assert_eq!(s.device("d2").unwrap().unwrap().status, DeviceStatus::Revoked);
-    assert!(s.devices_changed_since(before).unwrap().iter().any(|d| d.id == "d2"));
+    assert_eq!(
+        s.device("d2").unwrap().unwrap().status,
+        DeviceStatus::Revoked
+    );
+    assert!(s
+        .devices_changed_since(before)
+        .unwrap()
+        .iter()
+        .any(|d| d.id == "d2"));
     assert!(s.device("nope").unwrap().is_none());
 
     // Batches: readings, events and device metadata commit together.
@@ -55,32 +82,76 @@ fn suite(url: &str) {
             source: "test".into(),
             detail: "forged".into(),
         }],
-        devices: vec![DeviceUpdate { device_id: "d1".into(), last_seen_ms: 99, last_sequence: 5, battery: Some(80.0), link: None }],
+        devices: vec![DeviceUpdate {
+            device_id: "d1".into(),
+            last_seen_ms: 99,
+            last_sequence: 5,
+            battery: Some(80.0),
+            link: None,
+        }],
     };
     assert_eq!(s.commit(&batch).unwrap().len(), 1);
     // Redelivery of the same batch is idempotent.
-    s.commit(&Batch { readings: batch.readings.clone(), ..Default::default() }).unwrap();
+    s.commit(&Batch {
+        readings: batch.readings.clone(),
+        ..Default::default()
+    })
+    .unwrap();
     let d1 = s.device("d1").unwrap().unwrap();
-    assert_eq!((d1.last_seen_ms, d1.last_sequence, d1.battery), (Some(99), Some(5), Some(80.0)));
+    assert_eq!(
+        (d1.last_seen_ms, d1.last_sequence, d1.battery),
+        (Some(99), Some(5), Some(80.0))
+    );
     assert_eq!(s.counts().unwrap().readings, 5);
     assert_eq!(s.reading_digest("d1", 3).unwrap().unwrap(), vec![3u8; 32]);
     assert!(s.reading_digest("d1", 9).unwrap().is_none());
 
     // Queries: newest first, limit, cursor, time window.
-    let page = s.readings("d1", &ReadingQuery { limit: 2, ..Default::default() }).unwrap();
+    let page = s
+        .readings(
+            "d1",
+            &ReadingQuery {
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(page.iter().map(|r| r.sequence).collect::<Vec<_>>(), [5, 4]);
     assert_eq!(page[0].measurements[0]["v"], 5);
-    let next = s.readings("d1", &ReadingQuery { limit: 10, before_sequence: Some(4), ..Default::default() }).unwrap();
-    assert_eq!(next.iter().map(|r| r.sequence).collect::<Vec<_>>(), [3, 2, 1]);
-    let window = ReadingQuery { limit: 10, from_ms: Some(1_700_000_002_000), to_ms: Some(1_700_000_003_000), ..Default::default() };
+    let next = s
+        .readings(
+            "d1",
+            &ReadingQuery {
+                limit: 10,
+                before_sequence: Some(4),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        next.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        [3, 2, 1]
+    );
+    let window = ReadingQuery {
+        limit: 10,
+        from_ms: Some(1_700_000_002_000),
+        to_ms: Some(1_700_000_003_000),
+        ..Default::default()
+    };
     assert_eq!(s.readings("d1", &window).unwrap().len(), 2);
 
     let ev = s.security_events(10, None).unwrap();
     assert_eq!((ev.len(), ev[0].reason.as_str()), (1, "bad_signature"));
-    assert_eq!(s.security_event_counts().unwrap(), vec![("bad_signature".to_string(), 1)]);
+    assert_eq!(
+        s.security_event_counts().unwrap(),
+        vec![("bad_signature".to_string(), 1)]
+    );
 
     // A failing batch leaves nothing behind (reading for an unregistered device violates the FK).
-    let bad = Batch { readings: vec![reading("d1", 6), reading("ghost", 1)], ..Default::default() };
+    let bad = Batch {
+        readings: vec![reading("d1", 6), reading("ghost", 1)],
+        ..Default::default()
+    };
     assert!(s.commit(&bad).is_err());
     assert!(s.reading_digest("d1", 6).unwrap().is_none());
 
@@ -106,7 +177,12 @@ fn postgres_behaviour() {
 
 #[test]
 fn unreachable_database_is_a_clear_error() {
-    let err = Store::open("postgres://nobody:secret@127.0.0.1:1/none").err().unwrap();
+    let err = Store::open("postgres://nobody:secret@127.0.0.1:1/none")
+        .err()
+        .unwrap();
     let msg = err.to_string();
-    assert!(msg.contains("PostgreSQL") && !msg.contains("secret"), "{msg}");
+    assert!(
+        msg.contains("PostgreSQL") && !msg.contains("secret"),
+        "{msg}"
+    );
 }

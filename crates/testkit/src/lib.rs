@@ -34,7 +34,8 @@ pub const DEFAULT_MQTT_URL: &str = "mqtt://127.0.0.1:1883";
 /// reporting) when PostgreSQL (`MSEC_TEST_DATABASE_URL`, default [`DEFAULT_DATABASE_URL`]) is
 /// unreachable.
 pub fn postgres_url() -> Option<String> {
-    let base = std::env::var("MSEC_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.into());
+    let base =
+        std::env::var("MSEC_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.into());
     let schema = unique("msec_test_");
     // The blocking driver may not run on an async worker thread: use a plain thread.
     let created = std::thread::scope(|s| {
@@ -46,7 +47,10 @@ pub fn postgres_url() -> Option<String> {
         .expect("schema thread")
     });
     if let Err(e) = created {
-        missing("PostgreSQL", &format!("cannot create a schema at {base} (set MSEC_TEST_DATABASE_URL): {e}"));
+        missing(
+            "PostgreSQL",
+            &format!("cannot create a schema at {base} (set MSEC_TEST_DATABASE_URL): {e}"),
+        );
         return None;
     }
     let sep = if base.contains('?') { '&' } else { '?' };
@@ -59,7 +63,10 @@ pub fn mqtt_url() -> Option<String> {
     let url = std::env::var("MSEC_TEST_MQTT_URL").unwrap_or_else(|_| DEFAULT_MQTT_URL.into());
     let addr = url.trim_start_matches("mqtt://").to_string();
     if std::net::TcpStream::connect(&addr).is_err() {
-        missing("an external MQTT broker (Mosquitto)", &format!("nothing listens at {addr} (set MSEC_TEST_MQTT_URL)"));
+        missing(
+            "an external MQTT broker (Mosquitto)",
+            &format!("nothing listens at {addr} (set MSEC_TEST_MQTT_URL)"),
+        );
         return None;
     }
     Some(url)
@@ -67,5 +74,9 @@ pub fn mqtt_url() -> Option<String> {
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind loopback")
+        .local_addr()
+        .expect("addr")
+        .port()
 }

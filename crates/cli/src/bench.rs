@@ -1,0 +1,548 @@
+//! `msec bench …`: figures measured on this machine, each next to a baseline measured in the
+//! same run, so that a number always comes with what bounds it.
+
+use crate::config::{Broker, Settings};
+use crate::platform::{open_store, Platform};
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use ed25519_dalek::{Signer, SigningKey, Verifier};
+use msec_device::{readings_topic, unix_now, Device, DeviceKey};
+use msec_envelope::Measurement;
+use msec_ingest::Live;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Ingest throughput and latency, embedded and with Mosquitto + PostgreSQL.
+    ///
+    /// Prints accepted readings/s from device signing through the broker to a durable commit,
+    /// end-to-end latency (p50, p99) at a fixed rate, and two same-run baselines: raw Ed25519
+    /// verification on all cores, and raw Mosquitto publish->subscribe of the same payloads.
+    Ingest {
+        /// Readings per throughput run
+        #[arg(long, default_value_t = 100_000)]
+        readings: usize,
+        /// Simulated devices the readings are spread over
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// Rate of the latency run, readings/s
+        #[arg(long, default_value_t = 5_000)]
+        latency_rate: u32,
+        /// Duration of the latency run, seconds
+        #[arg(long, default_value_t = 5)]
+        latency_secs: u64,
+        /// External broker for the production-mode run and the raw baseline
+        #[arg(
+            long,
+            default_value = "mqtt://127.0.0.1:1883",
+            env = "MSEC_BENCH_MOSQUITTO"
+        )]
+        mosquitto: String,
+        /// PostgreSQL for the production-mode run (a scratch schema is created and dropped)
+        #[arg(
+            long,
+            default_value = "postgres://postgres@127.0.0.1:5432/test",
+            env = "MSEC_BENCH_POSTGRES"
+        )]
+        postgres: String,
+        /// Only the embedded run and the verification baseline
+        #[arg(long)]
+        embedded_only: bool,
+    },
+}
+
+fn free_addr() -> Result<std::net::SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn measurements(now: f64, i: usize) -> Vec<Measurement> {
+    let x = i as f64;
+    vec![
+        Measurement::number("temperature", "Cel", now, 15.0 + (x * 0.01).sin() * 5.0),
+        Measurement::number("humidity", "%RH", now, 60.0 + (x * 0.02).cos() * 10.0),
+        Measurement::number("co2", "ppm", now, 410.0 + (x % 50.0)),
+    ]
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!("{cores} cores, {cpu}")
+}
+
+/// Raw Ed25519 verifications per second on all cores, over messages as long as our envelopes.
+fn raw_verify_rate(msg_len: usize, count: usize) -> f64 {
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let vk = key.verifying_key();
+    let msgs: Vec<Vec<u8>> = (0..1000).map(|i| vec![i as u8; msg_len]).collect();
+    let sigs: Vec<_> = msgs.iter().map(|m| key.sign(m)).collect();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let per = count / threads;
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                for i in 0..per {
+                    let k = i % msgs.len();
+                    assert!(vk.verify(&msgs[k], &sigs[k]).is_ok());
+                }
+            });
+        }
+    });
+    (per * threads) as f64 / start.elapsed().as_secs_f64()
+}
+
+struct Fleet {
+    devices: Vec<Device>,
+    tenant: String,
+}
+
+impl Fleet {
+    fn new(n: usize) -> Result<Fleet> {
+        let devices = (0..n)
+            .map(|i| {
+                Ok(Device::new(
+                    format!("bench-{i:04}"),
+                    DeviceKey::generate()?,
+                    1,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Fleet {
+            devices,
+            tenant: "bench".into(),
+        })
+    }
+
+    /// Signs `n` readings round-robin, on all cores.
+    fn sign(&mut self, n: usize, root: &str) -> Vec<(String, Vec<u8>)> {
+        let now = unix_now();
+        let per_device = n.div_ceil(self.devices.len());
+        let tenant = self.tenant.clone();
+        let mut out: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
+        let half = self.devices.len().div_ceil(2);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .devices
+                .chunks_mut(half)
+                .map(|chunk| {
+                    let tenant = tenant.clone();
+                    s.spawn(move || {
+                        let mut v = Vec::new();
+                        for d in chunk {
+                            let topic = readings_topic(root, &tenant, d.id());
+                            for i in 0..per_device {
+                                v.push((topic.clone(), d.seal(&measurements(now, i), now)));
+                            }
+                        }
+                        v
+                    })
+                })
+                .collect();
+            out = handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect();
+        });
+        // Interleave devices, as a broker would see them.
+        let mut all: Vec<(String, Vec<u8>)> = Vec::with_capacity(n);
+        let mut iters: Vec<_> = out.into_iter().map(|v| v.into_iter()).collect();
+        while all.len() < n {
+            let mut progressed = false;
+            for it in iters.iter_mut() {
+                if let Some(x) = it.next() {
+                    all.push(x);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        all.truncate(n);
+        all
+    }
+
+    async fn register(&self, platform: &Platform, database: &str) -> Result<()> {
+        let mut store = open_store(database).await?;
+        let regs: Vec<_> = self
+            .devices
+            .iter()
+            .map(|d| msec_store::NewDevice {
+                id: d.id().to_string(),
+                tenant: self.tenant.clone(),
+                name: d.id().to_string(),
+                kind: "bench".into(),
+                location: None,
+                public_key: d.key().public_key(),
+                key_id: d.key().key_id(),
+            })
+            .collect();
+        let devices = tokio::task::spawn_blocking(move || -> Result<Vec<msec_store::Device>> {
+            regs.iter().map(|r| Ok(store.register_device(r)?)).collect()
+        })
+        .await??;
+        for d in &devices {
+            platform.ingest.refresh_device(d);
+        }
+        Ok(())
+    }
+}
+
+/// Publishes with QoS 1 from `clients` connections; returns once the broker acknowledged all.
+async fn publish(url: &str, messages: Vec<(String, Vec<u8>)>, clients: usize) -> Result<()> {
+    let cfg =
+        msec_ingest::MqttConfig::from_url(url, "bench", "bench").map_err(anyhow::Error::msg)?;
+    let chunk = messages.len().div_ceil(clients.max(1)).max(1);
+    let mut tasks = Vec::new();
+    let mut messages = messages.into_iter();
+    for c in 0..clients {
+        let part: Vec<_> = messages.by_ref().take(chunk).collect();
+        let mut opts = MqttOptions::new(
+            format!("msec-bench-pub-{}-{c}", std::process::id()),
+            cfg.host.clone(),
+            cfg.port,
+        );
+        opts.set_inflight(1000)
+            .set_max_packet_size(1 << 20, 1 << 20);
+        tasks.push(tokio::spawn(async move {
+            let (client, mut events) = AsyncClient::new(opts, 1000);
+            let n = part.len();
+            let sender = tokio::spawn(async move {
+                for (topic, payload) in part {
+                    if client
+                        .publish(topic, QoS::AtLeastOnce, false, payload)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                client
+            });
+            let mut acked = 0;
+            while acked < n {
+                match tokio::time::timeout(Duration::from_secs(30), events.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(anyhow::anyhow!("publisher: {e}")),
+                    Err(_) => {
+                        return Err(anyhow::anyhow!("publisher: broker stopped acknowledging"))
+                    }
+                }
+            }
+            let _ = sender.await;
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+/// Throughput: readings/s from first publish until all are committed.
+async fn throughput(platform: &Platform, messages: Vec<(String, Vec<u8>)>) -> Result<f64> {
+    let n = messages.len() as u64;
+    let base = platform.ingest.metrics().accepted.load(Relaxed);
+    let start = Instant::now();
+    let url = platform.broker_url.clone();
+    let publisher = tokio::spawn(async move { publish(&url, messages, 2).await });
+    let mut last_progress = (base, Instant::now());
+    loop {
+        let done = platform.ingest.metrics().accepted.load(Relaxed) - base;
+        if done >= n {
+            break;
+        }
+        if done > last_progress.0 - base {
+            last_progress = (done + base, Instant::now());
+        } else if last_progress.1.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!(
+                "ingest stalled at {done}/{n} readings ({} rejected)",
+                platform.ingest.metrics().rejected_total()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    publisher.await??;
+    Ok(rate)
+}
+
+/// Latency at a fixed rate: signing on the device to the durable commit.
+async fn latency(
+    platform: &Platform,
+    fleet: &mut Fleet,
+    root: &str,
+    rate: u32,
+    secs: u64,
+) -> Result<(f64, f64, usize)> {
+    let sent: Arc<Mutex<HashMap<(String, i64), Instant>>> = Arc::default();
+    let mut live = platform.ingest.subscribe();
+    let total = rate as usize * secs as usize;
+    let collector = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(total);
+            let deadline = Instant::now() + Duration::from_secs(secs + 30);
+            while lat.len() < total && Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_secs(5), live.recv()).await {
+                    Ok(Ok(Live::Reading(r))) => {
+                        let key = (r.device_id.clone(), r.sequence);
+                        if let Some(t) = sent.lock().unwrap_or_else(|e| e.into_inner()).remove(&key)
+                        {
+                            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
+                    }
+                    Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                    _ => break,
+                }
+            }
+            lat
+        })
+    };
+    let cfg = msec_ingest::MqttConfig::from_url(&platform.broker_url, "bench", root)
+        .map_err(anyhow::Error::msg)?;
+    let mut opts = MqttOptions::new(
+        format!("msec-bench-lat-{}", std::process::id()),
+        cfg.host,
+        cfg.port,
+    );
+    opts.set_inflight(1000)
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = AsyncClient::new(opts, 1000);
+    let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = Instant::now();
+    for i in 0..total {
+        // Pace against the clock, not by sleeping per message, so overheads do not lower the rate.
+        let due = start + period * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let k = i % fleet.devices.len();
+        let d = &mut fleet.devices[k];
+        let seq = d.next_sequence() as i64;
+        let topic = readings_topic(root, &fleet.tenant, d.id());
+        let now = unix_now();
+        let t0 = Instant::now();
+        let env = d.seal(&measurements(now, i), now);
+        sent.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((d.id().to_string(), seq), t0);
+        client.publish(topic, QoS::AtLeastOnce, false, env).await?;
+    }
+    let mut lat = collector.await?;
+    poller.abort();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok((pct(0.50), pct(0.99), lat.len()))
+}
+
+/// Raw broker baseline: the same payloads published and received through the broker, QoS 1
+/// both ways, no msec in between.
+async fn raw_broker_rate(url: &str, messages: Vec<(String, Vec<u8>)>) -> Result<f64> {
+    let root = format!("rawbench{}", std::process::id());
+    let n = messages.len();
+    let messages: Vec<_> = messages
+        .into_iter()
+        .map(|(_, p)| (format!("{root}/x"), p))
+        .collect();
+    let cfg =
+        msec_ingest::MqttConfig::from_url(url, "bench", "bench").map_err(anyhow::Error::msg)?;
+    let mut opts = MqttOptions::new(
+        format!("msec-bench-sub-{}", std::process::id()),
+        cfg.host,
+        cfg.port,
+    );
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (sub, mut events) = AsyncClient::new(opts, 100);
+    sub.subscribe(format!("{root}/#"), QoS::AtLeastOnce).await?;
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = events.poll().await? {
+            break;
+        }
+    }
+    let start = Instant::now();
+    let url = url.to_string();
+    let publisher = tokio::spawn(async move { publish(&url, messages, 2).await });
+    let mut got = 0;
+    while got < n {
+        match tokio::time::timeout(Duration::from_secs(30), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(_)))) => got += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => anyhow::bail!("raw subscriber: {e}"),
+            Err(_) => anyhow::bail!("raw subscriber stalled at {got}/{n}"),
+        }
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    publisher.await??;
+    Ok(rate)
+}
+
+/// Creates a scratch schema and returns a URL that uses it.
+async fn scratch_schema(base: &str) -> Result<(String, String)> {
+    let schema = format!("msec_bench_{}", std::process::id());
+    let (b, s) = (base.to_string(), schema.clone());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut c = postgres::Client::connect(&b, postgres::NoTls)?;
+        c.batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s}"
+        ))?;
+        Ok(())
+    })
+    .await?
+    .with_context(|| format!("PostgreSQL at {}", msec_store::redact(base)))?;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Ok((
+        format!("{base}{sep}options=-csearch_path%3D{schema}"),
+        schema,
+    ))
+}
+
+async fn drop_schema(base: &str, schema: String) {
+    let b = base.to_string();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Ok(mut c) = postgres::Client::connect(&b, postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        }
+    })
+    .await;
+}
+
+struct Run {
+    throughput: f64,
+    p50: f64,
+    p99: f64,
+    samples: usize,
+}
+
+async fn run_mode(
+    settings: Settings,
+    n: usize,
+    devices: usize,
+    rate: u32,
+    secs: u64,
+) -> Result<Run> {
+    let platform = Platform::start(&settings).await?;
+    let result = async {
+        let mut fleet = Fleet::new(devices)?;
+        fleet.register(&platform, &settings.database).await?;
+        eprintln!("  signing {n} readings…");
+        let messages = fleet.sign(n, &settings.topic_root);
+        eprintln!("  publishing and ingesting…");
+        let throughput = throughput(&platform, messages).await?;
+        eprintln!("  latency run: {rate} readings/s for {secs} s…");
+        let (p50, p99, samples) =
+            latency(&platform, &mut fleet, &settings.topic_root, rate, secs).await?;
+        Ok(Run {
+            throughput,
+            p50,
+            p99,
+            samples,
+        })
+    }
+    .await;
+    platform.shutdown().await?;
+    result
+}
+
+pub async fn run(cmd: BenchCommand) -> Result<()> {
+    let BenchCommand::Ingest {
+        readings,
+        devices,
+        latency_rate,
+        latency_secs,
+        mosquitto,
+        postgres,
+        embedded_only,
+    } = cmd;
+    let devices = devices.max(1);
+    println!(
+        "msec bench ingest — {} readings over {devices} devices; machine: {}",
+        readings,
+        machine()
+    );
+    let sample = {
+        let mut d = Device::new("x", DeviceKey::from_seed([1; 32]), 1);
+        d.seal(&measurements(unix_now(), 0), unix_now())
+    };
+    let len = sample.len();
+    eprintln!("baseline: raw Ed25519 verification…");
+    let verify = tokio::task::spawn_blocking(move || raw_verify_rate(len, 200_000)).await?;
+    println!("baseline  raw Ed25519 verify (all cores, {len} B messages): {verify:>10.0} /s");
+
+    let dir = std::env::temp_dir().join(format!("msec-bench-{}", std::process::id()));
+    let embedded = Settings {
+        data_dir: dir.clone(),
+        database: format!("sqlite:{}", dir.join("msec.db").display()),
+        http: free_addr()?,
+        broker: Broker::Embedded(free_addr()?),
+        topic_root: "bench".into(),
+        max_skew: 3600,
+        max_envelope_bytes: msec_envelope::DEFAULT_MAX_ENVELOPE_BYTES,
+    };
+    eprintln!("embedded mode (rumqttd + SQLite):");
+    let e = run_mode(embedded, readings, devices, latency_rate, latency_secs).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let e = e?;
+    println!(
+        "embedded  rumqttd + SQLite: {:>10.0} readings/s ({:.2} x raw verify); latency at {} /s: p50 {:.2} ms, p99 {:.2} ms ({} samples)",
+        e.throughput, e.throughput / verify, latency_rate, e.p50, e.p99, e.samples
+    );
+    if embedded_only {
+        return Ok(());
+    }
+    eprintln!("production mode (Mosquitto + PostgreSQL):");
+    let (db, schema) = match scratch_schema(&postgres).await {
+        Ok(x) => x,
+        Err(e) => {
+            println!("SKIPPED production mode and raw Mosquitto baseline: {e:#}");
+            return Ok(());
+        }
+    };
+    let prod = Settings {
+        data_dir: std::env::temp_dir().join(format!("msec-bench-pg-{}", std::process::id())),
+        database: db,
+        http: free_addr()?,
+        broker: Broker::External(mosquitto.clone()),
+        topic_root: format!("bench{}", std::process::id()),
+        max_skew: 3600,
+        max_envelope_bytes: msec_envelope::DEFAULT_MAX_ENVELOPE_BYTES,
+    };
+    let p = run_mode(prod.clone(), readings, devices, latency_rate, latency_secs).await;
+    drop_schema(&postgres, schema).await;
+    let _ = std::fs::remove_dir_all(&prod.data_dir);
+    let p = p?;
+    eprintln!("baseline: raw Mosquitto publish->subscribe…");
+    let payloads = Fleet::new(devices)?.sign(readings, "raw");
+    let raw = raw_broker_rate(&mosquitto, payloads).await?;
+    println!(
+        "baseline  raw Mosquitto QoS 1 pub->sub, same payloads: {:>10.0} /s",
+        raw
+    );
+    println!(
+        "mosquitto Mosquitto + PostgreSQL: {:>10.0} readings/s ({:.2} x raw Mosquitto); latency at {} /s: p50 {:.2} ms, p99 {:.2} ms ({} samples)",
+        p.throughput, p.throughput / raw, latency_rate, p.p50, p.p99, p.samples
+    );
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! Settings shared by `serve`, `demo`, `sim` and the registry commands, from flags, `MSEC_*`
+//! environment variables and an optional TOML file, in that order of precedence.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+/// Not 1883, so that the embedded broker never collides with a system Mosquitto.
+pub const DEFAULT_MQTT: &str = "127.0.0.1:1884";
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct PlatformArgs {
+    /// TOML file with any of the settings below (keys as the long flags, with _ for -).
+    #[arg(long, env = "MSEC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the embedded database and local key files live [default: ./msec-data]
+    #[arg(long, env = "MSEC_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: postgres://user@host:5432/db for PostgreSQL, or sqlite:PATH
+    /// [default: SQLite at DATA_DIR/msec.db]
+    #[arg(long, env = "MSEC_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
+    /// HTTP API and dashboard listen address [default: 127.0.0.1:8080]
+    #[arg(long, env = "MSEC_HTTP", value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Listen address of the embedded MQTT broker [default: 127.0.0.1:1884]
+    #[arg(
+        long,
+        env = "MSEC_MQTT",
+        value_name = "ADDR",
+        conflicts_with = "broker"
+    )]
+    pub mqtt: Option<SocketAddr>,
+    /// Use this external MQTT broker instead of the embedded one, e.g. mqtt://127.0.0.1:1883
+    #[arg(long, env = "MSEC_BROKER", value_name = "URL")]
+    pub broker: Option<String>,
+    /// First MQTT topic level; devices publish on ROOT/v1/TENANT/DEVICE/readings [default: msec]
+    #[arg(long, env = "MSEC_TOPIC_ROOT", value_name = "ROOT")]
+    pub topic_root: Option<String>,
+    /// Largest accepted clock difference between a device and this server, in seconds [default: 300]
+    #[arg(long, env = "MSEC_MAX_SKEW", value_name = "SECS")]
+    pub max_skew: Option<i64>,
+    /// Largest accepted reading envelope in bytes [default: 65536]
+    #[arg(long, env = "MSEC_MAX_ENVELOPE_BYTES", value_name = "BYTES")]
+    pub max_envelope_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    data_dir: Option<PathBuf>,
+    database: Option<String>,
+    http: Option<SocketAddr>,
+    mqtt: Option<SocketAddr>,
+    broker: Option<String>,
+    topic_root: Option<String>,
+    max_skew: Option<i64>,
+    max_envelope_bytes: Option<usize>,
+}
+
+/// Where MQTT traffic goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Broker {
+    Embedded(SocketAddr),
+    External(String),
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub database: String,
+    pub http: SocketAddr,
+    pub broker: Broker,
+    pub topic_root: String,
+    pub max_skew: i64,
+    pub max_envelope_bytes: usize,
+}
+
+impl Settings {
+    /// The broker URL clients should connect to.
+    pub fn broker_url(&self) -> String {
+        match &self.broker {
+            Broker::Embedded(addr) => format!("mqtt://{addr}"),
+            Broker::External(url) => url.clone(),
+        }
+    }
+}
+
+impl PlatformArgs {
+    pub fn resolve(&self) -> Result<Settings> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<FileSettings>(&text)
+                    .with_context(|| format!("config file {}", path.display()))?
+            }
+            None => FileSettings::default(),
+        };
+        let data_dir = self
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("msec-data"));
+        let database = self
+            .database
+            .clone()
+            .or(file.database)
+            .unwrap_or_else(|| format!("sqlite:{}", data_dir.join("msec.db").display()));
+        let broker = match (self.broker.clone(), self.mqtt) {
+            (Some(url), _) => Broker::External(url),
+            (None, Some(addr)) => Broker::Embedded(addr),
+            (None, None) => match (file.broker, file.mqtt) {
+                (Some(url), _) => Broker::External(url),
+                (None, addr) => Broker::Embedded(
+                    addr.unwrap_or_else(|| DEFAULT_MQTT.parse().expect("valid default")),
+                ),
+            },
+        };
+        if let Broker::External(url) = &broker {
+            msec_ingest::MqttConfig::from_url(url, "check", "check").map_err(anyhow::Error::msg)?;
+        }
+        let topic_root = self
+            .topic_root
+            .clone()
+            .or(file.topic_root)
+            .unwrap_or_else(|| "msec".into());
+        if topic_root.is_empty() || topic_root.contains(['+', '#', '/']) {
+            bail!("topic root {topic_root:?} must be one non-empty MQTT topic level without wildcards");
+        }
+        let max_skew = self.max_skew.or(file.max_skew).unwrap_or(300);
+        if max_skew <= 0 {
+            bail!("max skew must be a positive number of seconds");
+        }
+        let max_envelope_bytes = self
+            .max_envelope_bytes
+            .or(file.max_envelope_bytes)
+            .unwrap_or(msec_envelope::DEFAULT_MAX_ENVELOPE_BYTES);
+        if !(256..=msec_broker::MAX_PAYLOAD_BYTES).contains(&max_envelope_bytes) {
+            bail!(
+                "max envelope bytes must be between 256 and {}",
+                msec_broker::MAX_PAYLOAD_BYTES
+            );
+        }
+        Ok(Settings {
+            data_dir,
+            database,
+            http: self
+                .http
+                .or(file.http)
+                .unwrap_or_else(|| DEFAULT_HTTP.parse().expect("valid default")),
+            broker,
+            topic_root,
+            max_skew,
+            max_envelope_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_beats_defaults() {
+        let dir = std::env::temp_dir().join(format!("msec-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("msec.toml");
+        std::fs::write(
+            &file,
+            "http = \"127.0.0.1:9000\"\nbroker = \"mqtt://127.0.0.1:1883\"\nmax_skew = 30\n",
+        )
+        .unwrap();
+        let args = PlatformArgs {
+            config: Some(file.clone()),
+            max_skew: Some(60),
+            ..Default::default()
+        };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.http.to_string(), "127.0.0.1:9000");
+        assert_eq!(s.broker, Broker::External("mqtt://127.0.0.1:1883".into()));
+        assert_eq!(s.max_skew, 60);
+        assert_eq!(s.database, "sqlite:msec-data/msec.db");
+        let s = PlatformArgs::default().resolve().unwrap();
+        assert_eq!(s.broker, Broker::Embedded(DEFAULT_MQTT.parse().unwrap()));
+        std::fs::write(&file, "htp = 1\n").unwrap();
+        let err = format!(
+            "{:#}",
+            PlatformArgs {
+                config: Some(file),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_err()
+        );
+        assert!(err.contains("unknown field"), "{err}");
+        let bad = PlatformArgs {
+            broker: Some("tcp://x".into()),
+            ..Default::default()
+        };
+        assert!(format!("{:#}", bad.resolve().unwrap_err()).contains("mqtt://"));
+    }
+}

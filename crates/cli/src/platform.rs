@@ -1,0 +1,133 @@
+//! Starting and stopping the whole platform: store, ingest, MQTT (embedded broker or an
+//! external one), the HTTP API and dashboard. `serve`, `demo` and the benchmark share it.
+
+use crate::config::{Broker, Settings};
+use anyhow::{Context, Result};
+use msec_ingest::{Ingest, MqttConfig};
+use msec_store::Store;
+use std::net::SocketAddr;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub struct Platform {
+    pub http: SocketAddr,
+    pub broker_url: String,
+    pub ingest: Ingest,
+    stop: watch::Sender<bool>,
+    consumer: JoinHandle<()>,
+    server: JoinHandle<std::io::Result<()>>,
+    writer: std::thread::JoinHandle<()>,
+}
+
+/// Opens a store off the async workers: the PostgreSQL driver blocks.
+pub async fn open_store(url: &str) -> Result<Store> {
+    let url = url.to_string();
+    let shown = msec_store::redact(&url);
+    tokio::task::spawn_blocking(move || Store::open(&url))
+        .await?
+        .with_context(|| format!("cannot open the database {shown}"))
+}
+
+/// The MQTT client id of the platform's consumer. Stable across restarts (so the broker keeps
+/// its session and queued readings) and distinct per topic root.
+pub fn consumer_id(topic_root: &str) -> String {
+    format!("msec-ingest-{topic_root}")
+}
+
+impl Platform {
+    pub async fn start(s: &Settings) -> Result<Platform> {
+        std::fs::create_dir_all(&s.data_dir)
+            .with_context(|| format!("cannot create data directory {}", s.data_dir.display()))?;
+        let listener = tokio::net::TcpListener::bind(s.http)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen for HTTP on {} (choose another address with --http)",
+                    s.http
+                )
+            })?;
+        let http = listener.local_addr()?;
+        let broker_url = match &s.broker {
+            Broker::Embedded(addr) => format!("mqtt://{}", msec_broker::start(*addr)?),
+            Broker::External(url) => url.clone(),
+        };
+        let config = msec_ingest::Config {
+            max_envelope_bytes: s.max_envelope_bytes,
+            max_skew_secs: s.max_skew,
+            ..Default::default()
+        };
+        let writer_store = open_store(&s.database).await?;
+        let (ingest, writer) =
+            tokio::task::spawn_blocking(move || Ingest::start(writer_store, config))
+                .await?
+                .context("cannot start ingest")?;
+        let db = msec_server::DbHandle::start(open_store(&s.database).await?)?;
+        let (stop, stopped) = watch::channel(false);
+        let mqtt = MqttConfig::from_url(&broker_url, &consumer_id(&s.topic_root), &s.topic_root)
+            .map_err(anyhow::Error::msg)?;
+        let consumer = tokio::spawn(msec_ingest::run_mqtt(ingest.clone(), mqtt, stopped.clone()));
+        let state = msec_server::AppState {
+            db,
+            ingest: ingest.clone(),
+        };
+        let mut until_stop = stopped;
+        let server = tokio::spawn(msec_server::serve(listener, state, async move {
+            let _ = until_stop.wait_for(|s| *s).await;
+        }));
+        tracing::info!(http = %http, broker = %broker_url, database = %msec_store::redact(&s.database), "msec is running");
+        Ok(Platform {
+            http,
+            broker_url,
+            ingest,
+            stop,
+            consumer,
+            server,
+            writer,
+        })
+    }
+
+    /// Stops taking input, acknowledges what was committed, and waits for the last commit.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        let _ = self.consumer.await;
+        // Open live streams would hold a graceful HTTP shutdown forever; give them a moment.
+        let mut server = self.server;
+        if tokio::time::timeout(std::time::Duration::from_secs(3), &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
+        drop(self.ingest);
+        // The writer commits each batch as it arrives, so everything acknowledged is already
+        // durable; it exits once the last ingest handle (some may linger in closing HTTP
+        // connections) is gone. Wait a little for a clean exit, not forever.
+        let writer = tokio::task::spawn_blocking(move || {
+            let _ = self.writer.join();
+        });
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+        Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn interrupted() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

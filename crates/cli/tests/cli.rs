@@ -1,0 +1,299 @@
+//! The `msec` binary as a user meets it: help, errors, the registry commands, `serve` with a
+//! device publishing over MQTT, and `demo` rendered in headless Chromium.
+
+use msec_device::{readings_topic, unix_now, Device, DeviceFile, DeviceKey};
+use msec_envelope::Measurement;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn msec() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_msec"));
+    c.env_remove("MSEC_CONFIG").env("MSEC_LOG", "warn");
+    c
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = msec().args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+fn http_post(addr: &str, path: &str, body: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// A running msec process, killed on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn addr() -> String {
+    format!("127.0.0.1:{}", msec_testkit::free_port())
+}
+
+#[test]
+fn help_teaches_and_errors_are_clear() {
+    let (ok, out, _) = run(&["--help"]);
+    assert!(
+        ok && out.contains("demo") && out.contains("serve") && out.contains("device"),
+        "{out}"
+    );
+    let (ok, out, _) = run(&["serve", "--help"]);
+    assert!(
+        ok && out.contains("--broker") && out.contains("MSEC_DATABASE") && out.contains("Examples"),
+        "{out}"
+    );
+    let (ok, _, err) = run(&["serve", "--broker", "tcp://nowhere"]);
+    assert!(
+        !ok && err.contains("mqtt://") && !err.contains("panicked"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["device", "show", "ghost", "--data-dir", &tmp()]);
+    assert!(!ok && err.contains("no device \"ghost\""), "{err}");
+    // An address already in use is explained, not a panic.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let (ok, _, err) = run(&[
+        "serve",
+        "--data-dir",
+        &tmp(),
+        "--http",
+        &port,
+        "--mqtt",
+        &addr(),
+    ]);
+    assert!(
+        !ok && err.contains("cannot listen for HTTP") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+fn tmp() -> String {
+    std::env::temp_dir()
+        .join(msec_testkit::unique("msec-cli-"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn serve_accepts_a_registered_device_over_mqtt_and_rejects_after_revocation() {
+    let dir = tmp();
+    let key_file = format!("{dir}-dev.json");
+    let (ok, out, err) = run(&[
+        "device",
+        "keygen",
+        "--id",
+        "gw-1",
+        "--tenant",
+        "santander",
+        "--out",
+        &key_file,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("public key"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let (ok, _, err) = run(&[
+        "device",
+        "register",
+        "--key-file",
+        &key_file,
+        "--kind",
+        "gateway-hub",
+        "--lat",
+        "43.46",
+        "--lon",
+        "-3.80",
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = run(&["device", "list", "--data-dir", &dir]);
+    assert!(
+        ok && out.contains("gw-1") && out.contains("active"),
+        "{out}"
+    );
+
+    let (http, mqtt) = (addr(), addr());
+    let _server = Running(
+        msec()
+            .args([
+                "serve",
+                "--data-dir",
+                &dir,
+                "--http",
+                &http,
+                "--mqtt",
+                &mqtt,
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("msec serve", 30, || {
+        http_get(&http, "/healthz").is_some_and(|b| b.contains("ok"))
+    });
+
+    let file: DeviceFile =
+        serde_json::from_str(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+    let mut device = Device::new("gw-1", DeviceKey::from_seed_hex(&file.seed).unwrap(), 1);
+    let publish = |device: &mut Device, value: f64| {
+        let now = unix_now();
+        let envelope = device.seal(&[Measurement::number("link", "%", now, value)], now);
+        let port: u16 = mqtt.rsplit(':').next().unwrap().parse().unwrap();
+        let mut opts = rumqttc::MqttOptions::new(msec_testkit::unique("dev-"), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut conn) = rumqttc::Client::new(opts, 10);
+        client
+            .publish(
+                readings_topic("msec", "santander", "gw-1"),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                envelope,
+            )
+            .unwrap();
+        for event in conn.iter() {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = event {
+                break;
+            }
+        }
+    };
+    publish(&mut device, 88.0);
+    wait_until("the reading", 20, || {
+        http_get(&http, "/api/v1/devices/gw-1").is_some_and(|b| b.contains("\"link\":88.0"))
+    });
+
+    let (ok, _, err) = run(&["device", "revoke", "gw-1", "--data-dir", &dir]);
+    assert!(ok, "{err}");
+    std::thread::sleep(Duration::from_millis(1500)); // the server polls the registry every second
+    publish(&mut device, 12.0);
+    wait_until("the revocation event", 20, || {
+        http_get(&http, "/api/v1/security-events").is_some_and(|b| b.contains("revoked_device"))
+    });
+    assert!(http_get(&http, "/metrics")
+        .unwrap()
+        .contains("msec_security_events_total{reason=\"revoked_device\"} 1"));
+}
+
+/// The WebDriver check needs Chromium, its driver and Python Selenium (all installed by .ci/run).
+fn browser_ready() -> bool {
+    let ok = std::path::Path::new("/usr/bin/chromium").exists()
+        && std::path::Path::new("/usr/bin/chromedriver").exists()
+        && Command::new("python3")
+            .args(["-c", "import selenium"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        msec_testkit::missing(
+            "the dashboard in headless Chromium",
+            "apt-get install chromium chromium-driver && pip install selenium",
+        );
+    }
+    ok
+}
+
+#[test]
+fn demo_dashboard_renders_live_data_in_chromium() {
+    if !browser_ready() {
+        return;
+    }
+    let (dir, http, mqtt) = (tmp(), addr(), addr());
+    let _demo = Running(
+        msec()
+            .args([
+                "demo",
+                "--data-dir",
+                &dir,
+                "--http",
+                &http,
+                "--mqtt",
+                &mqtt,
+                "--residents",
+                "1",
+                "--trucks",
+                "1",
+                "--truck-hz",
+                "5",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("demo readings from all three pilots", 60, || {
+        let Some(body) = http_get(&http, "/api/v1/devices") else {
+            return false;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+            return false;
+        };
+        let seen = |prefix: &str| {
+            v["devices"].as_array().unwrap().iter().any(|d| {
+                d["id"].as_str().unwrap().starts_with(prefix) && !d["last_seen_ms"].is_null()
+            })
+        };
+        seen("park-") && seen("home-") && seen("truck-")
+    });
+    // A hostile reading, so that the security page has something to show.
+    assert!(http_post(&http, "/api/v1/readings", b"not a reading").contains("400"));
+    let script = format!("{}/tests/dashboard_check.py", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(format!("http://{http}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dashboard check failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
