@@ -297,3 +297,50 @@ fn demo_dashboard_renders_live_data_in_chromium() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_shuts_down_cleanly() {
+    let (dir, http, mqtt) = (tmp(), addr(), addr());
+    let mut child = msec()
+        .args([
+            "serve",
+            "--data-dir",
+            &dir,
+            "--http",
+            &http,
+            "--mqtt",
+            &mqtt,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("msec serve", 30, || {
+        http_get(&http, "/healthz").is_some_and(|b| b.contains("ok"))
+    });
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < end,
+            "msec serve did not stop within 20 s of Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit status {status}");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(out.contains("msec is serving"), "{out}");
+}

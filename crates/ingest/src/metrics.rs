@@ -22,7 +22,7 @@ pub struct Metrics {
     pub duplicates: AtomicU64,
     pub batches: AtomicU64,
     pub storage_failures: AtomicU64,
-    rejected: [AtomicU64; 10],
+    rejected: [AtomicU64; REASONS.len()],
 }
 
 impl Metrics {

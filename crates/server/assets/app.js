@@ -162,11 +162,22 @@ async function mapPage() {
     const x = (lon) => ((lon - minLon) / (maxLon - minLon)) * W;
     const y = (lat) => H - ((lat - minLat) / (maxLat - minLat)) * H;
     const svg = el("svg:svg", { viewBox: `0 0 ${W} ${H}`, "data-tenant": tenant });
+    // Devices at one place (a home kit, a depot) share a marker and a label.
+    const places = new Map();
     for (const d of list) {
+      const key = `${d.location.lat},${d.location.lon}`;
+      if (!places.has(key)) places.set(key, []);
+      places.get(key).push(d);
+    }
+    for (const group of places.values()) {
+      const d = group[0];
       const cx = x(d.location.lon).toFixed(1), cy = y(d.location.lat).toFixed(1);
-      svg.appendChild(el("svg:circle", { cx, cy, r: 5, class: d.status },
-        el("svg:title", {}, `${d.id} — ${d.location.label} (${d.location.lat.toFixed(4)}, ${d.location.lon.toFixed(4)})`)));
-      svg.appendChild(el("svg:text", { x: (+cx + 7).toFixed(1), y: (+cy + 3).toFixed(1) }, d.id));
+      const names = group.map((g) => g.id).join(", ");
+      const revoked = group.some((g) => g.status === "revoked") ? "revoked" : null;
+      svg.appendChild(el("svg:circle", { cx, cy, r: 5, class: revoked },
+        el("svg:title", {}, `${d.location.label}: ${names} (${d.location.lat.toFixed(4)}, ${d.location.lon.toFixed(4)})`)));
+      const label = group.length > 1 ? `${d.location.label} (${group.length})` : d.id;
+      svg.appendChild(el("svg:text", { x: (+cx + 7).toFixed(1), y: (+cy + 3).toFixed(1) }, label));
     }
     return el("div", { class: "map" }, el("h2", {}, tenant), svg);
   });
