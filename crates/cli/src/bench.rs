@@ -35,12 +35,9 @@ pub enum BenchCommand {
         /// Duration of the latency run, seconds
         #[arg(long, default_value_t = 5)]
         latency_secs: u64,
-        /// External broker for the production-mode run and the raw baseline
-        #[arg(
-            long,
-            default_value = "mqtt://127.0.0.1:1883",
-            env = "MSEC_BENCH_MOSQUITTO"
-        )]
+        /// Broker for the production-mode run and the raw baseline: `spawn` starts a private
+        /// Mosquitto configured as docs/operations.md recommends; or give mqtt://host:port
+        #[arg(long, default_value = "spawn", env = "MSEC_BENCH_MOSQUITTO")]
         mosquitto: String,
         /// PostgreSQL for the production-mode run (a scratch schema is created and dropped)
         #[arg(
@@ -264,6 +261,7 @@ async fn throughput(platform: &Platform, messages: Vec<(String, Vec<u8>)>) -> Re
     let url = platform.broker_url.clone();
     let publisher = tokio::spawn(async move { publish(&url, messages, 2).await });
     let mut last_progress = (base, Instant::now());
+    let mut last_report = Instant::now();
     loop {
         let done = platform.ingest.metrics().accepted.load(Relaxed) - base;
         if done >= n {
@@ -276,6 +274,10 @@ async fn throughput(platform: &Platform, messages: Vec<(String, Vec<u8>)>) -> Re
                 "ingest stalled at {done}/{n} readings ({} rejected)",
                 platform.ingest.metrics().rejected_total()
             );
+        }
+        if last_report.elapsed() >= Duration::from_secs(2) {
+            eprintln!("    {done}/{n} committed");
+            last_report = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -399,6 +401,49 @@ async fn raw_broker_rate(url: &str, messages: Vec<(String, Vec<u8>)>) -> Result<
     Ok(rate)
 }
 
+/// A private Mosquitto for the benchmark, stopped on drop. Mosquitto's defaults (20 messages
+/// in flight per client, 1,000 queued) would measure the configuration, not the software.
+struct PrivateMosquitto(std::process::Child, std::path::PathBuf);
+
+impl PrivateMosquitto {
+    fn start() -> Result<(PrivateMosquitto, String)> {
+        let addr = free_addr()?;
+        let conf =
+            std::env::temp_dir().join(format!("msec-bench-mosquitto-{}.conf", std::process::id()));
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_inflight_messages 1000\nmax_queued_messages 0\nmessage_size_limit 1048576\n",
+                addr.port()
+            ),
+        )?;
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start mosquitto (install it, or pass --mosquitto mqtt://host:port)")?;
+        let guard = PrivateMosquitto(child, conf);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Ok((guard, format!("mqtt://{addr}")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        anyhow::bail!("mosquitto did not start listening on {addr}")
+    }
+}
+
+impl Drop for PrivateMosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
 /// Creates a scratch schema and returns a URL that uses it.
 async fn scratch_schema(base: &str) -> Result<(String, String)> {
     let schema = format!("msec_bench_{}", std::process::id());
@@ -513,6 +558,16 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         return Ok(());
     }
     eprintln!("production mode (Mosquitto + PostgreSQL):");
+    let (_private, mosquitto) = if mosquitto == "spawn" {
+        let (guard, url) = PrivateMosquitto::start()?;
+        (Some(guard), url)
+    } else {
+        (None, mosquitto)
+    };
+    println!(
+        "          broker {mosquitto}, database {}",
+        msec_store::redact(&postgres)
+    );
     let (db, schema) = match scratch_schema(&postgres).await {
         Ok(x) => x,
         Err(e) => {

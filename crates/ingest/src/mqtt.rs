@@ -73,9 +73,11 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
     // Three stages: signature checks run in parallel tasks; a forwarder hands their results to
     // the writer in arrival order (sequence checks depend on it); the acker sends PUBACKs in
     // order, each after its commit.
-    let (queue, checking) =
-        mpsc::channel::<(rumqttc::Publish, JoinHandle<Checked>)>(cfg.inflight as usize);
-    let (to_ack, pending) = mpsc::channel::<(rumqttc::Publish, Pending)>(cfg.inflight as usize);
+    // The queues are unbounded on purpose: the event loop must never wait on them, or it stops
+    // sending the very PUBACKs that would drain them (a deadlock seen with Mosquitto). What is
+    // in flight is bounded by the broker's per-client inflight limit instead.
+    let (queue, checking) = mpsc::unbounded_channel::<(rumqttc::Publish, JoinHandle<Checked>)>();
+    let (to_ack, pending) = mpsc::unbounded_channel::<(rumqttc::Publish, Pending)>();
     let forwarder = tokio::spawn(forward_in_order(ingest.clone(), checking, to_ack));
     let acker = tokio::spawn(ack_in_order(client.clone(), pending));
     let filter = cfg.filter();
@@ -98,7 +100,7 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
                 let topic = publish.topic.clone();
                 let payload = publish.payload.to_vec();
                 let check = tokio::spawn(async move { ingest.check(payload, Source::Mqtt(topic)) });
-                if queue.send((publish, check)).await.is_err() {
+                if queue.send((publish, check)).is_err() {
                     break;
                 }
             }
@@ -138,13 +140,13 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
 
 async fn forward_in_order(
     ingest: Ingest,
-    mut checking: mpsc::Receiver<(rumqttc::Publish, JoinHandle<Checked>)>,
-    to_ack: mpsc::Sender<(rumqttc::Publish, Pending)>,
+    mut checking: mpsc::UnboundedReceiver<(rumqttc::Publish, JoinHandle<Checked>)>,
+    to_ack: mpsc::UnboundedSender<(rumqttc::Publish, Pending)>,
 ) {
     while let Some((publish, check)) = checking.recv().await {
         let Ok(checked) = check.await else { continue }; // a panicked check is never acknowledged
         let pending = ingest.enqueue(checked).await;
-        if to_ack.send((publish, pending)).await.is_err() {
+        if to_ack.send((publish, pending)).is_err() {
             break;
         }
     }
@@ -153,7 +155,7 @@ async fn forward_in_order(
 /// Acknowledges in arrival order (MQTT requires PUBACKs in order), and only after commit.
 async fn ack_in_order(
     client: AsyncClient,
-    mut pending: mpsc::Receiver<(rumqttc::Publish, Pending)>,
+    mut pending: mpsc::UnboundedReceiver<(rumqttc::Publish, Pending)>,
 ) {
     while let Some((publish, result)) = pending.recv().await {
         match result.outcome().await {
