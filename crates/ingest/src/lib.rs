@@ -143,6 +143,9 @@ pub(crate) enum Verdict {
         reading: Reading,
         device_id: String,
         envelope: Vec<u8>,
+        // Derived here, on the parallel stage, to keep the single writer thread lean.
+        digest: [u8; 32],
+        measurements_json: String,
         received_ms: i64,
         source: String,
     },
@@ -285,6 +288,9 @@ impl Ingest {
         let source_text = source.to_string();
         Checked(match self.stateless(envelope, &source) {
             Ok((reading, device_id, envelope)) => Verdict::Verified {
+                digest: msec_envelope::digest(&envelope),
+                measurements_json: serde_json::to_string(&reading.measurements)
+                    .unwrap_or_else(|_| "[]".into()),
                 reading,
                 device_id,
                 envelope,

@@ -118,11 +118,12 @@ impl Writer {
                     reading,
                     device_id,
                     envelope,
+                    digest,
+                    measurements_json,
                     received_ms,
                     source,
                 } => {
                     let seq = reading.sequence as i64;
-                    let digest = msec_envelope::digest(&envelope);
                     let last = newest
                         .get(&device_id)
                         .or(self.last_sequence.get(&device_id))
@@ -183,8 +184,6 @@ impl Writer {
                                 ),
                             ))
                         } else {
-                            let measurements_json = serde_json::to_string(&reading.measurements)
-                                .unwrap_or_else(|_| "[]".into());
                             let update =
                                 updates
                                     .entry(device_id.clone())
