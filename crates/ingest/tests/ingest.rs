@@ -407,3 +407,59 @@ async fn consumer_crash_mosquitto() {
     };
     crash_and_resume(mqtt, pg).await;
 }
+
+/// A Mosquitto configured for throughput (1,000 messages in flight per client, as
+/// docs/operations.md recommends) pushes far more than the consumer has committed; the consumer
+/// must keep turning its event loop (and sending PUBACKs) however far behind the writer is.
+/// This deadlocked once, when the consumer's internal queues were bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_inflight_window_does_not_stall_the_consumer() {
+    let Some(_pg) = msec_testkit::mqtt_url() else {
+        return;
+    };
+    let port = msec_testkit::free_port();
+    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-mosq-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 1000\nmax_queued_messages 0\n"),
+    )
+    .unwrap();
+    let mut broker = std::process::Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .spawn()
+        .expect("mosquitto is installed");
+    std::thread::sleep(Duration::from_millis(500));
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let db_url = sqlite_url();
+    let key = DeviceKey::generate().unwrap();
+    sync(|| register(&mut Store::open(&db_url).unwrap(), "dev-w", &key));
+    let root = msec_testkit::unique("t");
+    let cfg = MqttConfig::from_url(&url, &msec_testkit::unique("msec-ingest-"), &root).unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let consumer = tokio::spawn(run_mqtt(start(&db_url), cfg.clone(), stopped));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let topic = readings_topic(&root, "santander", "dev-w");
+    let mut d = Device::new("dev-w", key, 1);
+    let now = unix_now();
+    let total = 12_000;
+    let msgs: Vec<_> = (0..total)
+        .map(|i| (topic.clone(), d.seal(&temp(now, i as f64), now)))
+        .collect();
+    publish_all(&cfg, msgs, Duration::ZERO).await;
+    let stored = wait_for_readings(&db_url, total).await;
+    let _ = stop.send(true);
+    let stopped_in_time = tokio::time::timeout(Duration::from_secs(15), consumer)
+        .await
+        .is_ok();
+    let _ = broker.kill();
+    let _ = broker.wait();
+    let _ = std::fs::remove_dir_all(dir);
+    assert_eq!(stored, total);
+    assert!(
+        stopped_in_time,
+        "the consumer did not stop: its event loop is blocked"
+    );
+}
