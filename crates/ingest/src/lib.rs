@@ -304,6 +304,32 @@ impl Ingest {
         })
     }
 
+    /// Records a security event that is not about a reading (for example a refused
+    /// administrative request), through the same durable path; resolves once it is stored.
+    pub async fn record_denial(
+        &self,
+        reason: &'static str,
+        detail: String,
+        source: Source,
+    ) -> Option<i64> {
+        let rejection = Rejection {
+            reason,
+            detail,
+            device_id: None,
+            event_id: None,
+        };
+        let checked = Checked(Verdict::Rejected {
+            rejection,
+            source: source.to_string(),
+        });
+        self.enqueue(checked)
+            .await
+            .outcome()
+            .await
+            .err()
+            .and_then(|r| r.event_id)
+    }
+
     /// Hands a checked submission to the writer, in order; waits only for queue space.
     pub async fn enqueue(&self, checked: Checked) -> Pending {
         let (reply, done) = oneshot::channel();

@@ -14,6 +14,8 @@ pub const REASONS: &[&str] = &[
     "replayed_sequence",
     "stale_timestamp",
     "future_timestamp",
+    // Not about readings: an administrative request refused (see msec-server).
+    "forbidden",
 ];
 
 #[derive(Debug, Default)]

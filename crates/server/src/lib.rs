@@ -185,10 +185,28 @@ struct Registration {
     public_key: String,
 }
 
+/// Until identities and access control exist, changes to the registry are accepted only from
+/// this machine (loopback peers); anything else is refused and recorded as a security event.
+async fn require_local(s: &AppState, peer: SocketAddr, what: &str) -> Result<(), Problem> {
+    if peer.ip().is_loopback() {
+        return Ok(());
+    }
+    let detail = format!("{what} refused: registry changes are accepted only from this machine");
+    let event = s
+        .ingest
+        .record_denial("forbidden", detail.clone(), Source::Http(peer.to_string()))
+        .await;
+    let mut p = Problem::new(StatusCode::FORBIDDEN, "forbidden", detail);
+    p.extra = json!({ "security_event_id": event });
+    Err(p)
+}
+
 async fn register_device(
     State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
+    require_local(&s, peer, "device registration").await?;
     let r: Registration = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("registration JSON: {e}")))?;
     let device = new_device(r)?;
@@ -222,8 +240,10 @@ fn new_device(r: Registration) -> Result<NewDevice, Problem> {
 
 async fn revoke_device(
     State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
+    require_local(&s, peer, "device revocation").await?;
     let target = id.clone();
     let device =
         s.db.call(move |db| {
@@ -433,4 +453,50 @@ async fn stream(
         }
     });
     Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn registry_changes_from_other_hosts_are_refused_and_recorded() {
+        let dir = std::env::temp_dir().join(msec_testkit::unique("msec-local-"));
+        let url = dir.join("msec.db").to_string_lossy().into_owned();
+        let (ingest, _) =
+            Ingest::start(msec_store::Store::open(&url).unwrap(), Default::default()).unwrap();
+        let db = DbHandle::start(msec_store::Store::open(&url).unwrap()).unwrap();
+        let state = AppState { db, ingest };
+        // Only values here: no traffic goes to or comes from these documentation addresses.
+        assert!(
+            require_local(&state, "127.0.0.1:4000".parse().unwrap(), "x")
+                .await
+                .is_ok()
+        );
+        assert!(require_local(&state, "[::1]:4000".parse().unwrap(), "x")
+            .await
+            .is_ok());
+        let refused = require_local(
+            &state,
+            "192.0.2.7:4000".parse().unwrap(),
+            "device revocation",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            (refused.status, refused.code),
+            (StatusCode::FORBIDDEN, "forbidden")
+        );
+        assert!(refused.extra["security_event_id"].as_i64().is_some());
+        let events = state
+            .db
+            .call(|db| db.security_events(10, None))
+            .await
+            .unwrap();
+        assert_eq!(
+            (events[0].reason.as_str(), events[0].source.as_str()),
+            ("forbidden", "http 192.0.2.7:4000")
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
