@@ -189,7 +189,7 @@ pub async fn run(cmd: DeviceCommand) -> Result<()> {
                 tenant,
                 kind,
                 location: lat.zip(lon).map(|(lat, lon)| Location { lat, lon, label }),
-                key_id: msec_envelope::key_id(&key),
+                key_id: msec_envelope::registrable_key(&key).map_err(anyhow::Error::msg)?,
                 public_key: key,
             };
             let d = with_store(&platform, move |s| Ok(s.register_device(&device)?)).await?;

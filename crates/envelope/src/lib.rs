@@ -38,6 +38,17 @@ pub fn key_id(public_key: &[u8; 32]) -> [u8; KEY_ID_LEN] {
     id
 }
 
+/// Checks that 32 bytes are an Ed25519 public key a device may be registered with, and returns
+/// its key id. Refuses encodings that are not curve points and the weak (small-order) keys for
+/// which anyone could forge signatures.
+pub fn registrable_key(public_key: &[u8; 32]) -> Result<[u8; KEY_ID_LEN], &'static str> {
+    let key = VerifyingKey::from_bytes(public_key).map_err(|_| "not a valid Ed25519 public key")?;
+    if key.is_weak() {
+        return Err("a weak (small-order) Ed25519 key: anyone could forge its signatures");
+    }
+    Ok(key_id(public_key))
+}
+
 /// SHA-256 of the envelope bytes exactly as received: the identity of a stored reading, used to
 /// tell an idempotent redelivery from a replay with different content.
 pub fn digest(envelope: &[u8]) -> [u8; 32] {
@@ -164,7 +175,9 @@ impl Unverified {
     pub fn verify(self, key: &VerifyingKey) -> Result<Reading, EnvelopeError> {
         self.sign1.verify_signature(b"", |sig, data| {
             let sig = Signature::from_slice(sig).map_err(|_| EnvelopeError::BadSignature)?;
-            key.verify(data, &sig)
+            // Strict verification refuses malleable signatures and small-order components, so
+            // that msec accepts exactly what a careful independent verifier accepts.
+            key.verify_strict(data, &sig)
                 .map_err(|_| EnvelopeError::BadSignature)
         })?;
         let payload = self.sign1.payload.as_deref().unwrap_or_default();
@@ -261,6 +274,19 @@ mod tests {
         let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
         let err = open(&bytes, 1 << 16).unwrap().verify(&other).unwrap_err();
         assert_eq!(err.reason(), "bad_signature");
+    }
+
+    #[test]
+    fn weak_and_invalid_keys_cannot_be_registered() {
+        assert!(registrable_key(&key().verifying_key().to_bytes()).is_ok());
+        // The identity point (encoded as y = 1) has order 1: every signature "verifies".
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(registrable_key(&identity).unwrap_err().contains("weak"));
+        // y = 2 is not on the curve.
+        let mut off_curve = [0u8; 32];
+        off_curve[0] = 2;
+        assert!(registrable_key(&off_curve).is_err());
     }
 
     #[test]

@@ -227,13 +227,15 @@ fn new_device(r: Registration) -> Result<NewDevice, Problem> {
         .ok_or_else(|| {
             Problem::bad_request("public_key must be 64 hex digits (a raw Ed25519 public key)")
         })?;
+    let key_id = msec_envelope::registrable_key(&key)
+        .map_err(|e| Problem::bad_request(format!("public_key: {e}")))?;
     Ok(NewDevice {
         name: r.name.unwrap_or_else(|| r.id.clone()),
         id: r.id,
         tenant: r.tenant,
         kind: r.kind,
         location: r.location,
-        key_id: msec_envelope::key_id(&key),
+        key_id,
         public_key: key,
     })
 }

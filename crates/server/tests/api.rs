@@ -104,6 +104,22 @@ fn scenario(addr: SocketAddr) {
         br#"{"id":"x y","tenant":"t","kind":"k","public_key":"00"}"#,
     );
     assert_eq!(bad.status, 400);
+    let weak = format!(
+        r#"{{"id":"w","tenant":"t","kind":"k","public_key":"01{}"}}"#,
+        "00".repeat(31)
+    );
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/devices",
+        "application/json",
+        weak.as_bytes(),
+    );
+    assert!(
+        r.status == 400 && r.json()["detail"].as_str().unwrap().contains("weak"),
+        "{}",
+        r.body
+    );
     assert!(bad
         .headers
         .contains("content-type: application/problem+json"));
