@@ -215,7 +215,10 @@ pub async fn run(cmd: DeviceCommand) -> Result<()> {
         DeviceCommand::Show { id, platform } => {
             let lookup = id.clone();
             match with_store(&platform, move |s| Ok(s.device(&lookup)?)).await? {
-                Some(d) => Ok(println!("{}", serde_json::to_string_pretty(&d)?)),
+                Some(d) => {
+                    println!("{}", serde_json::to_string_pretty(&d)?);
+                    Ok(())
+                }
                 None => bail!("no device {id:?} is registered"),
             }
         }

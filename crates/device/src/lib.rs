@@ -5,10 +5,10 @@
 //! sees another device's key: how the bytes travel (MQTT, HTTP) is the caller's choice.
 
 use ed25519_dalek::SigningKey;
-use msec_envelope::{key_id, seal, Measurement, KEY_ID_LEN};
+use msec_envelope::{key_id, seal, KEY_ID_LEN};
 use serde::{Deserialize, Serialize};
 
-pub use msec_envelope::{Measurement as Reading, Value};
+pub use msec_envelope::{Measurement, Value};
 
 /// The MQTT topic a device publishes its readings on: `{root}/v1/{tenant}/{device}/readings`.
 pub fn readings_topic(root: &str, tenant: &str, device_id: &str) -> String {

@@ -14,7 +14,7 @@ use coset::{
     cbor::value::Value as Cbor, iana, CborSerializable, CoseSign1, CoseSign1Builder,
     TaggedCborSerializable,
 };
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 /// Default and recommended upper bound on one envelope, in bytes.
@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn oversized_is_rejected_before_parsing() {
-        let err = open(&vec![0u8; 100], 99).unwrap_err();
+        let err = open(&[0u8; 100], 99).unwrap_err();
         assert_eq!(err.reason(), "oversized");
     }
 

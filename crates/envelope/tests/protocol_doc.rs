@@ -65,7 +65,7 @@ fn protocol_doc_example_is_current() {
         doc.find(END).expect("end marker") + END.len(),
     );
     let generated = example();
-    if &doc[start..end] != generated {
+    if doc[start..end] != generated {
         if std::env::var("MSEC_UPDATE_DOCS").is_ok_and(|v| v == "1") {
             std::fs::write(
                 &path,
