@@ -15,8 +15,10 @@ pub enum DeviceCommand {
     ///
     /// Example:  msec device keygen --id park-env-09 --tenant santander --out park-env-09.json
     Keygen {
+        /// Device id: 1-64 characters of A-Z a-z 0-9 . _ -
         #[arg(long)]
         id: String,
+        /// Tenant (city or organisation) the device belongs to, e.g. santander
         #[arg(long)]
         tenant: String,
         /// Where to write the identity file (refuses to overwrite)
@@ -34,6 +36,7 @@ pub enum DeviceCommand {
         /// Device id, when registering from a public key alone
         #[arg(long, requires_all = ["tenant", "public_key"])]
         id: Option<String>,
+        /// Tenant, when registering from a public key alone
         #[arg(long)]
         tenant: Option<String>,
         /// Raw Ed25519 public key, 64 hex digits
@@ -45,10 +48,13 @@ pub enum DeviceCommand {
         /// Human-readable name [default: the id]
         #[arg(long)]
         name: Option<String>,
+        /// Latitude of the installation, decimal degrees (WGS 84)
         #[arg(long, requires = "lon", allow_negative_numbers = true)]
         lat: Option<f64>,
+        /// Longitude of the installation, decimal degrees (WGS 84)
         #[arg(long, requires = "lat", allow_negative_numbers = true)]
         lon: Option<f64>,
+        /// Place name shown in the dashboard, e.g. "Las Llamas, north gate"
         #[arg(long, default_value = "")]
         label: String,
         #[command(flatten)]
