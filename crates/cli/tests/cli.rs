@@ -70,6 +70,15 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// `msec serve` on the given data directory and loopback addresses.
+fn serve(dir: &str, http: &str, mqtt: &str, stdout: Stdio) -> Child {
+    msec()
+        .args(["serve", "--data-dir", dir, "--http", http, "--mqtt", mqtt])
+        .stdout(stdout)
+        .spawn()
+        .unwrap()
+}
+
 fn addr() -> String {
     format!("127.0.0.1:{}", msec_testkit::free_port())
 }
@@ -164,21 +173,7 @@ fn serve_accepts_a_registered_device_over_mqtt_and_rejects_after_revocation() {
     );
 
     let (http, mqtt) = (addr(), addr());
-    let _server = Running(
-        msec()
-            .args([
-                "serve",
-                "--data-dir",
-                &dir,
-                "--http",
-                &http,
-                "--mqtt",
-                &mqtt,
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _server = Running(serve(&dir, &http, &mqtt, Stdio::null()));
     wait_until("msec serve", 30, || {
         http_get(&http, "/healthz").is_some_and(|b| b.contains("ok"))
     });
@@ -302,19 +297,7 @@ fn demo_dashboard_renders_live_data_in_chromium() {
 #[test]
 fn ctrl_c_shuts_down_cleanly() {
     let (dir, http, mqtt) = (tmp(), addr(), addr());
-    let mut child = msec()
-        .args([
-            "serve",
-            "--data-dir",
-            &dir,
-            "--http",
-            &http,
-            "--mqtt",
-            &mqtt,
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = serve(&dir, &http, &mqtt, Stdio::piped());
     wait_until("msec serve", 30, || {
         http_get(&http, "/healthz").is_some_and(|b| b.contains("ok"))
     });
