@@ -59,96 +59,142 @@ pub enum ProofError {
     BadSizes { old: u64, new: u64 },
 }
 
-/// An append-only list of leaf hashes with RFC 9162 roots and proofs for any prefix.
+/// An append-only Merkle tree with RFC 9162 roots and proofs for any prefix.
+///
+/// It keeps every complete, aligned subtree: `levels[h][j]` is the root of leaves
+/// `j·2^h .. (j+1)·2^h`. An append costs one leaf hash plus, on average, one node hash; any
+/// range root is then assembled from O(log n) stored subtrees, so roots cost O(log n) and
+/// proofs O(log² n) instead of rehashing the log.
 #[derive(Debug, Clone, Default)]
 pub struct Tree {
-    leaves: Vec<Hash>,
+    levels: Vec<Vec<Hash>>,
 }
 
 impl Tree {
     pub fn new() -> Tree {
         Tree::default()
     }
+    /// Rebuilds a tree from stored leaf hashes (in log order).
     pub fn from_leaf_hashes(leaves: Vec<Hash>) -> Tree {
-        Tree { leaves }
+        let mut t = Tree::new();
+        for leaf in leaves {
+            t.push_hash(leaf);
+        }
+        t
     }
     /// Appends a leaf (its data, not its hash) and returns its index.
     pub fn push(&mut self, data: &[u8]) -> u64 {
-        self.leaves.push(leaf_hash(data));
-        self.leaves.len() as u64 - 1
+        self.push_hash(leaf_hash(data))
+    }
+    /// Appends an already-computed leaf hash and returns its index.
+    pub fn push_hash(&mut self, leaf: Hash) -> u64 {
+        let index = self.size();
+        let mut node = leaf;
+        let mut level = 0;
+        loop {
+            if self.levels.len() == level {
+                self.levels.push(Vec::new());
+            }
+            self.levels[level].push(node);
+            let len = self.levels[level].len();
+            // An even count closes a pair: its parent is now complete too.
+            if len % 2 == 1 {
+                break;
+            }
+            node = node_hash(&self.levels[level][len - 2], &self.levels[level][len - 1]);
+            level += 1;
+        }
+        index
     }
     pub fn size(&self) -> u64 {
-        self.leaves.len() as u64
+        self.levels.first().map_or(0, |l| l.len() as u64)
     }
     pub fn leaf(&self, index: u64) -> Option<&Hash> {
-        self.leaves.get(index as usize)
+        self.levels.first()?.get(index as usize)
     }
-    fn prefix(&self, size: u64) -> Result<&[Hash], ProofError> {
-        self.leaves
-            .get(..size as usize)
-            .ok_or(ProofError::SizeOutOfRange {
+    fn check(&self, size: u64) -> Result<(), ProofError> {
+        if size > self.size() {
+            return Err(ProofError::SizeOutOfRange {
                 size,
                 len: self.size(),
-            })
+            });
+        }
+        Ok(())
+    }
+    /// MTH of leaves `start .. start + len`, where `start` is a multiple of the largest power of
+    /// two not above `len` (true of every range the RFC 9162 recursion visits).
+    fn range_root(&self, start: u64, len: u64) -> Hash {
+        if len == 0 {
+            return EMPTY_ROOT;
+        }
+        if len.is_power_of_two() {
+            let h = len.trailing_zeros() as usize;
+            return self.levels[h][(start >> h) as usize];
+        }
+        let k = 1u64 << (63 - (len - 1).leading_zeros());
+        node_hash(
+            &self.range_root(start, k),
+            &self.range_root(start + k, len - k),
+        )
     }
     /// The root of the first `size` leaves.
     pub fn root(&self, size: u64) -> Result<Hash, ProofError> {
-        Ok(root_of(self.prefix(size)?))
+        self.check(size)?;
+        Ok(self.range_root(0, size))
     }
     /// The audit path of leaf `index` in the tree of the first `size` leaves (RFC 9162 2.1.3.1).
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, ProofError> {
-        let leaves = self.prefix(size)?;
+        self.check(size)?;
         if index >= size {
             return Err(ProofError::IndexOutOfRange { index, size });
         }
         let mut proof = Vec::new();
-        path(index as usize, leaves, &mut proof);
+        self.path(index, 0, size, &mut proof);
         Ok(proof)
     }
     /// The consistency proof between the trees of the first `old` and `new` leaves
     /// (RFC 9162 2.1.4.1).
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, ProofError> {
-        let leaves = self.prefix(new)?;
+        self.check(new)?;
         if old == 0 || old > new {
             return Err(ProofError::BadSizes { old, new });
         }
         let mut proof = Vec::new();
-        subproof(old as usize, leaves, true, &mut proof);
+        self.subproof(old, 0, new, true, &mut proof);
         Ok(proof)
     }
-}
 
-/// PATH(m, D[n]), appended bottom-up.
-fn path(m: usize, d: &[Hash], out: &mut Vec<Hash>) {
-    if d.len() <= 1 {
-        return;
-    }
-    let k = split(d.len());
-    if m < k {
-        path(m, &d[..k], out);
-        out.push(root_of(&d[k..]));
-    } else {
-        path(m - k, &d[k..], out);
-        out.push(root_of(&d[..k]));
-    }
-}
-
-/// SUBPROOF(m, D[n], b), appended bottom-up.
-fn subproof(m: usize, d: &[Hash], b: bool, out: &mut Vec<Hash>) {
-    let n = d.len();
-    if m == n {
-        if !b {
-            out.push(root_of(d));
+    /// PATH(m, D[start..start+n]), appended bottom-up.
+    fn path(&self, m: u64, start: u64, n: u64, out: &mut Vec<Hash>) {
+        if n <= 1 {
+            return;
         }
-        return;
+        let k = split(n as usize) as u64;
+        if m < k {
+            self.path(m, start, k, out);
+            out.push(self.range_root(start + k, n - k));
+        } else {
+            self.path(m - k, start + k, n - k, out);
+            out.push(self.range_root(start, k));
+        }
     }
-    let k = split(n);
-    if m <= k {
-        subproof(m, &d[..k], b, out);
-        out.push(root_of(&d[k..]));
-    } else {
-        subproof(m - k, &d[k..], false, out);
-        out.push(root_of(&d[..k]));
+
+    /// SUBPROOF(m, D[start..start+n], b), appended bottom-up.
+    fn subproof(&self, m: u64, start: u64, n: u64, b: bool, out: &mut Vec<Hash>) {
+        if m == n {
+            if !b {
+                out.push(self.range_root(start, n));
+            }
+            return;
+        }
+        let k = split(n as usize) as u64;
+        if m <= k {
+            self.subproof(m, start, k, b, out);
+            out.push(self.range_root(start + k, n - k));
+        } else {
+            self.subproof(m - k, start + k, n - k, false, out);
+            out.push(self.range_root(start, k));
+        }
     }
 }
 

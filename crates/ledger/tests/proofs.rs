@@ -198,3 +198,28 @@ fn base64_root(h: &Hash) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(h)
 }
+
+#[test]
+fn incremental_tree_matches_the_plain_definition() {
+    let leaves: Vec<Hash> = (0..1500u32).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+    let t = Tree::from_leaf_hashes(leaves.clone());
+    for n in (0..=1500).step_by(7).chain([1024, 1025, 1499, 1500]) {
+        assert_eq!(t.root(n as u64).unwrap(), root_of(&leaves[..n]), "size {n}");
+    }
+    let root = t.root(1500).unwrap();
+    for index in (0..1500).step_by(37) {
+        let proof = t.inclusion_proof(index, 1500).unwrap();
+        assert_eq!(
+            reference_root(leaves[index as usize], index, 1500, &proof),
+            Some(root)
+        );
+    }
+    let proof = t.consistency_proof(777, 1500).unwrap();
+    assert!(verify_consistency(
+        777,
+        1500,
+        &root_of(&leaves[..777]),
+        &root,
+        &proof
+    ));
+}
