@@ -50,6 +50,13 @@ pub enum BenchCommand {
         #[arg(long)]
         embedded_only: bool,
     },
+    /// Transparency-log throughput on one core: appends, inclusion and consistency proofs
+    /// (generated and verified), with raw SHA-256 of leaf-sized inputs as the baseline.
+    Ledger {
+        /// Leaves appended (proofs are taken over the resulting tree)
+        #[arg(long, default_value_t = 1_000_000)]
+        leaves: u64,
+    },
 }
 
 fn free_addr() -> Result<std::net::SocketAddr> {
@@ -511,16 +518,126 @@ async fn run_mode(
     result
 }
 
+fn rate(n: u64, start: Instant) -> f64 {
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Single-threaded ledger figures; blocking, so it runs on a blocking thread.
+fn ledger(leaves: u64) -> Result<()> {
+    use msec_ledger::{verify_consistency, verify_inclusion, Checkpoint, NoteKey, Tree};
+    let leaves = leaves.max(2);
+    println!(
+        "msec bench ledger — {leaves} leaves, one core; machine: {}",
+        machine()
+    );
+    // Leaf data as the store will commit it: a tag and a 32-byte record digest.
+    let data: Vec<[u8; 40]> = (0..leaves)
+        .map(|i| {
+            let mut d = [0u8; 40];
+            d[..8].copy_from_slice(&i.to_be_bytes());
+            d
+        })
+        .collect();
+    let start = Instant::now();
+    for d in &data {
+        std::hint::black_box(<sha2::Sha256 as sha2::Digest>::digest(d));
+    }
+    let sha = rate(leaves, start);
+    println!("baseline  raw SHA-256 of 40-byte inputs:    {sha:>12.0} /s");
+
+    let start = Instant::now();
+    let mut tree = Tree::new();
+    for d in &data {
+        tree.push(d);
+    }
+    let appends = rate(leaves, start);
+    println!(
+        "ledger    leaf appends:                     {appends:>12.0} /s ({:.2} x raw SHA-256)",
+        appends / sha
+    );
+
+    let size = tree.size();
+    let root = tree.root(size)?;
+    let n = 100_000u64.min(size);
+    let step = (size / n).max(1);
+    let start = Instant::now();
+    let proofs: Vec<_> = (0..n)
+        .map(|i| tree.inclusion_proof(i * step, size))
+        .collect::<Result<_, _>>()?;
+    println!(
+        "ledger    inclusion proofs generated:       {:>12.0} /s",
+        rate(n, start)
+    );
+    let start = Instant::now();
+    for (i, p) in proofs.iter().enumerate() {
+        let index = i as u64 * step;
+        anyhow::ensure!(
+            verify_inclusion(tree.leaf(index).context("leaf")?, index, size, p, &root),
+            "proof {index} failed"
+        );
+    }
+    println!(
+        "ledger    inclusion proofs verified:        {:>12.0} /s",
+        rate(n, start)
+    );
+    let start = Instant::now();
+    let mut checked = 0;
+    for i in 0..n.min(20_000) {
+        let old = 1 + (i * 7919) % (size - 1);
+        let proof = tree.consistency_proof(old, size)?;
+        anyhow::ensure!(
+            verify_consistency(old, size, &tree.root(old)?, &root, &proof),
+            "consistency {old} failed"
+        );
+        checked += 1;
+    }
+    println!(
+        "ledger    consistency proofs (make+verify): {:>12.0} /s",
+        rate(checked, start)
+    );
+    let key = NoteKey::new("msec.bench/log", [7; 32])?;
+    let start = Instant::now();
+    let note = Checkpoint {
+        origin: "msec.bench/log".into(),
+        size,
+        root: tree.root(size)?,
+    }
+    .sign(&key);
+    println!(
+        "ledger    checkpoint (root + sign):         {:>12.3} ms",
+        start.elapsed().as_secs_f64() * 1000.0
+    );
+    anyhow::ensure!(
+        Checkpoint::verify(&note, &key.verifier_key())?.size == size,
+        "checkpoint did not verify"
+    );
+    Ok(())
+}
+
 pub async fn run(cmd: BenchCommand) -> Result<()> {
-    let BenchCommand::Ingest {
-        readings,
-        devices,
-        latency_rate,
-        latency_secs,
-        mosquitto,
-        postgres,
-        embedded_only,
-    } = cmd;
+    let (readings, devices, latency_rate, latency_secs, mosquitto, postgres, embedded_only) =
+        match cmd {
+            BenchCommand::Ledger { leaves } => {
+                return tokio::task::spawn_blocking(move || ledger(leaves)).await?
+            }
+            BenchCommand::Ingest {
+                readings,
+                devices,
+                latency_rate,
+                latency_secs,
+                mosquitto,
+                postgres,
+                embedded_only,
+            } => (
+                readings,
+                devices,
+                latency_rate,
+                latency_secs,
+                mosquitto,
+                postgres,
+                embedded_only,
+            ),
+        };
     let devices = devices.max(1);
     println!(
         "msec bench ingest — {} readings over {devices} devices; machine: {}",

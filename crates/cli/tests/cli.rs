@@ -327,3 +327,18 @@ fn ctrl_c_shuts_down_cleanly() {
         .unwrap();
     assert!(out.contains("msec is serving"), "{out}");
 }
+
+#[test]
+fn bench_ledger_prints_figures_with_a_baseline() {
+    let (ok, out, err) = run(&["bench", "ledger", "--leaves", "3000"]);
+    assert!(ok, "{err}");
+    for line in [
+        "raw SHA-256",
+        "leaf appends",
+        "inclusion proofs verified",
+        "consistency proofs",
+        "checkpoint",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+}
