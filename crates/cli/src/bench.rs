@@ -57,6 +57,12 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         leaves: u64,
     },
+    /// Access decisions per second on one core with 10, 10,000 and 100,000 rules loaded.
+    Policy {
+        /// Decisions per measurement
+        #[arg(long, default_value_t = 1_000_000)]
+        decisions: u64,
+    },
 }
 
 fn free_addr() -> Result<std::net::SocketAddr> {
@@ -614,11 +620,129 @@ fn ledger(leaves: u64) -> Result<()> {
     Ok(())
 }
 
+/// A pilot-shaped rule set of `n` rules: a few role rules plus per-person grants (residents
+/// authorising caregivers for rooms), which is what grows with a city.
+fn policy_set(n: usize) -> Result<msec_policy::PolicySet> {
+    use msec_policy::{Action, Conditions, Effect, Rule, Subject};
+    let role_rules = [
+        (
+            "admin",
+            Effect::Allow,
+            vec![Action::Read, Action::Manage],
+            "**",
+        ),
+        (
+            "operator",
+            Effect::Allow,
+            vec![Action::Read, Action::Subscribe, Action::Act],
+            "santander/**",
+        ),
+        ("caregiver", Effect::Deny, vec![Action::Act], "**"),
+        (
+            "citizen",
+            Effect::Allow,
+            vec![Action::Read],
+            "santander/park/**",
+        ),
+        ("auditor", Effect::Allow, vec![Action::Audit], "**"),
+    ];
+    let mut rules: Vec<Rule> = role_rules
+        .iter()
+        .map(|(role, effect, actions, pattern)| -> Result<Rule> {
+            Ok(Rule {
+                id: format!("role-{role}"),
+                effect: *effect,
+                subject: Subject::Role(role.to_string()),
+                actions: actions.clone(),
+                resource: pattern.parse()?,
+                conditions: Conditions::default(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    for i in 0..n.saturating_sub(rules.len()) {
+        rules.push(Rule {
+            id: format!("grant-{i}"),
+            effect: Effect::Allow,
+            subject: Subject::Principal(format!("user:{}", i / 2)),
+            actions: vec![Action::Read, Action::Subscribe],
+            resource: format!("santander/home-{}/{}/**", i / 2, ["bed", "door"][i % 2]).parse()?,
+            conditions: Conditions {
+                valid_until_ms: Some(i64::MAX),
+                ..Default::default()
+            },
+        });
+    }
+    Ok(msec_policy::PolicySet::new(rules)?)
+}
+
+fn policy(decisions: u64) -> Result<()> {
+    use msec_policy::{Action, Request};
+    println!(
+        "msec bench policy — {decisions} decisions per size, one core; machine: {}",
+        machine()
+    );
+    let roles = [
+        vec!["caregiver".to_string()],
+        vec!["operator".to_string()],
+        vec!["citizen".to_string()],
+    ];
+    for size in [10usize, 10_000, 100_000] {
+        let set = policy_set(size)?;
+        let people = (size / 2).max(1);
+        // Requests prepared up front so that only decisions are timed.
+        let requests: Vec<(String, String, usize, Action)> = (0..4096u64)
+            .map(|i| {
+                let person = (i.wrapping_mul(2654435761) % people as u64) as usize;
+                let room = ["bed", "door", "plug"][(i % 3) as usize];
+                let action = [Action::Read, Action::Subscribe, Action::Act][(i % 3) as usize];
+                (
+                    format!("user:{person}"),
+                    format!("santander/home-{person}/{room}/state"),
+                    (i % 3) as usize,
+                    action,
+                )
+            })
+            .collect();
+        let mut allowed = 0u64;
+        let start = Instant::now();
+        for i in 0..decisions {
+            let (principal, resource, r, action) = &requests[(i % 4096) as usize];
+            let req = Request {
+                principal,
+                roles: &roles[*r],
+                action: *action,
+                resource,
+                at_ms: 1_764_000_000_000,
+                purpose: None,
+            };
+            allowed += u64::from(std::hint::black_box(set.decide(&req)).allowed);
+        }
+        let per_second = rate(decisions, start);
+        // Baseline: one hash-map lookup of the principal, the floor of any indexed decision.
+        let index: std::collections::HashMap<String, usize> =
+            (0..people).map(|p| (format!("user:{p}"), p)).collect();
+        let start = Instant::now();
+        for i in 0..decisions {
+            std::hint::black_box(index.get(&requests[(i % 4096) as usize].0));
+        }
+        let lookups = rate(decisions, start);
+        println!(
+            "policy    {size:>7} rules: {per_second:>12.0} decisions/s ({:.0} % allowed); baseline map lookup {lookups:.0}/s, ratio {:.2}",
+            allowed as f64 * 100.0 / decisions as f64,
+            per_second / lookups
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(cmd: BenchCommand) -> Result<()> {
     let (readings, devices, latency_rate, latency_secs, mosquitto, postgres, embedded_only) =
         match cmd {
             BenchCommand::Ledger { leaves } => {
                 return tokio::task::spawn_blocking(move || ledger(leaves)).await?
+            }
+            BenchCommand::Policy { decisions } => {
+                return tokio::task::spawn_blocking(move || policy(decisions)).await?
             }
             BenchCommand::Ingest {
                 readings,

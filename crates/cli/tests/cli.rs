@@ -342,3 +342,15 @@ fn bench_ledger_prints_figures_with_a_baseline() {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
 }
+
+#[test]
+fn bench_policy_prints_figures_with_a_baseline() {
+    let (ok, out, err) = run(&["bench", "policy", "--decisions", "2000"]);
+    assert!(ok, "{err}");
+    for size in ["10 rules", "10000 rules", "100000 rules"] {
+        assert!(
+            out.contains(size) && out.contains("baseline map lookup"),
+            "missing {size:?} in:\n{out}"
+        );
+    }
+}
