@@ -5,6 +5,7 @@ mod bench;
 mod config;
 mod device;
 mod platform;
+mod policy;
 mod simrun;
 
 use anyhow::Result;
@@ -64,9 +65,21 @@ enum Command {
     /// Manage the device registry: keygen, register, list, show, revoke.
     #[command(subcommand)]
     Device(device::DeviceCommand),
+    /// Access rules: `msec policy explain` prints a decision and the rule that made it.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Measure performance and print figures with same-run baselines.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Decide one request and print the decision with the rule that made it.
+    ///
+    /// Example:  msec policy explain --policies pilot.toml --principal user:juan --roles caregiver
+    ///             --action read --resource santander/home-007/bed/occupancy
+    Explain(policy::ExplainArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -243,6 +256,10 @@ async fn run(command: Command) -> Result<()> {
             .await
         }
         Command::Device(cmd) => device::run(cmd).await,
+        Command::Policy(PolicyCommand::Explain(args)) => {
+            println!("{}", policy::explain(args)?);
+            Ok(())
+        }
         Command::Bench(cmd) => bench::run(cmd).await,
     }
 }

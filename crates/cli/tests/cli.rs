@@ -354,3 +354,95 @@ fn bench_policy_prints_figures_with_a_baseline() {
         );
     }
 }
+
+#[test]
+fn policy_explain_names_the_deciding_rule() {
+    let file = format!("{}-policy.toml", tmp());
+    std::fs::write(
+        &file,
+        r#"
+[[rule]]
+id = "operators"
+effect = "allow"
+role = "operator"
+actions = ["read", "subscribe", "act"]
+resource = "santander/**"
+
+[[rule]]
+id = "caregivers-never-act"
+effect = "deny"
+role = "caregiver"
+actions = ["act"]
+resource = "**"
+
+[[rule]]
+id = "night-grant"
+effect = "allow"
+principal = "user:juan"
+actions = ["read"]
+resource = "santander/home-007/bed/**"
+hours = [22, 6]
+"#,
+    )
+    .unwrap();
+    let explain = |extra: &[&str]| {
+        let mut args = vec!["policy", "explain", "--policies", &file];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let (ok, out, err) = explain(&[
+        "--principal",
+        "user:olga",
+        "--roles",
+        "operator",
+        "--action",
+        "act",
+        "--resource",
+        "santander/home-007/plug/switch",
+    ]);
+    assert!(ok && out.trim() == "allow (rule operators)", "{out}{err}");
+    let (_, out, _) = explain(&[
+        "--principal",
+        "user:juan",
+        "--roles",
+        "caregiver,operator",
+        "--action",
+        "act",
+        "--resource",
+        "santander/home-007/plug/switch",
+    ]);
+    assert_eq!(out.trim(), "deny (rule caregivers-never-act)");
+    // 2025-11-24 23:00 UTC is inside the 22-6 window; 12:00 is not.
+    let night = (1_764_025_200_000i64).to_string();
+    let noon = (1_763_985_600_000i64).to_string();
+    let (_, out, _) = explain(&[
+        "--principal",
+        "user:juan",
+        "--action",
+        "read",
+        "--resource",
+        "santander/home-007/bed/occupancy",
+        "--at",
+        &night,
+    ]);
+    assert_eq!(out.trim(), "allow (rule night-grant)");
+    let (_, out, _) = explain(&[
+        "--principal",
+        "user:juan",
+        "--action",
+        "read",
+        "--resource",
+        "santander/home-007/bed/occupancy",
+        "--at",
+        &noon,
+    ]);
+    assert_eq!(out.trim(), "deny (no rule allows it: deny by default)");
+    let (ok, _, err) = explain(&["--principal", "p", "--action", "delete", "--resource", "a"]);
+    assert!(!ok && err.contains("unknown action"), "{err}");
+    std::fs::write(&file, "[[rule]]\nid = \"x\"\neffect = \"allow\"\nrole = \"r\"\nanyone = true\nactions = [\"read\"]\nresource = \"**\"\n").unwrap();
+    let (ok, _, err) = explain(&["--principal", "p", "--action", "read", "--resource", "a"]);
+    assert!(
+        !ok && err.contains("exactly one of principal, role or anyone"),
+        "{err}"
+    );
+}
