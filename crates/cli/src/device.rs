@@ -2,11 +2,11 @@
 //! running server picks up registrations and revocations within a second.
 
 use crate::config::PlatformArgs;
-use crate::platform::open_store;
+use crate::platform::with_store;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use msec_device::{DeviceFile, DeviceKey};
-use msec_store::{Device, Location, NewDevice, Store};
+use msec_store::{Device, Location, NewDevice};
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -86,16 +86,6 @@ fn valid_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
-/// Runs a blocking registry operation off the async workers.
-async fn with_store<T: Send + 'static>(
-    platform: &PlatformArgs,
-    f: impl FnOnce(&mut Store) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let settings = platform.resolve()?;
-    let mut store = open_store(&settings.database).await?;
-    tokio::task::spawn_blocking(move || f(&mut store)).await?
 }
 
 fn table(devices: &[Device]) {

@@ -6,6 +6,7 @@ mod config;
 mod device;
 mod platform;
 mod policy;
+mod principals;
 mod simrun;
 
 use anyhow::Result;
@@ -65,6 +66,12 @@ enum Command {
     /// Manage the device registry: keygen, register, list, show, revoke.
     #[command(subcommand)]
     Device(device::DeviceCommand),
+    /// People: add, list, disable users (Argon2id-hashed passwords).
+    #[command(subcommand)]
+    User(principals::UserCommand),
+    /// Service accounts: create, list, revoke API tokens (stored hashed, expiring).
+    #[command(subcommand)]
+    Token(principals::TokenCommand),
     /// Access rules: `msec policy explain` prints a decision and the rule that made it.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -256,6 +263,8 @@ async fn run(command: Command) -> Result<()> {
             .await
         }
         Command::Device(cmd) => device::run(cmd).await,
+        Command::User(cmd) => principals::user(cmd).await,
+        Command::Token(cmd) => principals::token(cmd).await,
         Command::Policy(PolicyCommand::Explain(args)) => {
             println!("{}", policy::explain(args)?);
             Ok(())

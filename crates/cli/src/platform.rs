@@ -1,7 +1,7 @@
 //! Starting and stopping the whole platform: store, ingest, MQTT (embedded broker or an
 //! external one), the HTTP API and dashboard. `serve`, `demo` and the benchmark share it.
 
-use crate::config::{Broker, Settings};
+use crate::config::{Broker, PlatformArgs, Settings};
 use anyhow::{Context, Result};
 use msec_ingest::{Ingest, MqttConfig};
 use msec_store::Store;
@@ -26,6 +26,16 @@ pub async fn open_store(url: &str) -> Result<Store> {
     tokio::task::spawn_blocking(move || Store::open(&url))
         .await?
         .with_context(|| format!("cannot open the database {shown}"))
+}
+
+/// Runs a blocking database operation off the async workers, on the database the settings name.
+pub async fn with_store<T: Send + 'static>(
+    platform: &PlatformArgs,
+    f: impl FnOnce(&mut Store) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let settings = platform.resolve()?;
+    let mut store = open_store(&settings.database).await?;
+    tokio::task::spawn_blocking(move || f(&mut store)).await?
 }
 
 /// The MQTT client id of the platform's consumer. Stable across restarts (so the broker keeps

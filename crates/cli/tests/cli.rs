@@ -446,3 +446,143 @@ hours = [22, 6]
         "{err}"
     );
 }
+
+#[test]
+fn users_and_tokens_are_stored_hashed_and_shown_once() {
+    let dir = tmp();
+    let (ok, out, err) = run(&[
+        "user",
+        "add",
+        "--id",
+        "user:olga",
+        "--tenant",
+        "santander",
+        "--roles",
+        "operator,auditor",
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(ok, "{err}");
+    let password = out
+        .lines()
+        .find_map(|l| l.strip_prefix("password (shown once, store it safely): "))
+        .expect("generated password printed");
+    assert!(password.len() >= 12);
+    // Given on standard input instead, the password is never printed.
+    let mut child = msec()
+        .args([
+            "user",
+            "add",
+            "--id",
+            "user:maria",
+            "--tenant",
+            "santander",
+            "--roles",
+            "resident",
+            "--password-stdin",
+            "--data-dir",
+            &dir,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long and private passphrase\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("passphrase"));
+    let (ok, _, err) = run(&[
+        "user",
+        "add",
+        "--id",
+        "user:x",
+        "--tenant",
+        "t",
+        "--roles",
+        "wizard",
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(!ok && err.contains("unknown role"), "{err}");
+    let (ok, _, err) = run(&[
+        "user",
+        "add",
+        "--id",
+        "user:olga",
+        "--tenant",
+        "santander",
+        "--roles",
+        "admin",
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let (_, out, _) = run(&["user", "disable", "user:olga", "--data-dir", &dir]);
+    assert!(out.contains("disabled user:olga"));
+    let (_, out, _) = run(&["user", "list", "--data-dir", &dir]);
+    assert!(
+        out.contains("user:olga")
+            && out.contains("disabled")
+            && out.contains("user:maria")
+            && !out.contains("argon2"),
+        "{out}"
+    );
+    // The database holds hashes, never the secrets.
+    let db = std::fs::read(format!("{dir}/msec.db")).unwrap();
+    let contains = |needle: &[u8]| db.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        contains(b"$argon2id$")
+            && !contains(password.as_bytes())
+            && !contains(b"a long and private passphrase")
+    );
+
+    let (ok, out, err) = run(&[
+        "token",
+        "create",
+        "--principal",
+        "svc:marketplace",
+        "--scopes",
+        "read,subscribe",
+        "--days",
+        "7",
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(ok, "{err}");
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("token (shown once, store it safely): "))
+        .unwrap()
+        .to_string();
+    let id = &token["msec_".len().."msec_".len() + 16];
+    assert!(!contains_file(
+        &format!("{dir}/msec.db"),
+        token.rsplit_once(id).unwrap().1.trim_start_matches('_')
+    ));
+    let (_, out, _) = run(&["token", "list", "--data-dir", &dir]);
+    assert!(out.contains(id) && out.contains("active") && !out.contains(&token));
+    assert!(run(&["token", "revoke", id, "--data-dir", &dir]).0);
+    assert!(run(&["token", "list", "--data-dir", &dir])
+        .1
+        .contains("revoked"));
+    let (ok, _, err) = run(&[
+        "token",
+        "create",
+        "--principal",
+        "svc:x",
+        "--scopes",
+        "fly",
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(!ok && err.contains("unknown action"), "{err}");
+}
+
+fn contains_file(path: &str, needle: &str) -> bool {
+    let data = std::fs::read(path).unwrap();
+    data.windows(needle.len()).any(|w| w == needle.as_bytes())
+}

@@ -7,12 +7,14 @@
 //! stores what the ingest pipeline decided, atomically, and answers queries.
 
 mod db;
+mod principals;
 mod schema;
 
 use db::{Db, Row, P};
 use serde::Serialize;
 
 pub use db::{redact, StoreError};
+pub use principals::{ApiToken, NewToken, NewUser, User};
 
 /// Millisecond Unix time, the time unit of every stored timestamp.
 pub fn now_ms() -> i64 {

@@ -6,9 +6,10 @@ use crate::StoreError;
 
 /// (version, SQL). The SQL is written to be valid on SQLite and PostgreSQL alike;
 /// `{BLOB}` and `{SERIAL}` are the only engine-specific spellings.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE devices (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE devices (
         id TEXT PRIMARY KEY,
         tenant TEXT NOT NULL,
         name TEXT NOT NULL,
@@ -46,7 +47,28 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         detail TEXT NOT NULL
     );
     CREATE INDEX security_events_reason ON security_events (reason);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        roles TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        disabled_ms BIGINT
+    );
+    CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY,
+        principal TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        secret_hash {BLOB} NOT NULL,
+        created_ms BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        revoked_ms BIGINT
+    );",
+    ),
+];
 
 pub(crate) fn current_version(db: &mut Db) -> Result<i64, StoreError> {
     let v = db.query(

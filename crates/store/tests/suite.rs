@@ -32,7 +32,7 @@ fn reading(device: &str, seq: i64) -> NewReading {
 
 fn suite(url: &str) {
     let mut s = Store::open(url).unwrap();
-    assert_eq!(s.schema_version().unwrap(), 1);
+    assert_eq!(s.schema_version().unwrap(), 2);
 
     // Registry: register, show, list, duplicate refusal, revoke.
     let d = s.register_device(&device("d1", 1)).unwrap();
@@ -154,6 +154,44 @@ fn suite(url: &str) {
     };
     assert!(s.commit(&bad).is_err());
     assert!(s.reading_digest("d1", 6).unwrap().is_none());
+
+    // Users and API tokens: stored hashed, disabled and revoked, never duplicated.
+    let user = NewUser {
+        id: "user:olga".into(),
+        tenant: "santander".into(),
+        roles: vec!["operator".into(), "auditor".into()],
+        password_hash: "$argon2id$stand-in".into(),
+    };
+    assert_eq!(s.add_user(&user).unwrap().roles, ["operator", "auditor"]);
+    assert!(matches!(s.add_user(&user), Err(StoreError::Conflict(_))));
+    assert_eq!(
+        s.password_hash("user:olga").unwrap().as_deref(),
+        Some("$argon2id$stand-in")
+    );
+    assert!(s.disable_user("user:olga").unwrap());
+    assert!(!s.disable_user("user:olga").unwrap());
+    assert!(
+        s.password_hash("user:olga").unwrap().is_none(),
+        "a disabled user cannot log in"
+    );
+    assert!(s.users().unwrap()[0].disabled);
+    let token = NewToken {
+        id: "0123456789abcdef".into(),
+        principal: "user:olga".into(),
+        scopes: vec!["read".into()],
+        secret_hash: [7; 32],
+        expires_ms: 99,
+    };
+    s.add_token(&token).unwrap();
+    assert!(matches!(s.add_token(&token), Err(StoreError::Conflict(_))));
+    let (stored, hash) = s.token("0123456789abcdef").unwrap().unwrap();
+    assert_eq!(
+        (stored.scopes, stored.expires_ms, stored.revoked, hash),
+        (vec!["read".to_string()], 99, false, vec![7u8; 32])
+    );
+    assert!(s.revoke_token("0123456789abcdef").unwrap());
+    assert!(s.tokens().unwrap()[0].revoked);
+    assert!(s.token("nope").unwrap().is_none());
 
     // Reopening applies no migration twice and keeps the data.
     drop(s);

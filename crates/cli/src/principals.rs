@@ -1,0 +1,225 @@
+//! `msec user …` and `msec token …`: people and service accounts. Passwords and token secrets
+//! are hashed here (msec-identity) before anything reaches the database, and shown only once.
+
+use crate::config::PlatformArgs;
+use crate::platform::with_store;
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use msec_store::{NewToken, NewUser};
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create a user. Without --password-stdin a strong password is generated and printed once.
+    ///
+    /// Example:  msec user add --id user:olga --tenant santander --roles operator
+    Add {
+        /// User id, e.g. user:olga
+        #[arg(long)]
+        id: String,
+        /// Tenant the user belongs to, e.g. santander
+        #[arg(long)]
+        tenant: String,
+        /// Roles, comma-separated: admin, operator, caregiver, resident, citizen,
+        /// data-provider, data-buyer, auditor
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// Read the password from the first line of standard input (never from the command
+        /// line, where other users of the machine could see it)
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        platform: PlatformArgs,
+    },
+    /// List users (never their password hashes).
+    List {
+        #[command(flatten)]
+        platform: PlatformArgs,
+    },
+    /// Disable a user: they can no longer log in.
+    Disable {
+        id: String,
+        #[command(flatten)]
+        platform: PlatformArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token for a principal; the token is printed once and stored only hashed.
+    ///
+    /// Example:  msec token create --principal svc:marketplace --scopes read,subscribe --days 30
+    Create {
+        /// Whom the token acts for, e.g. svc:marketplace or user:olga
+        #[arg(long)]
+        principal: String,
+        /// Actions the token may be used for, comma-separated (read, subscribe, act, manage,
+        /// audit, sell, buy)
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Days until the token expires (1-365)
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[command(flatten)]
+        platform: PlatformArgs,
+    },
+    /// List tokens (ids, principals, scopes, expiry — never secrets).
+    List {
+        #[command(flatten)]
+        platform: PlatformArgs,
+    },
+    /// Revoke a token by its id (the 16 hex digits after `msec_`).
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        platform: PlatformArgs,
+    },
+}
+
+const ROLES: [&str; 8] = [
+    "admin",
+    "operator",
+    "caregiver",
+    "resident",
+    "citizen",
+    "data-provider",
+    "data-buyer",
+    "auditor",
+];
+
+fn valid_principal(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b))
+}
+
+pub async fn user(cmd: UserCommand) -> Result<()> {
+    match cmd {
+        UserCommand::Add {
+            id,
+            tenant,
+            roles,
+            password_stdin,
+            platform,
+        } => {
+            if !valid_principal(&id) || !valid_principal(&tenant) {
+                bail!("user id and tenant may use A-Z a-z 0-9 - _ . : @ (at most 128 characters)");
+            }
+            if let Some(bad) = roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
+                bail!("unknown role {bad:?}; roles: {}", ROLES.join(", "));
+            }
+            let (password, generated) = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("cannot read the password from standard input")?;
+                (line.trim_end_matches(['\r', '\n']).to_string(), false)
+            } else {
+                (msec_identity::generate_password()?, true)
+            };
+            let password_hash = msec_identity::hash_password(&password)?;
+            let new = NewUser {
+                id,
+                tenant,
+                roles,
+                password_hash,
+            };
+            let user = with_store(&platform, move |s| Ok(s.add_user(&new)?)).await?;
+            println!(
+                "created {} in tenant {} with roles {}",
+                user.id,
+                user.tenant,
+                user.roles.join(",")
+            );
+            if generated {
+                println!("password (shown once, store it safely): {password}");
+            }
+            Ok(())
+        }
+        UserCommand::List { platform } => {
+            let users = with_store(&platform, |s| Ok(s.users()?)).await?;
+            if users.is_empty() {
+                println!("no users (see `msec user add --help`)");
+            }
+            for u in users {
+                println!(
+                    "{:<24} {:<12} {:<30} {}",
+                    u.id,
+                    u.tenant,
+                    u.roles.join(","),
+                    if u.disabled { "disabled" } else { "active" }
+                );
+            }
+            Ok(())
+        }
+        UserCommand::Disable { id, platform } => {
+            let target = id.clone();
+            if with_store(&platform, move |s| Ok(s.disable_user(&target)?)).await? {
+                println!("disabled {id}");
+                Ok(())
+            } else {
+                bail!("no enabled user {id:?}")
+            }
+        }
+    }
+}
+
+pub async fn token(cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            principal,
+            scopes,
+            days,
+            platform,
+        } => {
+            if !valid_principal(&principal) {
+                bail!("principal may use A-Z a-z 0-9 - _ . : @ (at most 128 characters)");
+            }
+            for scope in &scopes {
+                scope.parse::<msec_policy::Action>()?;
+            }
+            if !(1..=365).contains(&days) {
+                bail!("--days must be between 1 and 365");
+            }
+            let issued = msec_identity::issue_token()?;
+            let stored = NewToken {
+                id: issued.stored.id.clone(),
+                principal,
+                scopes,
+                secret_hash: issued.stored.secret_hash,
+                expires_ms: msec_store::now_ms() + i64::from(days) * 86_400_000,
+            };
+            with_store(&platform, move |s| Ok(s.add_token(&stored)?)).await?;
+            println!("token id {} (expires in {days} days)", issued.stored.id);
+            println!("token (shown once, store it safely): {}", issued.text);
+            Ok(())
+        }
+        TokenCommand::List { platform } => {
+            let now = msec_store::now_ms();
+            for t in with_store(&platform, |s| Ok(s.tokens()?)).await? {
+                let state = if t.revoked {
+                    "revoked"
+                } else if t.expires_ms <= now {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{}  {:<24} {:<28} {state}",
+                    t.id,
+                    t.principal,
+                    t.scopes.join(",")
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { id, platform } => {
+            let target = id.clone();
+            if with_store(&platform, move |s| Ok(s.revoke_token(&target)?)).await? {
+                println!("revoked token {id}");
+                Ok(())
+            } else {
+                bail!("no active token {id:?}")
+            }
+        }
+    }
+}
