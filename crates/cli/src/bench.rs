@@ -22,34 +22,7 @@ pub enum BenchCommand {
     /// Prints accepted readings/s from device signing through the broker to a durable commit,
     /// end-to-end latency (p50, p99) at a fixed rate, and two same-run baselines: raw Ed25519
     /// verification on all cores, and raw Mosquitto publish->subscribe of the same payloads.
-    Ingest {
-        /// Readings per throughput run
-        #[arg(long, default_value_t = 100_000)]
-        readings: usize,
-        /// Simulated devices the readings are spread over
-        #[arg(long, default_value_t = 100)]
-        devices: usize,
-        /// Rate of the latency run, readings/s
-        #[arg(long, default_value_t = 5_000)]
-        latency_rate: u32,
-        /// Duration of the latency run, seconds
-        #[arg(long, default_value_t = 5)]
-        latency_secs: u64,
-        /// Broker for the production-mode run and the raw baseline: `spawn` starts a private
-        /// Mosquitto configured as docs/operations.md recommends; or give mqtt://host:port
-        #[arg(long, default_value = "spawn", env = "MSEC_BENCH_MOSQUITTO")]
-        mosquitto: String,
-        /// PostgreSQL for the production-mode run (a scratch schema is created and dropped)
-        #[arg(
-            long,
-            default_value = "postgres://postgres@127.0.0.1:5432/test",
-            env = "MSEC_BENCH_POSTGRES"
-        )]
-        postgres: String,
-        /// Only the embedded run and the verification baseline
-        #[arg(long)]
-        embedded_only: bool,
-    },
+    Ingest(IngestArgs),
     /// Transparency-log throughput on one core: appends, inclusion and consistency proofs
     /// (generated and verified), with raw SHA-256 of leaf-sized inputs as the baseline.
     Ledger {
@@ -63,6 +36,36 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         decisions: u64,
     },
+}
+
+#[derive(clap::Args)]
+pub struct IngestArgs {
+    /// Readings per throughput run
+    #[arg(long, default_value_t = 100_000)]
+    readings: usize,
+    /// Simulated devices the readings are spread over
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Rate of the latency run, readings/s
+    #[arg(long, default_value_t = 5_000)]
+    latency_rate: u32,
+    /// Duration of the latency run, seconds
+    #[arg(long, default_value_t = 5)]
+    latency_secs: u64,
+    /// Broker for the production-mode run and the raw baseline: `spawn` starts a private
+    /// Mosquitto configured as docs/operations.md recommends; or give mqtt://host:port
+    #[arg(long, default_value = "spawn", env = "MSEC_BENCH_MOSQUITTO")]
+    mosquitto: String,
+    /// PostgreSQL for the production-mode run (a scratch schema is created and dropped)
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432/test",
+        env = "MSEC_BENCH_POSTGRES"
+    )]
+    postgres: String,
+    /// Only the embedded run and the verification baseline
+    #[arg(long)]
+    embedded_only: bool,
 }
 
 fn free_addr() -> Result<std::net::SocketAddr> {
@@ -736,32 +739,27 @@ fn policy(decisions: u64) -> Result<()> {
 }
 
 pub async fn run(cmd: BenchCommand) -> Result<()> {
-    let (readings, devices, latency_rate, latency_secs, mosquitto, postgres, embedded_only) =
-        match cmd {
-            BenchCommand::Ledger { leaves } => {
-                return tokio::task::spawn_blocking(move || ledger(leaves)).await?
-            }
-            BenchCommand::Policy { decisions } => {
-                return tokio::task::spawn_blocking(move || policy(decisions)).await?
-            }
-            BenchCommand::Ingest {
-                readings,
-                devices,
-                latency_rate,
-                latency_secs,
-                mosquitto,
-                postgres,
-                embedded_only,
-            } => (
-                readings,
-                devices,
-                latency_rate,
-                latency_secs,
-                mosquitto,
-                postgres,
-                embedded_only,
-            ),
-        };
+    match cmd {
+        BenchCommand::Ledger { leaves } => {
+            tokio::task::spawn_blocking(move || ledger(leaves)).await?
+        }
+        BenchCommand::Policy { decisions } => {
+            tokio::task::spawn_blocking(move || policy(decisions)).await?
+        }
+        BenchCommand::Ingest(args) => ingest(args).await,
+    }
+}
+
+async fn ingest(args: IngestArgs) -> Result<()> {
+    let IngestArgs {
+        readings,
+        devices,
+        latency_rate,
+        latency_secs,
+        mosquitto,
+        postgres,
+        embedded_only,
+    } = args;
     let devices = devices.max(1);
     println!(
         "msec bench ingest — {} readings over {devices} devices; machine: {}",
