@@ -1,8 +1,15 @@
 //! The device side of msec, as a library for device firmware, gateways and our simulators.
 //!
 //! It owns a device's identity (an Ed25519 key and the key id derived from it), its sequence
-//! counter and the sealing of readings into envelopes. It never talks to the network and never
-//! sees another device's key: how the bytes travel (MQTT, HTTP) is the caller's choice.
+//! counter, the sealing of readings into envelopes and the checking of actuator commands
+//! ([`command`]). It never talks to the network and never sees another device's key: how the
+//! bytes travel (MQTT, HTTP) is the caller's choice.
+
+pub mod command;
+
+pub use command::{
+    Command, CommandRefusal, CommandSigner, CommandValue, CommandVerifier, MAX_COMMAND_BYTES,
+};
 
 use ed25519_dalek::SigningKey;
 use msec_envelope::{key_id, seal, KEY_ID_LEN};
@@ -13,6 +20,11 @@ pub use msec_envelope::{Measurement, Value};
 /// The MQTT topic a device publishes its readings on: `{root}/v1/{tenant}/{device}/readings`.
 pub fn readings_topic(root: &str, tenant: &str, device_id: &str) -> String {
     format!("{root}/v1/{tenant}/{device_id}/readings")
+}
+
+/// The MQTT topic a device receives actuator commands on: `{root}/v1/{tenant}/{device}/commands`.
+pub fn commands_topic(root: &str, tenant: &str, device_id: &str) -> String {
+    format!("{root}/v1/{tenant}/{device_id}/commands")
 }
 
 /// A device's private identity. The seed is secret: `Debug` never prints it.
@@ -31,6 +43,8 @@ pub enum KeyError {
     Random(String),
     #[error("a device seed is 32 bytes written as 64 hex digits")]
     BadSeed,
+    #[error("unusable Ed25519 public key: {0}")]
+    BadPublicKey(&'static str),
 }
 
 impl DeviceKey {
