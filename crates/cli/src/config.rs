@@ -46,6 +46,23 @@ pub struct PlatformArgs {
     /// Largest accepted reading envelope in bytes [default: 65536]
     #[arg(long, env = "MSEC_MAX_ENVELOPE_BYTES", value_name = "BYTES")]
     pub max_envelope_bytes: Option<usize>,
+    /// Key file with the key-encryption key (created by `msec keys init`, or on first start)
+    /// [default: DATA_DIR/keys.json]. Setting MSEC_KEK=ID:HEX instead takes the key from the
+    /// environment (a secret store).
+    #[arg(long, env = "MSEC_KEYS", value_name = "FILE")]
+    pub keys: Option<PathBuf>,
+    /// A witness whose cosignatures count (its verifier key, as `msec witness` prints it);
+    /// repeat for several
+    #[arg(
+        long = "witness",
+        env = "MSEC_WITNESSES",
+        value_name = "VKEY",
+        value_delimiter = ','
+    )]
+    pub witnesses: Vec<String>,
+    /// Witness cosignatures a checkpoint needs to be final [default: 1 if witnesses are given]
+    #[arg(long, env = "MSEC_WITNESS_QUORUM", value_name = "K")]
+    pub witness_quorum: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -59,6 +76,9 @@ struct FileSettings {
     topic_root: Option<String>,
     max_skew: Option<i64>,
     max_envelope_bytes: Option<usize>,
+    keys: Option<PathBuf>,
+    witnesses: Option<Vec<String>>,
+    witness_quorum: Option<usize>,
 }
 
 /// Where MQTT traffic goes.
@@ -78,9 +98,36 @@ pub struct Settings {
     pub topic_root: String,
     pub max_skew: i64,
     pub max_envelope_bytes: usize,
+    pub keys: PathBuf,
+    pub witnesses: Vec<msec_notary::Witness>,
+    pub witness_quorum: usize,
 }
 
 impl Settings {
+    /// The key-encryption key's source: MSEC_KEK if set, else the key file, created with a
+    /// fresh key (and a note on stderr) if it does not exist yet.
+    pub fn key_provider(&self) -> Result<std::sync::Arc<dyn msec_store::KekProvider>> {
+        if std::env::var_os("MSEC_KEK").is_some() {
+            return Ok(std::sync::Arc::new(msec_vault::EnvKeys::new("MSEC_KEK")));
+        }
+        let file = msec_vault::FileKeys::new(&self.keys);
+        if !file.exists() {
+            file.init()?;
+            eprintln!(
+                "created encryption keys in {} — keep a copy somewhere safe: without it the data cannot be decrypted",
+                self.keys.display()
+            );
+        }
+        Ok(std::sync::Arc::new(file))
+    }
+    /// The log's signing key (created on first use).
+    pub fn log_key_file(&self) -> PathBuf {
+        self.data_dir.join("log-key.json")
+    }
+    /// The newest checkpoint this platform published, kept outside the database.
+    pub fn log_state_file(&self) -> PathBuf {
+        self.data_dir.join("log-checkpoint.txt")
+    }
     /// The broker URL clients should connect to.
     pub fn broker_url(&self) -> String {
         match &self.broker {
@@ -146,7 +193,34 @@ impl PlatformArgs {
                 msec_broker::MAX_PAYLOAD_BYTES
             );
         }
+        let keys = self
+            .keys
+            .clone()
+            .or(file.keys)
+            .unwrap_or_else(|| data_dir.join("keys.json"));
+        let witness_keys = if self.witnesses.is_empty() {
+            file.witnesses.unwrap_or_default()
+        } else {
+            self.witnesses.clone()
+        };
+        let witnesses = witness_keys
+            .iter()
+            .map(|k| witness(k))
+            .collect::<Result<Vec<_>>>()?;
+        let witness_quorum = self
+            .witness_quorum
+            .or(file.witness_quorum)
+            .unwrap_or(usize::from(!witnesses.is_empty()));
+        if witness_quorum > witnesses.len() {
+            bail!(
+                "a witness quorum of {witness_quorum} needs at least that many --witness keys (got {})",
+                witnesses.len()
+            );
+        }
         Ok(Settings {
+            keys,
+            witnesses,
+            witness_quorum,
             data_dir,
             database,
             http: self
@@ -158,6 +232,27 @@ impl PlatformArgs {
             max_skew,
             max_envelope_bytes,
         })
+    }
+}
+
+/// A witness from its cosigner verifier key (`name+hash+base64`).
+fn witness(vkey: &str) -> Result<msec_notary::Witness> {
+    let vkey = vkey.trim();
+    let name = vkey.split('+').next().unwrap_or_default();
+    // Checking a dummy cosignature validates the key's form and type without trusting it.
+    let probe = msec_ledger::Checkpoint {
+        origin: "probe".into(),
+        size: 0,
+        root: [0; 32],
+    };
+    match msec_ledger::Checkpoint::verify_cosignature(&format!("{}\n", probe.body()), vkey) {
+        Err(msec_ledger::CheckpointError::BadKey(why)) => {
+            bail!("--witness {vkey:?} is not a witness verifier key: {why}")
+        }
+        _ => Ok(msec_notary::Witness {
+            name: name.to_string(),
+            verifier_key: vkey.to_string(),
+        }),
     }
 }
 

@@ -45,9 +45,12 @@ pub enum DeviceCommand {
         /// What it is, e.g. environmental-monitor, bed-sensor, truck-sensor-box
         #[arg(long)]
         kind: String,
-        /// Human-readable name [default: the id]
+        /// Human-readable name [default: the id]; stored encrypted
         #[arg(long)]
         name: Option<String>,
+        /// The data subject the device's data is about, e.g. resident-007 [default: the tenant]
+        #[arg(long)]
+        owner: Option<String>,
         /// Latitude of the installation, decimal degrees (WGS 84)
         #[arg(long, requires = "lon", allow_negative_numbers = true)]
         lat: Option<f64>,
@@ -150,6 +153,7 @@ pub async fn run(cmd: DeviceCommand) -> Result<()> {
             public_key,
             kind,
             name,
+            owner,
             lat,
             lon,
             label,
@@ -176,10 +180,12 @@ pub async fn run(cmd: DeviceCommand) -> Result<()> {
                     (id, tenant, key)
                 }
             };
-            if !valid_id(&id) || !valid_id(&tenant) {
-                bail!("id and tenant must be 1-64 characters of A-Z a-z 0-9 . _ -");
+            let owner = owner.unwrap_or_else(|| tenant.clone());
+            if !valid_id(&id) || !valid_id(&tenant) || !valid_id(&owner) {
+                bail!("id, tenant and owner must be 1-64 characters of A-Z a-z 0-9 . _ -");
             }
             let device = NewDevice {
+                owner,
                 name: name.unwrap_or_else(|| id.clone()),
                 id,
                 tenant,
@@ -220,7 +226,7 @@ pub async fn run(cmd: DeviceCommand) -> Result<()> {
         }
         DeviceCommand::Revoke { id, platform } => {
             let target = id.clone();
-            if with_store(&platform, move |s| Ok(s.revoke_device(&target)?)).await? {
+            if with_store(&platform, move |s| Ok(s.revoke_device(&target, "cli")?)).await? {
                 println!("revoked {id}: its readings are rejected from now on");
                 Ok(())
             } else {

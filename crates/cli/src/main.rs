@@ -4,10 +4,13 @@
 mod bench;
 mod config;
 mod device;
+mod gdpr;
+mod log;
 mod platform;
 mod policy;
 mod principals;
 mod simrun;
+mod witness;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -75,6 +78,29 @@ enum Command {
     /// Access rules: `msec policy explain` prints a decision and the rule that made it.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Encryption at rest: create (init) or rotate the key-encryption key.
+    #[command(subcommand)]
+    Keys(gdpr::KeysCommand),
+    /// The transparency log: print the newest checkpoint, verify a record against a saved one.
+    #[command(subcommand)]
+    Log(log::LogCommand),
+    /// Re-derive every record's log leaf and check the database against the log and the
+    /// newest witnessed checkpoint; lists each finding and exits non-zero if there is any.
+    ///
+    /// Finds modified, deleted, inserted and reordered records, a database rolled back to an
+    /// older backup, and a log rewritten since a checkpoint was published.
+    Audit(log::AuditArgs),
+    /// Write everything held about a data subject, decrypted, with log inclusion proofs (JSON).
+    Export(gdpr::ExportArgs),
+    /// Erase a data subject by destroying its data key (GDPR article 17); the log still verifies.
+    Erase(gdpr::EraseArgs),
+    /// Consent records: give, withdraw, list.
+    #[command(subcommand)]
+    Consent(gdpr::ConsentCommand),
+    /// Run an independent witness that checks and cosigns a platform's log checkpoints.
+    ///
+    /// Example:  msec witness --log http://127.0.0.1:8080 --key witness-key.json
+    Witness(witness::WitnessArgs),
     /// Measure performance and print figures with same-run baselines.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -269,6 +295,13 @@ async fn run(command: Command) -> Result<()> {
             println!("{}", policy::explain(args)?);
             Ok(())
         }
+        Command::Keys(cmd) => gdpr::keys(cmd).await,
+        Command::Log(cmd) => log::run(cmd).await,
+        Command::Audit(args) => log::audit(args).await,
+        Command::Export(args) => gdpr::export(args).await,
+        Command::Erase(args) => gdpr::erase(args).await,
+        Command::Consent(cmd) => gdpr::consent(cmd).await,
+        Command::Witness(args) => tokio::task::spawn_blocking(move || witness::run(args)).await?,
         Command::Bench(cmd) => bench::run(cmd).await,
     }
 }
@@ -278,7 +311,7 @@ async fn sim_devices(
     settings: &config::Settings,
     fleet: &[msec_sim::SimDevice],
 ) -> Result<(Vec<msec_device::Device>, usize)> {
-    let mut store = platform::open_store(&settings.database).await?;
+    let mut store = platform::open_store(settings).await?;
     let dir = settings.data_dir.clone();
     let fleet = fleet.to_vec();
     tokio::task::spawn_blocking(move || simrun::prepare(&mut store, &dir, &fleet)).await?

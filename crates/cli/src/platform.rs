@@ -4,8 +4,11 @@
 use crate::config::{Broker, PlatformArgs, Settings};
 use anyhow::{Context, Result};
 use msec_ingest::{Ingest, MqttConfig};
+use msec_notary::{LogKey, Notary};
 use msec_store::Store;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -17,13 +20,20 @@ pub struct Platform {
     consumer: JoinHandle<()>,
     server: JoinHandle<std::io::Result<()>>,
     writer: std::thread::JoinHandle<()>,
+    notary_stop: Arc<AtomicBool>,
+    notary: std::thread::JoinHandle<()>,
 }
 
-/// Opens a store off the async workers: the PostgreSQL driver blocks.
-pub async fn open_store(url: &str) -> Result<Store> {
-    let url = url.to_string();
+/// How often the log publishes a checkpoint when it grew: well within the promised second.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Opens the settings' database off the async workers (the PostgreSQL driver blocks), with the
+/// settings' encryption keys.
+pub async fn open_store(settings: &Settings) -> Result<Store> {
+    let url = settings.database.clone();
+    let keys = settings.key_provider()?;
     let shown = msec_store::redact(&url);
-    tokio::task::spawn_blocking(move || Store::open(&url))
+    tokio::task::spawn_blocking(move || Store::open(&url, keys))
         .await?
         .with_context(|| format!("cannot open the database {shown}"))
 }
@@ -34,8 +44,28 @@ pub async fn with_store<T: Send + 'static>(
     f: impl FnOnce(&mut Store) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let settings = platform.resolve()?;
-    let mut store = open_store(&settings.database).await?;
+    let mut store = open_store(&settings).await?;
     tokio::task::spawn_blocking(move || f(&mut store)).await?
+}
+
+/// The transparency log over the settings' database. Blocking.
+pub fn open_notary(settings: &Settings, store: Store) -> Result<Notary> {
+    let (key, created) = LogKey::load_or_create(&settings.log_key_file())?;
+    if created {
+        eprintln!(
+            "created the log signing key {} (origin {}); verifier key: {}",
+            settings.log_key_file().display(),
+            key.origin(),
+            key.verifier_key()
+        );
+    }
+    Ok(Notary::open(
+        store,
+        key,
+        settings.log_state_file(),
+        settings.witnesses.clone(),
+        settings.witness_quorum,
+    )?)
 }
 
 /// The MQTT client id of the platform's consumer. Stable across restarts (so the broker keeps
@@ -66,12 +96,24 @@ impl Platform {
             max_skew_secs: s.max_skew,
             ..Default::default()
         };
-        let writer_store = open_store(&s.database).await?;
+        let notary_store = open_store(s).await?;
+        let notary = {
+            let s = s.clone();
+            Arc::new(tokio::task::spawn_blocking(move || open_notary(&s, notary_store)).await??)
+        };
+        let notary_stop = Arc::new(AtomicBool::new(false));
+        let notary_thread = {
+            let (n, stop) = (notary.clone(), notary_stop.clone());
+            std::thread::Builder::new()
+                .name("msec-log".into())
+                .spawn(move || n.run(CHECKPOINT_EVERY, &stop))?
+        };
+        let writer_store = open_store(s).await?;
         let (ingest, writer) =
             tokio::task::spawn_blocking(move || Ingest::start(writer_store, config))
                 .await?
                 .context("cannot start ingest")?;
-        let db = msec_server::DbHandle::start(open_store(&s.database).await?)?;
+        let db = msec_server::DbHandle::start(open_store(s).await?)?;
         let (stop, stopped) = watch::channel(false);
         let mqtt = MqttConfig::from_url(&broker_url, &consumer_id(&s.topic_root), &s.topic_root)
             .map_err(anyhow::Error::msg)?;
@@ -79,6 +121,7 @@ impl Platform {
         let state = msec_server::AppState {
             db,
             ingest: ingest.clone(),
+            notary,
         };
         let mut until_stop = stopped;
         let server = tokio::spawn(msec_server::serve(listener, state, async move {
@@ -93,6 +136,8 @@ impl Platform {
             consumer,
             server,
             writer,
+            notary_stop,
+            notary: notary_thread,
         })
     }
 
@@ -116,6 +161,9 @@ impl Platform {
             let _ = self.writer.join();
         });
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+        // One last checkpoint covers everything committed before the stop.
+        self.notary_stop.store(true, Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(move || self.notary.join()).await;
         Ok(())
     }
 }

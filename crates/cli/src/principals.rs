@@ -123,7 +123,7 @@ pub async fn user(cmd: UserCommand) -> Result<()> {
                 roles,
                 password_hash,
             };
-            let user = with_store(&platform, move |s| Ok(s.add_user(&new)?)).await?;
+            let user = with_store(&platform, move |s| Ok(s.add_user(&new, "cli")?)).await?;
             println!(
                 "created {} in tenant {} with roles {}",
                 user.id,
@@ -153,7 +153,7 @@ pub async fn user(cmd: UserCommand) -> Result<()> {
         }
         UserCommand::Disable { id, platform } => {
             let target = id.clone();
-            if with_store(&platform, move |s| Ok(s.disable_user(&target)?)).await? {
+            if with_store(&platform, move |s| Ok(s.disable_user(&target, "cli")?)).await? {
                 println!("disabled {id}");
                 Ok(())
             } else {
@@ -188,7 +188,7 @@ pub async fn token(cmd: TokenCommand) -> Result<()> {
                 secret_hash: issued.stored.secret_hash,
                 expires_ms: msec_store::now_ms() + i64::from(days) * 86_400_000,
             };
-            with_store(&platform, move |s| Ok(s.add_token(&stored)?)).await?;
+            with_store(&platform, move |s| Ok(s.add_token(&stored, "cli")?)).await?;
             println!("token id {} (expires in {days} days)", issued.stored.id);
             println!("token (shown once, store it safely): {}", issued.text);
             Ok(())
@@ -214,7 +214,7 @@ pub async fn token(cmd: TokenCommand) -> Result<()> {
         }
         TokenCommand::Revoke { id, platform } => {
             let target = id.clone();
-            if with_store(&platform, move |s| Ok(s.revoke_token(&target)?)).await? {
+            if with_store(&platform, move |s| Ok(s.revoke_token(&target, "cli")?)).await? {
                 println!("revoked token {id}");
                 Ok(())
             } else {

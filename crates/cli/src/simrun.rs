@@ -41,6 +41,7 @@ pub fn prepare(
         let registration = NewDevice {
             id: sim.id.clone(),
             tenant: sim.tenant.clone(),
+            owner: sim.owner.clone(),
             name: sim.name.clone(),
             kind: sim.kind.clone(),
             location: Some(msec_store::Location {

@@ -330,7 +330,14 @@ fn ctrl_c_shuts_down_cleanly() {
 
 #[test]
 fn bench_ledger_prints_figures_with_a_baseline() {
-    let (ok, out, err) = run(&["bench", "ledger", "--leaves", "3000"]);
+    let (ok, out, err) = run(&[
+        "bench",
+        "ledger",
+        "--leaves",
+        "3000",
+        "--audit-records",
+        "2000",
+    ]);
     assert!(ok, "{err}");
     for line in [
         "raw SHA-256",
@@ -338,6 +345,8 @@ fn bench_ledger_prints_figures_with_a_baseline() {
         "inclusion proofs verified",
         "consistency proofs",
         "checkpoint",
+        "records/s",
+        "checkpoint after a commit",
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
@@ -585,4 +594,326 @@ fn users_and_tokens_are_stored_hashed_and_shown_once() {
 fn contains_file(path: &str, needle: &str) -> bool {
     let data = std::fs::read(path).unwrap();
     data.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Posts a signed reading over HTTP; returns the response head and body.
+fn post_reading(http: &str, device: &mut Device, value: f64) -> String {
+    let now = unix_now();
+    http_post(
+        http,
+        "/api/v1/readings",
+        &device.seal(
+            &[Measurement::number("temperature", "Cel", now, value)],
+            now,
+        ),
+    )
+}
+
+fn log_size(http: &str) -> u64 {
+    http_get(http, "/api/v1/log")
+        .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["size"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The checkpoint the server serves now, once it covers at least `size` leaves.
+fn checkpoint_covering(http: &str, size: u64) -> String {
+    let mut note = String::new();
+    wait_until("a checkpoint", 20, || {
+        note = http_get(http, "/api/v1/log/checkpoint").unwrap_or_default();
+        note.lines()
+            .nth(1)
+            .and_then(|s| s.parse::<u64>().ok())
+            .is_some_and(|s| s >= size)
+    });
+    note
+}
+
+#[test]
+fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
+    let dir = tmp();
+    std::fs::create_dir_all(&dir).unwrap();
+    let wkey = format!("{dir}/witness-key.json");
+    let (ok, vkey, err) = run(&["witness", "--key", &wkey, "--init"]);
+    assert!(ok && vkey.starts_with("msec/witness-"), "{err}");
+    let vkey = vkey.trim().to_string();
+
+    // A resident's device, registered by CLI with encrypted name and location.
+    let key_file = format!("{dir}/dev.json");
+    assert!(
+        run(&[
+            "device",
+            "keygen",
+            "--id",
+            "bed-7",
+            "--tenant",
+            "santander",
+            "--out",
+            &key_file
+        ])
+        .0
+    );
+    let (ok, _, err) = run(&[
+        "device",
+        "register",
+        "--key-file",
+        &key_file,
+        "--kind",
+        "bed-sensor",
+        "--owner",
+        "resident-007",
+        "--name",
+        "Bed of Rosa Villanueva",
+        "--lat",
+        "43.46",
+        "--lon",
+        "-3.80",
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&[
+        "consent",
+        "give",
+        "--subject",
+        "resident-007",
+        "--grantee",
+        "caregiver:ana",
+        "--purpose",
+        "tele-assistance",
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(ok, "{err}");
+
+    let (http, mqtt) = (addr(), addr());
+    let mut server = Running(
+        msec()
+            .args([
+                "serve",
+                "--data-dir",
+                &dir,
+                "--http",
+                &http,
+                "--mqtt",
+                &mqtt,
+                "--witness",
+                &vkey,
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("msec serve", 30, || {
+        http_get(&http, "/healthz").is_some_and(|b| b.contains("ok"))
+    });
+    let file: DeviceFile =
+        serde_json::from_str(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+    let mut device = Device::new("bed-7", DeviceKey::from_seed_hex(&file.seed).unwrap(), 1);
+    for v in 0..5 {
+        assert!(post_reading(&http, &mut device, 36.0 + f64::from(v) / 10.0).contains("201"));
+    }
+    // A checkpoint covering device + consent + 5 readings, published within a second.
+    let saved = checkpoint_covering(&http, 7);
+    let saved_file = format!("{dir}/saved-checkpoint.txt");
+    std::fs::write(&saved_file, &saved).unwrap();
+
+    // The witness cosigns; the platform serves the cosignature and calls the checkpoint final.
+    let witness = |dir: &str| {
+        run(&[
+            "witness",
+            "--log",
+            &format!("http://{http}"),
+            "--key",
+            &format!("{dir}/witness-key.json"),
+            "--once",
+        ])
+    };
+    let (ok, out, err) = witness(&dir);
+    assert!(ok && out.contains("cosigned"), "{out}{err}");
+    assert!(http_get(&http, "/api/v1/log/checkpoint")
+        .unwrap()
+        .contains("msec/witness-"));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&http_get(&http, "/api/v1/log").unwrap())
+            .unwrap()["final_size"],
+        log_size(&http)
+    );
+    for v in 0..3 {
+        assert!(post_reading(&http, &mut device, 37.0 + f64::from(v)).contains("201"));
+    }
+    checkpoint_covering(&http, 10);
+    let (ok, out, err) = witness(&dir);
+    assert!(ok && out.contains("cosigned"), "second round: {out}{err}");
+
+    // Offline verification against the checkpoint saved earlier.
+    let (ok, out, err) = run(&[
+        "log",
+        "verify",
+        "--record",
+        "reading:bed-7/2",
+        "--checkpoint",
+        &saved_file,
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(
+        ok && out.contains("verified") && out.contains("consistency  ok"),
+        "{out}{err}"
+    );
+    let (ok, out, _) = run(&[
+        "log",
+        "verify",
+        "--record",
+        "reading:bed-7/8",
+        "--checkpoint",
+        &saved_file,
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(ok && out.contains("newest checkpoint"), "{out}");
+
+    // Export, then an independent Python verifier re-derives every leaf and checks the proofs.
+    let export = format!("{dir}/export.json");
+    let (ok, _, err) = run(&[
+        "export",
+        "--subject",
+        "resident-007",
+        "--out",
+        &export,
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(ok, "{err}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&export).unwrap()).unwrap();
+    assert_eq!(doc["readings"].as_array().unwrap().len(), 8);
+    assert_eq!(doc["devices"][0]["name"], "Bed of Rosa Villanueva");
+    assert_eq!(doc["consents"][0]["grantee"], "caregiver:ana");
+    let log_vkey =
+        serde_json::from_str::<serde_json::Value>(&http_get(&http, "/api/v1/log").unwrap())
+            .unwrap()["verifier_key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let current = format!("{dir}/current-checkpoint.txt");
+    std::fs::write(&current, run(&["log", "checkpoint", "--data-dir", &dir]).1).unwrap();
+    let py = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../interop/verify_log.py"
+        ))
+        .args([&format!("{dir}/msec.db"), &current, &log_vkey, &export])
+        .output()
+        .expect("python3 runs");
+    let py_out =
+        String::from_utf8_lossy(&py.stdout).to_string() + &String::from_utf8_lossy(&py.stderr);
+    assert!(
+        py.status.success() && py_out.contains("inclusion proofs verify"),
+        "{py_out}"
+    );
+
+    // Nothing personal in the database file.
+    let raw = std::fs::read(format!("{dir}/msec.db")).unwrap();
+    assert!(
+        !raw.windows(9).any(|w| w == b"Villanuev"),
+        "a name is readable in the database file"
+    );
+
+    // Erasure: API reads become 410, the audit still passes, the erasure itself is logged.
+    let (ok, _, err) = run(&["erase", "--subject", "resident-007", "--data-dir", &dir]);
+    assert!(!ok && err.contains("--yes"), "{err}");
+    let (ok, out, err) = run(&[
+        "erase",
+        "--subject",
+        "resident-007",
+        "--yes",
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(ok && out.contains("erased resident-007"), "{out}{err}");
+    let mut gone = String::new();
+    wait_until("410 for erased data", 10, || {
+        gone = http_get_raw(&http, "/api/v1/devices/bed-7/readings");
+        gone.starts_with("HTTP/1.1 410")
+    });
+    assert!(gone.contains("erased"), "{gone}");
+    let (ok, _, err) = run(&["export", "--subject", "resident-007", "--data-dir", &dir]);
+    assert!(!ok && err.contains("erased"), "{err}");
+    let (ok, out, err) = run(&["audit", "--data-dir", &dir]);
+    assert!(ok && out.contains("0 finding(s)"), "{out}{err}");
+
+    // Roll the database back (as restoring an old backup would) while the server is down.
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    let db = rusqlite::Connection::open(format!("{dir}/msec.db")).unwrap();
+    db.execute_batch(
+        "DELETE FROM readings WHERE sequence > 5;
+         DELETE FROM log_leaves WHERE idx >= 7;
+         DELETE FROM admin_actions; DELETE FROM checkpoints WHERE size > 7; DELETE FROM cosignatures WHERE size > 7;",
+    )
+    .unwrap();
+    drop(db);
+    let (ok, out, _) = run(&["audit", "--data-dir", &dir]);
+    assert!(!ok && out.contains("rollback"), "{out}");
+    // The platform refuses to serve the rolled-back log...
+    let (ok, _, err) = run(&[
+        "serve",
+        "--data-dir",
+        &dir,
+        "--http",
+        &addr(),
+        "--mqtt",
+        &addr(),
+    ]);
+    assert!(!ok && err.contains("rolled back or rewritten"), "{err}");
+    // ...and if the attacker also deletes its record of the last checkpoint, the witness,
+    // which remembers what it cosigned, refuses and raises an alarm.
+    std::fs::remove_file(format!("{dir}/log-checkpoint.txt")).unwrap();
+    let http2 = addr();
+    let _server = Running(
+        msec()
+            .args([
+                "serve",
+                "--data-dir",
+                &dir,
+                "--http",
+                &http2,
+                "--mqtt",
+                &addr(),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("msec serve after rollback", 30, || {
+        http_get(&http2, "/healthz").is_some_and(|b| b.contains("ok"))
+    });
+    let (ok, out, err) = run(&[
+        "witness",
+        "--log",
+        &format!("http://{http2}"),
+        "--key",
+        &wkey,
+        "--once",
+    ]);
+    assert!(
+        !ok && err.contains("rollback") && err.contains("REFUSING"),
+        "{out}{err}"
+    );
+    assert!(http_get(&http2, "/api/v1/security-events")
+        .unwrap()
+        .contains("witness_alarm"));
+}
+
+fn http_get_raw(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }

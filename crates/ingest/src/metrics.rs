@@ -16,6 +16,10 @@ pub const REASONS: &[&str] = &[
     "future_timestamp",
     // Not about readings: an administrative request refused (see msec-server).
     "forbidden",
+    // About the transparency log: a cosignature that does not verify, a witness reporting a
+    // rollback or split view.
+    "bad_cosignature",
+    "witness_alarm",
 ];
 
 #[derive(Debug, Default)]

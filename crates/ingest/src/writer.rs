@@ -283,7 +283,7 @@ impl Writer {
                 reason = %e.reason,
                 device = e.device_id.as_deref().unwrap_or("-"),
                 source = %e.source,
-                "reading rejected: {}",
+                "security event: {}",
                 e.detail
             );
             let event = SecurityEvent {

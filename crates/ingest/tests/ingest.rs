@@ -12,6 +12,7 @@ fn register(store: &mut Store, id: &str, key: &DeviceKey) {
         .register_device(&NewDevice {
             id: id.into(),
             tenant: "santander".into(),
+            owner: "santander".into(),
             name: id.into(),
             kind: "environmental-monitor".into(),
             location: None,
@@ -46,17 +47,21 @@ fn start(url: &str) -> Ingest {
         max_skew_secs: 60,
         ..Config::default()
     };
-    sync(|| Ingest::start(Store::open(url).unwrap(), config).unwrap().0)
+    sync(|| {
+        Ingest::start(Store::open(url, msec_testkit::test_keys()).unwrap(), config)
+            .unwrap()
+            .0
+    })
 }
 
 async fn rules(url: String) {
     let key_a = DeviceKey::generate().unwrap();
     let key_b = DeviceKey::generate().unwrap();
     sync(|| {
-        let mut s = Store::open(&url).unwrap();
+        let mut s = Store::open(&url, msec_testkit::test_keys()).unwrap();
         register(&mut s, "dev-a", &key_a);
         register(&mut s, "dev-b", &key_b);
-        s.revoke_device("dev-b").unwrap();
+        s.revoke_device("dev-b", "test").unwrap();
     });
     let ingest = start(&url);
     let http = || Source::Http("127.0.0.1:9".into());
@@ -151,7 +156,7 @@ async fn rules(url: String) {
 }
 
 fn check_rules_outcome(url: &str, ingest: &Ingest) {
-    let mut s = Store::open(url).unwrap();
+    let mut s = Store::open(url, msec_testkit::test_keys()).unwrap();
     let counts: std::collections::HashMap<String, i64> =
         s.security_event_counts().unwrap().into_iter().collect();
     for reason in [
@@ -217,7 +222,11 @@ async fn rules_on_postgres() {
 async fn revocation_by_another_process_takes_effect_within_seconds() {
     let url = sqlite_url();
     let key = DeviceKey::generate().unwrap();
-    register(&mut Store::open(&url).unwrap(), "dev-r", &key);
+    register(
+        &mut Store::open(&url, msec_testkit::test_keys()).unwrap(),
+        "dev-r",
+        &key,
+    );
     let ingest = start(&url);
     let mut d = Device::new("dev-r", key, 1);
     let src = || Source::Http("t".into());
@@ -225,7 +234,10 @@ async fn revocation_by_another_process_takes_effect_within_seconds() {
         .submit(d.seal(&temp(unix_now(), 1.0), unix_now()), src())
         .await
         .is_ok());
-    Store::open(&url).unwrap().revoke_device("dev-r").unwrap();
+    Store::open(&url, msec_testkit::test_keys())
+        .unwrap()
+        .revoke_device("dev-r", "test")
+        .unwrap();
     let mut last = None;
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -276,7 +288,13 @@ async fn publish_all(broker: &MqttConfig, messages: Vec<(String, Vec<u8>)>, pace
 }
 
 fn count_readings(url: &str) -> usize {
-    sync(|| Store::open(url).unwrap().counts().unwrap().readings as usize)
+    sync(|| {
+        Store::open(url, msec_testkit::test_keys())
+            .unwrap()
+            .counts()
+            .unwrap()
+            .readings as usize
+    })
 }
 
 async fn wait_for_readings(url: &str, n: usize) -> usize {
@@ -292,14 +310,25 @@ async fn wait_for_readings(url: &str, n: usize) -> usize {
 }
 
 fn events(url: &str) -> Vec<msec_store::SecurityEvent> {
-    sync(|| Store::open(url).unwrap().security_events(10, None).unwrap())
+    sync(|| {
+        Store::open(url, msec_testkit::test_keys())
+            .unwrap()
+            .security_events(10, None)
+            .unwrap()
+    })
 }
 
 /// Valid readings are stored and a forged one is rejected, through a real broker.
 async fn through_broker(broker_url: String, db_url: String) {
     let root = msec_testkit::unique("t");
     let key = DeviceKey::generate().unwrap();
-    sync(|| register(&mut Store::open(&db_url).unwrap(), "dev-m", &key));
+    sync(|| {
+        register(
+            &mut Store::open(&db_url, msec_testkit::test_keys()).unwrap(),
+            "dev-m",
+            &key,
+        )
+    });
     let ingest = start(&db_url);
     let cfg =
         MqttConfig::from_url(&broker_url, &msec_testkit::unique("msec-ingest-"), &root).unwrap();
@@ -339,7 +368,13 @@ async fn crash_and_resume(broker_url: String, db_url: String) {
     let root = msec_testkit::unique("t");
     let client_id = msec_testkit::unique("msec-ingest-");
     let key = DeviceKey::generate().unwrap();
-    sync(|| register(&mut Store::open(&db_url).unwrap(), "dev-k", &key));
+    sync(|| {
+        register(
+            &mut Store::open(&db_url, msec_testkit::test_keys()).unwrap(),
+            "dev-k",
+            &key,
+        )
+    });
     let cfg = MqttConfig::from_url(&broker_url, &client_id, &root).unwrap();
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let first = tokio::spawn(run_mqtt(start(&db_url), cfg.clone(), stopped.clone()));
@@ -435,7 +470,13 @@ async fn wide_inflight_window_does_not_stall_the_consumer() {
     let url = format!("mqtt://127.0.0.1:{port}");
     let db_url = sqlite_url();
     let key = DeviceKey::generate().unwrap();
-    sync(|| register(&mut Store::open(&db_url).unwrap(), "dev-w", &key));
+    sync(|| {
+        register(
+            &mut Store::open(&db_url, msec_testkit::test_keys()).unwrap(),
+            "dev-w",
+            &key,
+        )
+    });
     let root = msec_testkit::unique("t");
     let cfg = MqttConfig::from_url(&url, &msec_testkit::unique("msec-ingest-"), &root).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);

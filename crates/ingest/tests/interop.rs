@@ -50,11 +50,12 @@ async fn pycose_reading_is_accepted() {
         .join(msec_testkit::unique("msec-interop-"))
         .join("msec.db");
     let url = url.to_string_lossy().into_owned();
-    let mut store = Store::open(&url).unwrap();
+    let mut store = Store::open(&url, msec_testkit::test_keys()).unwrap();
     store
         .register_device(&NewDevice {
             id: "py-1".into(),
             tenant: "santander".into(),
+            owner: "santander".into(),
             name: "python device".into(),
             kind: "interop".into(),
             location: None,
@@ -76,7 +77,7 @@ async fn pycose_reading_is_accepted() {
             sequence: 7
         })
     );
-    let stored = Store::open(&url)
+    let stored = Store::open(&url, msec_testkit::test_keys())
         .unwrap()
         .readings(
             "py-1",

@@ -9,6 +9,8 @@ use crate::Hash;
 
 /// Signature type byte of Ed25519 in signed-note key hashes and verifier keys.
 const ED25519: u8 = 0x01;
+/// Signature type byte of Ed25519 tlog-cosignature/v1 (timestamped) cosigner keys.
+const COSIGNATURE_V1: u8 = 0x04;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CheckpointError {
@@ -27,9 +29,13 @@ pub struct NoteKey {
 }
 
 fn key_hash(name: &str, public: &[u8; 32]) -> [u8; 4] {
+    typed_key_hash(name, ED25519, public)
+}
+
+fn typed_key_hash(name: &str, kind: u8, public: &[u8; 32]) -> [u8; 4] {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
-    h.update([b'\n', ED25519]);
+    h.update([b'\n', kind]);
     h.update(public);
     let d = h.finalize();
     [d[0], d[1], d[2], d[3]]
@@ -115,32 +121,51 @@ impl Checkpoint {
     /// Parses a signed checkpoint and checks it carries a valid signature by `verifier_key`.
     /// Signature lines from other keys (witness cosignatures, say) are allowed and ignored.
     pub fn verify(note: &str, verifier_key: &str) -> Result<Checkpoint, CheckpointError> {
-        let mut parts = verifier_key.splitn(3, '+');
-        let (Some(name), Some(hash_hex), Some(key_b64)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(CheckpointError::BadKey("expected name+hash+key"));
-        };
-        let raw = B64
-            .decode(key_b64)
-            .map_err(|_| CheckpointError::BadKey("key is not base64"))?;
-        let (Some(&ED25519), Ok(public)) =
-            (raw.first(), <[u8; 32]>::try_from(&raw[1.min(raw.len())..]))
-        else {
-            return Err(CheckpointError::BadKey("not an Ed25519 key"));
-        };
-        if hex8(&key_hash(name, &public)) != hash_hex {
-            return Err(CheckpointError::BadKey(
-                "key hash does not match name and key",
-            ));
+        let key = VKey::parse(verifier_key, ED25519)?;
+        let (body, sigs) = split_note(note)?;
+        let checkpoint = Checkpoint::parse_body(&body)?;
+        let valid = key.signatures(sigs).any(|raw| {
+            Signature::from_slice(&raw)
+                .is_ok_and(|sig| key.vk.verify_strict(body.as_bytes(), &sig).is_ok())
+        });
+        if valid {
+            Ok(checkpoint)
+        } else {
+            Err(CheckpointError::NotSigned(key.name))
         }
-        let vk = VerifyingKey::from_bytes(&public)
-            .map_err(|_| CheckpointError::BadKey("not a curve point"))?;
-        let (body, sigs) = note.split_once("\n\n").ok_or(CheckpointError::Malformed(
-            "no blank line before signatures",
-        ))?;
-        let body = format!("{body}\n");
-        let mut lines = body.lines();
+    }
+
+    /// Checks that `note` carries a valid tlog-cosignature/v1 by the cosigner `verifier_key`
+    /// and returns the checkpoint with the cosignature's timestamp (Unix seconds).
+    pub fn verify_cosignature(
+        note: &str,
+        verifier_key: &str,
+    ) -> Result<(Checkpoint, u64), CheckpointError> {
+        let key = VKey::parse(verifier_key, COSIGNATURE_V1)?;
+        let (body, sigs) = split_note(note)?;
+        let checkpoint = Checkpoint::parse_body(&body)?;
+        for raw in key.signatures(sigs) {
+            let (Ok(time), Ok(sig)) = (
+                <[u8; 8]>::try_from(&raw[..8.min(raw.len())]),
+                Signature::from_slice(&raw[8.min(raw.len())..]),
+            ) else {
+                continue;
+            };
+            let time = u64::from_be_bytes(time);
+            if key
+                .vk
+                .verify_strict(cosigned_message(&body, time).as_bytes(), &sig)
+                .is_ok()
+            {
+                return Ok((checkpoint, time));
+            }
+        }
+        Err(CheckpointError::NotSigned(key.name))
+    }
+
+    /// Parses a checkpoint body (origin, size, root: three newline-terminated lines).
+    pub fn parse_body(body: &str) -> Result<Checkpoint, CheckpointError> {
+        let mut lines = body.split_terminator('\n');
         let origin = lines
             .next()
             .filter(|o| !o.is_empty())
@@ -158,36 +183,135 @@ impl Checkpoint {
             .ok_or(CheckpointError::Malformed(
                 "root is not a base64 SHA-256 hash",
             ))?;
-        let expected_hash = key_hash(name, &public);
-        for line in sigs.lines() {
-            let Some(rest) = line.strip_prefix("\u{2014} ") else {
-                return Err(CheckpointError::Malformed(
-                    "signature lines start with an em dash",
-                ));
-            };
-            let Some((signer, sig_b64)) = rest.split_once(' ') else {
-                continue;
-            };
-            if signer != name {
-                continue;
-            }
-            let Ok(raw) = B64.decode(sig_b64) else {
-                continue;
-            };
-            if raw.len() != 68 || raw[..4] != expected_hash {
-                continue;
-            }
-            let Ok(sig) = Signature::from_slice(&raw[4..]) else {
-                continue;
-            };
-            if vk.verify_strict(body.as_bytes(), &sig).is_ok() {
-                return Ok(Checkpoint {
-                    origin: origin.to_string(),
-                    size,
-                    root,
-                });
-            }
+        if !body.ends_with('\n') {
+            return Err(CheckpointError::Malformed("body does not end in a newline"));
         }
-        Err(CheckpointError::NotSigned(name.to_string()))
+        Ok(Checkpoint {
+            origin: origin.to_string(),
+            size,
+            root,
+        })
+    }
+}
+
+/// The message a tlog-cosignature/v1 signs: a header line, a time line, the checkpoint body.
+fn cosigned_message(body: &str, time: u64) -> String {
+    format!("cosignature/v1\ntime {time}\n{body}")
+}
+
+/// Splits a signed note into its body (with its final newline) and its signature lines.
+fn split_note(note: &str) -> Result<(String, &str), CheckpointError> {
+    let (body, sigs) = note.split_once("\n\n").ok_or(CheckpointError::Malformed(
+        "no blank line before signatures",
+    ))?;
+    for line in sigs.lines() {
+        if !line.starts_with("\u{2014} ") {
+            return Err(CheckpointError::Malformed(
+                "signature lines start with an em dash",
+            ));
+        }
+    }
+    Ok((format!("{body}\n"), sigs))
+}
+
+/// A parsed verifier key of an expected signature type.
+struct VKey {
+    name: String,
+    hash: [u8; 4],
+    vk: VerifyingKey,
+}
+
+impl VKey {
+    fn parse(text: &str, kind: u8) -> Result<VKey, CheckpointError> {
+        let mut parts = text.trim().splitn(3, '+');
+        let (Some(name), Some(hash_hex), Some(key_b64)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(CheckpointError::BadKey("expected name+hash+key"));
+        };
+        let raw = B64
+            .decode(key_b64)
+            .map_err(|_| CheckpointError::BadKey("key is not base64"))?;
+        let (Some(&found), Ok(public)) =
+            (raw.first(), <[u8; 32]>::try_from(&raw[1.min(raw.len())..]))
+        else {
+            return Err(CheckpointError::BadKey("not an Ed25519 key"));
+        };
+        if found != kind {
+            return Err(CheckpointError::BadKey(if kind == ED25519 {
+                "not an Ed25519 signed-note key"
+            } else {
+                "not an Ed25519 cosignature/v1 key"
+            }));
+        }
+        let hash = typed_key_hash(name, kind, &public);
+        if hex8(&hash) != hash_hex {
+            return Err(CheckpointError::BadKey(
+                "key hash does not match name and key",
+            ));
+        }
+        let vk = VerifyingKey::from_bytes(&public)
+            .map_err(|_| CheckpointError::BadKey("not a curve point"))?;
+        Ok(VKey {
+            name: name.to_string(),
+            hash,
+            vk,
+        })
+    }
+
+    /// The signature bytes (after the key hash) of the lines this key may have written.
+    fn signatures<'a>(&'a self, sigs: &'a str) -> impl Iterator<Item = Vec<u8>> + 'a {
+        sigs.lines().filter_map(move |line| {
+            let (signer, sig_b64) = line.strip_prefix("\u{2014} ")?.split_once(' ')?;
+            let raw = B64.decode(sig_b64).ok()?;
+            (signer == self.name && raw.len() > 4 && raw[..4] == self.hash)
+                .then(|| raw[4..].to_vec())
+        })
+    }
+}
+
+/// A witness's cosigning key (tlog-cosignature/v1, Ed25519) with its name.
+pub struct CosignerKey {
+    name: String,
+    key: SigningKey,
+}
+
+impl CosignerKey {
+    pub fn new(name: &str, seed: [u8; 32]) -> Result<CosignerKey, CheckpointError> {
+        if !valid_name(name) {
+            return Err(CheckpointError::BadKey(
+                "a key name is non-empty, without spaces or '+'",
+            ));
+        }
+        Ok(CosignerKey {
+            name: name.to_string(),
+            key: SigningKey::from_bytes(&seed),
+        })
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// `name+hash+base64(0x04 || public key)`.
+    pub fn verifier_key(&self) -> String {
+        let public = self.key.verifying_key().to_bytes();
+        let mut raw = vec![COSIGNATURE_V1];
+        raw.extend_from_slice(&public);
+        format!(
+            "{}+{}+{}",
+            self.name,
+            hex8(&typed_key_hash(&self.name, COSIGNATURE_V1, &public)),
+            B64.encode(raw)
+        )
+    }
+    /// The cosignature line (ending in a newline) over `checkpoint` at `time` (Unix seconds).
+    pub fn cosign(&self, checkpoint: &Checkpoint, time: u64) -> String {
+        let sig = self
+            .key
+            .sign(cosigned_message(&checkpoint.body(), time).as_bytes());
+        let public = self.key.verifying_key().to_bytes();
+        let mut raw = typed_key_hash(&self.name, COSIGNATURE_V1, &public).to_vec();
+        raw.extend_from_slice(&time.to_be_bytes());
+        raw.extend_from_slice(&sig.to_bytes());
+        format!("\u{2014} {} {}\n", self.name, B64.encode(raw))
     }
 }

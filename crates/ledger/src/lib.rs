@@ -7,9 +7,11 @@
 //! is append-only; erasure happens elsewhere, by destroying keys).
 
 mod checkpoint;
+mod leaf;
 mod tree;
 
-pub use checkpoint::{Checkpoint, CheckpointError, NoteKey};
+pub use checkpoint::{Checkpoint, CheckpointError, CosignerKey, NoteKey};
+pub use leaf::{encode_leaf, Field, LEAF_TAG};
 pub use tree::{
     leaf_hash, node_hash, root_of, verify_consistency, verify_inclusion, Hash, ProofError, Tree,
     EMPTY_ROOT,

@@ -223,3 +223,36 @@ fn incremental_tree_matches_the_plain_definition() {
         &proof
     ));
 }
+
+#[test]
+fn cosignatures_verify_and_resist_tampering() {
+    use msec_ledger::{Checkpoint, CosignerKey, NoteKey};
+    let log = NoteKey::new("example.org/log", [7; 32]).unwrap();
+    let witness = CosignerKey::new("example.org/witness", [9; 32]).unwrap();
+    let cp = Checkpoint {
+        origin: "example.org/log".into(),
+        size: 12,
+        root: [3; 32],
+    };
+    let note = format!("{}{}", cp.sign(&log), witness.cosign(&cp, 1_700_000_000));
+    let (seen, time) = Checkpoint::verify_cosignature(&note, &witness.verifier_key()).unwrap();
+    assert_eq!((seen, time), (cp.clone(), 1_700_000_000));
+    // The log signature still verifies with the cosignature line present.
+    assert_eq!(Checkpoint::verify(&note, &log.verifier_key()).unwrap(), cp);
+    // A log key is not a cosigner key, and vice versa (different key-hash type bytes).
+    assert!(Checkpoint::verify_cosignature(&note, &log.verifier_key()).is_err());
+    assert!(Checkpoint::verify(&note, &witness.verifier_key()).is_err());
+    // Another witness, another tree size or a moved timestamp all fail.
+    let other = CosignerKey::new("example.org/witness", [10; 32]).unwrap();
+    assert!(Checkpoint::verify_cosignature(&note, &other.verifier_key()).is_err());
+    let bigger = note.replacen("\n12\n", "\n13\n", 1);
+    assert!(Checkpoint::verify_cosignature(&bigger, &witness.verifier_key()).is_err());
+    // Moving the timestamp of a valid cosignature breaks it.
+    use base64::{engine::general_purpose::STANDARD as B64, Engine};
+    let line = witness.cosign(&cp, 1_700_000_000);
+    let (prefix, sig) = line.trim_end().rsplit_once(' ').unwrap();
+    let mut raw = B64.decode(sig).unwrap();
+    raw[11] ^= 1;
+    let moved = format!("{}{prefix} {}\n", cp.sign(&log), B64.encode(raw));
+    assert!(Checkpoint::verify_cosignature(&moved, &witness.verifier_key()).is_err());
+}

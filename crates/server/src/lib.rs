@@ -6,6 +6,7 @@
 //! handlers translate between HTTP and those two.
 
 mod db;
+mod log;
 mod problem;
 
 pub use db::DbHandle;
@@ -31,6 +32,7 @@ use std::net::SocketAddr;
 pub struct AppState {
     pub db: DbHandle,
     pub ingest: Ingest,
+    pub notary: std::sync::Arc<msec_notary::Notary>,
 }
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -73,6 +75,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/security-events", get(security_events))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/stream", get(stream))
+        .route("/api/v1/log", get(log::info))
+        .route("/api/v1/log/checkpoint", get(log::checkpoint))
+        .route("/api/v1/log/proof", get(log::proof))
+        .route("/api/v1/log/consistency", get(log::consistency))
+        .route("/api/v1/log/cosignatures", post(log::cosign))
+        .route("/api/v1/log/alarms", post(log::alarm))
         .fallback(|| async { Problem::not_found("no such endpoint; see /api/openapi.json") })
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
@@ -127,7 +135,7 @@ async fn healthz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, P
 }
 
 /// Parses an optional integer query parameter, naming it in the error.
-fn int_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Problem> {
+pub(crate) fn int_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Problem> {
     q.get(name)
         .map(|v| {
             v.parse::<i64>().map_err(|_| {
@@ -178,6 +186,8 @@ fn valid_id(s: &str) -> bool {
 struct Registration {
     id: String,
     tenant: String,
+    /// The data subject; defaults to the tenant (public infrastructure).
+    owner: Option<String>,
     name: Option<String>,
     kind: String,
     location: Option<Location>,
@@ -216,9 +226,10 @@ async fn register_device(
 }
 
 fn new_device(r: Registration) -> Result<NewDevice, Problem> {
-    if !valid_id(&r.id) || !valid_id(&r.tenant) {
+    let owner = r.owner.unwrap_or_else(|| r.tenant.clone());
+    if !valid_id(&r.id) || !valid_id(&r.tenant) || !valid_id(&owner) {
         return Err(Problem::bad_request(
-            "id and tenant must be 1-64 characters of A-Z a-z 0-9 . _ -",
+            "id, tenant and owner must be 1-64 characters of A-Z a-z 0-9 . _ -",
         ));
     }
     let key: [u8; 32] = hex::decode(r.public_key.trim())
@@ -233,6 +244,7 @@ fn new_device(r: Registration) -> Result<NewDevice, Problem> {
         name: r.name.unwrap_or_else(|| r.id.clone()),
         id: r.id,
         tenant: r.tenant,
+        owner,
         kind: r.kind,
         location: r.location,
         key_id,
@@ -249,7 +261,7 @@ async fn revoke_device(
     let target = id.clone();
     let device =
         s.db.call(move |db| {
-            if db.revoke_device(&target)? {
+            if db.revoke_device(&target, &format!("http:{peer}"))? {
                 db.device(&target)
             } else {
                 Ok(None)
@@ -465,10 +477,19 @@ mod tests {
     async fn registry_changes_from_other_hosts_are_refused_and_recorded() {
         let dir = std::env::temp_dir().join(msec_testkit::unique("msec-local-"));
         let url = dir.join("msec.db").to_string_lossy().into_owned();
-        let (ingest, _) =
-            Ingest::start(msec_store::Store::open(&url).unwrap(), Default::default()).unwrap();
-        let db = DbHandle::start(msec_store::Store::open(&url).unwrap()).unwrap();
-        let state = AppState { db, ingest };
+        let keys: std::sync::Arc<dyn msec_store::KekProvider> =
+            std::sync::Arc::new(msec_vault::MemoryKeys::new());
+        let open = || msec_store::Store::open(&url, keys.clone()).unwrap();
+        let (ingest, _) = Ingest::start(open(), Default::default()).unwrap();
+        let db = DbHandle::start(open()).unwrap();
+        let key = msec_notary::LogKey::from_seed("test/log", [1; 32]).unwrap();
+        let notary =
+            msec_notary::Notary::open(open(), key, dir.join("checkpoint"), vec![], 0).unwrap();
+        let state = AppState {
+            db,
+            ingest,
+            notary: std::sync::Arc::new(notary),
+        };
         // Only values here: no traffic goes to or comes from these documentation addresses.
         assert!(
             require_local(&state, "127.0.0.1:4000".parse().unwrap(), "x")

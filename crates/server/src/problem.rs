@@ -36,6 +36,8 @@ impl From<msec_store::StoreError> for Problem {
             msec_store::StoreError::Conflict(m) => {
                 Problem::new(StatusCode::CONFLICT, "conflict", m)
             }
+            msec_store::StoreError::Erased(m) => Problem::new(StatusCode::GONE, "erased", m),
+            msec_store::StoreError::NotFound(m) => Problem::not_found(m),
             other => {
                 tracing::error!(error = %other, "database error while serving a request");
                 Problem::new(

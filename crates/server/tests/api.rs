@@ -8,6 +8,7 @@ use msec_server::{AppState, DbHandle};
 use msec_store::Store;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 
 struct Reply {
     status: u16,
@@ -45,13 +46,26 @@ fn get(addr: SocketAddr, path: &str) -> Reply {
 async fn start() -> SocketAddr {
     let dir = std::env::temp_dir().join(msec_testkit::unique("msec-api-"));
     let url = dir.join("msec.db").to_string_lossy().into_owned();
-    let (ingest, _) = Ingest::start(Store::open(&url).unwrap(), Config::default()).unwrap();
-    let db = DbHandle::start(Store::open(&url).unwrap()).unwrap();
+    let keys: Arc<dyn msec_store::KekProvider> = Arc::new(msec_vault::MemoryKeys::new());
+    let open = || Store::open(&url, keys.clone()).unwrap();
+    let (ingest, _) = Ingest::start(open(), Config::default()).unwrap();
+    let db = DbHandle::start(open()).unwrap();
+    let key = msec_notary::LogKey::from_seed("test/log", [1; 32]).unwrap();
+    let notary = Arc::new(
+        msec_notary::Notary::open(open(), key, dir.join("checkpoint"), vec![], 0).unwrap(),
+    );
+    let publisher = notary.clone();
+    std::thread::spawn(move || {
+        publisher.run(
+            std::time::Duration::from_millis(100),
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(msec_server::serve(
         listener,
-        AppState { db, ingest },
+        AppState { db, ingest, notary },
         std::future::pending(),
     ));
     addr
@@ -208,6 +222,78 @@ fn scenario(addr: SocketAddr) {
     assert_eq!(
         get(addr, "/api/v1/stats").json()["rejected_by_reason"]["oversized"],
         1
+    );
+
+    // The transparency log: a checkpoint covering every record within a second, and a proof
+    // for the stored reading that verifies against it.
+    let mut checkpoint = String::new();
+    for _ in 0..50 {
+        checkpoint = get(addr, "/api/v1/log/checkpoint").body;
+        if checkpoint.lines().nth(1) == Some("5") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let cp = msec_ledger::Checkpoint::verify(
+        &checkpoint,
+        get(addr, "/api/v1/log").json()["verifier_key"]
+            .as_str()
+            .unwrap(),
+    )
+    .expect("a signed checkpoint");
+    assert_eq!(cp.size, 5, "device + reading + 3 events: {checkpoint}");
+    let p = get(addr, "/api/v1/log/proof?record=reading:park-env-01/1").json();
+    let path: Vec<[u8; 32]> = p["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            hex::decode(h.as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap()
+        })
+        .collect();
+    let leaf: [u8; 32] = hex::decode(p["leaf_hash"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert!(msec_ledger::verify_inclusion(
+        &leaf,
+        p["index"].as_u64().unwrap(),
+        cp.size,
+        &path,
+        &cp.root
+    ));
+    assert_eq!(
+        get(addr, "/api/v1/log/proof?record=reading:park-env-01/9").status,
+        404
+    );
+    assert_eq!(get(addr, "/api/v1/log/proof?record=bogus").status, 400);
+    assert!(
+        !get(addr, "/api/v1/log/consistency?from=3&to=5").json()["proof"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        get(addr, "/api/v1/log/consistency?from=3&to=99").status,
+        404
+    );
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/log/cosignatures",
+        "text/plain",
+        checkpoint.as_bytes(),
+    );
+    assert_eq!(
+        (r.status, r.json()["type"].as_str().unwrap()),
+        (422, "urn:msec:problem:refused")
+    );
+    assert!(
+        r.json()["security_event_id"].as_i64().is_some(),
+        "refused cosignature not recorded"
     );
 
     // Revocation over HTTP is effective for the very next reading.

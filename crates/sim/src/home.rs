@@ -58,6 +58,7 @@ pub(crate) fn fleet(residents: usize, seed: u64) -> Vec<SimDevice> {
                     SimDevice {
                         id,
                         tenant: "santander".into(),
+                        owner: format!("resident-{home:03}"),
                         name: format!("{name}, home {home:03}"),
                         kind: kind.into(),
                         pilot: Pilot::Home,

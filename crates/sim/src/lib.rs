@@ -82,6 +82,8 @@ pub struct Location {
 pub struct SimDevice {
     pub id: String,
     pub tenant: String,
+    /// The data subject: the resident of a home kit; the city for public infrastructure.
+    pub owner: String,
     pub name: String,
     pub kind: String,
     pub pilot: Pilot,

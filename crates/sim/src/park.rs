@@ -115,6 +115,7 @@ fn park_device(
     SimDevice {
         id,
         tenant: "santander".into(),
+        owner: "santander".into(),
         name,
         kind: kind.into(),
         pilot: Pilot::Park,

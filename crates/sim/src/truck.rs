@@ -70,6 +70,7 @@ pub(crate) fn fleet(trucks: usize, interval: Duration, seed: u64) -> Vec<SimDevi
                 name: format!("Garbage truck {n:02} sensor box"),
                 id,
                 tenant: "fujisawa".into(),
+                owner: "fujisawa".into(),
                 kind: "truck-sensor-box".into(),
                 pilot: Pilot::Truck,
                 location: Location {

@@ -2,7 +2,9 @@
 //! rows, transactions. SQL is written once with `$n` placeholders (PostgreSQL's spelling);
 //! SQLite gets them rewritten to its `?n`.
 
-use crate::NewReading;
+use msec_ledger::Hash;
+
+use crate::log::RecordId;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +15,14 @@ pub enum StoreError {
     Conflict(String),
     #[error("database error: {0}")]
     Backend(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("erased: {0}")]
+    Erased(String),
+    #[error("encryption keys: {0}")]
+    Keys(String),
+    #[error("stored data failed an integrity check: {0}")]
+    Tampered(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -93,6 +103,7 @@ pub(crate) trait Row {
     fn text(&self, i: usize) -> Result<String, StoreError>;
     fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError>;
     fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError>;
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 impl Row for rusqlite::Row<'_> {
@@ -114,6 +125,9 @@ impl Row for rusqlite::Row<'_> {
     fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
         Ok(self.get(i)?)
     }
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.get(i)?)
+    }
 }
 
 impl Row for postgres::Row {
@@ -133,6 +147,9 @@ impl Row for postgres::Row {
         Ok(self.try_get(i)?)
     }
     fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.try_get(i)?)
     }
 }
@@ -257,54 +274,111 @@ impl Db {
         }
     }
 
-    /// Inserts readings, skipping any (device, sequence) already stored. PostgreSQL gets one
-    /// round trip per batch (UNNEST over arrays) because per-row round trips would cap ingest at
-    /// the network latency; SQLite is in-process, so a cached prepared statement is fastest.
-    pub(crate) fn insert_readings(&mut self, readings: &[NewReading]) -> Result<(), StoreError> {
+    /// Inserts sealed readings, skipping any (device, sequence) already stored, and returns
+    /// the positions (in `readings`) of those actually inserted. PostgreSQL gets one round trip
+    /// per batch (UNNEST over arrays) because per-row round trips would cap ingest at the network
+    /// latency; SQLite is in-process, so a cached prepared statement is fastest.
+    pub(crate) fn insert_readings(
+        &mut self,
+        readings: &[SealedReading],
+    ) -> Result<Vec<usize>, StoreError> {
         if readings.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         match self {
             Db::Sqlite(c) => {
                 let mut stmt = c.prepare_cached(
-                    "INSERT INTO readings (device_id, sequence, issued_at, received_ms, envelope, digest, measurements) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                    "INSERT INTO readings (device_id, sequence, issued_at, received_ms, digest, sealed) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
                 )?;
-                for r in readings {
-                    stmt.execute(rusqlite::params![
+                let mut inserted = Vec::with_capacity(readings.len());
+                for (i, r) in readings.iter().enumerate() {
+                    let n = stmt.execute(rusqlite::params![
                         r.device_id,
                         r.sequence,
                         r.issued_at,
                         r.received_ms,
-                        r.envelope,
                         &r.digest[..],
-                        r.measurements_json
+                        r.sealed
                     ])?;
+                    if n == 1 {
+                        inserted.push(i);
+                    }
                 }
-                Ok(())
+                Ok(inserted)
             }
             Db::Postgres(c) => {
                 let ids: Vec<&str> = readings.iter().map(|r| r.device_id.as_str()).collect();
                 let seqs: Vec<i64> = readings.iter().map(|r| r.sequence).collect();
                 let issued: Vec<i64> = readings.iter().map(|r| r.issued_at).collect();
                 let received: Vec<i64> = readings.iter().map(|r| r.received_ms).collect();
-                let envelopes: Vec<&[u8]> =
-                    readings.iter().map(|r| r.envelope.as_slice()).collect();
                 let digests: Vec<&[u8]> = readings.iter().map(|r| &r.digest[..]).collect();
-                let json: Vec<&str> = readings
+                let sealed: Vec<&[u8]> = readings.iter().map(|r| r.sealed.as_slice()).collect();
+                let rows = c.query(
+                    "INSERT INTO readings (device_id, sequence, issued_at, received_ms, digest, sealed) \
+                     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[]) \
+                     ON CONFLICT DO NOTHING RETURNING device_id, sequence",
+                    &[&ids, &seqs, &issued, &received, &digests, &sealed],
+                )?;
+                let mut done = std::collections::HashSet::with_capacity(rows.len());
+                for row in rows {
+                    done.insert((row.try_get::<_, String>(0)?, row.try_get::<_, i64>(1)?));
+                }
+                Ok(readings
                     .iter()
-                    .map(|r| r.measurements_json.as_str())
-                    .collect();
+                    .enumerate()
+                    .filter(|(_, r)| done.contains(&(r.device_id.clone(), r.sequence)))
+                    .map(|(i, _)| i)
+                    .collect())
+            }
+        }
+    }
+
+    /// Inserts log leaves at consecutive indices from `first`.
+    pub(crate) fn insert_leaves(
+        &mut self,
+        first: i64,
+        leaves: &[(RecordId, Hash)],
+    ) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(
+                    "INSERT INTO log_leaves (idx, kind, ref, hash) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for (i, (id, hash)) in leaves.iter().enumerate() {
+                    stmt.execute(rusqlite::params![
+                        first + i as i64,
+                        id.kind.name(),
+                        id.reference,
+                        &hash[..]
+                    ])?;
+                }
+                Ok(())
+            }
+            Db::Postgres(c) => {
+                let idx: Vec<i64> = (0..leaves.len() as i64).map(|i| first + i).collect();
+                let kinds: Vec<&str> = leaves.iter().map(|(id, _)| id.kind.name()).collect();
+                let refs: Vec<&str> = leaves.iter().map(|(id, _)| id.reference.as_str()).collect();
+                let hashes: Vec<&[u8]> = leaves.iter().map(|(_, h)| &h[..]).collect();
                 c.execute(
-                    "INSERT INTO readings (device_id, sequence, issued_at, received_ms, envelope, digest, measurements) \
-                     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[], $7::text[]) \
-                     ON CONFLICT DO NOTHING",
-                    &[&ids, &seqs, &issued, &received, &envelopes, &digests, &json],
+                    "INSERT INTO log_leaves (idx, kind, ref, hash) \
+                     SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::bytea[])",
+                    &[&idx, &kinds, &refs, &hashes],
                 )?;
                 Ok(())
             }
         }
     }
+}
+
+/// A reading as inserted: metadata in clear, envelope and values sealed.
+pub(crate) struct SealedReading {
+    pub device_id: String,
+    pub sequence: i64,
+    pub issued_at: i64,
+    pub received_ms: i64,
+    pub digest: [u8; 32],
+    pub sealed: Vec<u8>,
 }
 
 /// A database URL without its password, for error messages and logs.

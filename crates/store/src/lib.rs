@@ -7,13 +7,22 @@
 //! stores what the ingest pipeline decided, atomically, and answers queries.
 
 mod db;
+mod gdpr;
+mod keys;
+mod log;
 mod principals;
 mod schema;
 
-use db::{Db, Row, P};
+use db::{Db, Row, SealedReading, P};
+use keys::Keys;
+use msec_ledger::leaf_hash;
 use serde::Serialize;
+use std::sync::Arc;
 
 pub use db::{redact, StoreError};
+pub use gdpr::{Consent, Erasure, ExportedReading, SubjectExport};
+pub use log::{AuditScan, Finding, FindingKind, RecordId, RecordKind};
+pub use msec_vault::KekProvider;
 pub use principals::{ApiToken, NewToken, NewUser, User};
 
 /// Millisecond Unix time, the time unit of every stored timestamp.
@@ -38,11 +47,16 @@ pub enum DeviceStatus {
     Revoked,
 }
 
-/// A registered device as stored.
+/// A registered device as stored (name and location decrypted; both empty once its owner was
+/// erased).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Device {
     pub id: String,
     pub tenant: String,
+    /// The data subject the device's data is about (a resident, or the tenant itself for
+    /// public infrastructure).
+    pub owner: String,
+    pub erased: bool,
     pub name: String,
     pub kind: String,
     pub location: Option<Location>,
@@ -68,6 +82,7 @@ fn hex_bytes<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
 pub struct NewDevice {
     pub id: String,
     pub tenant: String,
+    pub owner: String,
     pub name: String,
     pub kind: String,
     pub location: Option<Location>,
@@ -164,46 +179,51 @@ pub struct Counts {
 /// A connection to the msec database.
 pub struct Store {
     db: Db,
+    keys: Keys,
 }
 
-const DEVICE_COLUMNS: &str = "id, tenant, name, kind, location_lat, location_lon, location_label, \
-     public_key, key_id, status, created_ms, updated_ms, last_seen_ms, last_sequence, battery, link";
+/// The personal fields of a device, sealed under its owner's data key.
+#[derive(Serialize, serde::Deserialize)]
+struct Profile {
+    name: String,
+    location: Option<Location>,
+}
 
-fn device_from(r: &dyn Row) -> Result<Device, StoreError> {
-    let location = match (r.opt_f64(4)?, r.opt_f64(5)?) {
-        (Some(lat), Some(lon)) => Some(Location {
-            lat,
-            lon,
-            label: r.opt_text(6)?.unwrap_or_default(),
-        }),
-        _ => None,
-    };
-    Ok(Device {
+const DEVICE_COLUMNS: &str = "id, tenant, owner, kind, profile, public_key, key_id, status, \
+     created_ms, updated_ms, last_seen_ms, last_sequence, battery, link";
+
+/// A device row with its profile still sealed.
+fn device_from(r: &dyn Row) -> Result<(Device, Vec<u8>), StoreError> {
+    let device = Device {
         id: r.text(0)?,
         tenant: r.text(1)?,
-        name: r.text(2)?,
+        owner: r.text(2)?,
+        erased: false,
+        name: String::new(),
         kind: r.text(3)?,
-        location,
-        public_key: r.bytes(7)?,
-        key_id: r.bytes(8)?,
-        status: if r.text(9)? == "revoked" {
+        location: None,
+        public_key: r.bytes(5)?,
+        key_id: r.bytes(6)?,
+        status: if r.text(7)? == "revoked" {
             DeviceStatus::Revoked
         } else {
             DeviceStatus::Active
         },
-        created_ms: r.i64(10)?,
-        updated_ms: r.i64(11)?,
-        last_seen_ms: r.opt_i64(12)?,
-        last_sequence: r.opt_i64(13)?,
-        battery: r.opt_f64(14)?,
-        link: r.opt_f64(15)?,
-    })
+        created_ms: r.i64(8)?,
+        updated_ms: r.i64(9)?,
+        last_seen_ms: r.opt_i64(10)?,
+        last_sequence: r.opt_i64(11)?,
+        battery: r.opt_f64(12)?,
+        link: r.opt_f64(13)?,
+    };
+    Ok((device, r.bytes(4)?))
 }
 
 impl Store {
     /// Opens `postgres://…` / `postgresql://…` URLs on PostgreSQL, and `sqlite:PATH` or a plain
-    /// path on SQLite, then applies any pending schema migrations.
-    pub fn open(url: &str) -> Result<Store, StoreError> {
+    /// path on SQLite, then applies any pending schema migrations. `keys` provides the
+    /// key-encryption key that protects every subject's data key.
+    pub fn open(url: &str, keys: Arc<dyn KekProvider>) -> Result<Store, StoreError> {
         let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Db::postgres(url)?
         } else {
@@ -213,8 +233,12 @@ impl Store {
                 .unwrap_or(url);
             Db::sqlite(std::path::Path::new(path))?
         };
-        let mut store = Store { db };
+        let mut store = Store {
+            db,
+            keys: Keys::new(keys)?,
+        };
         schema::migrate(&mut store.db)?;
+        store.keys.check_matches(&mut store.db)?;
         Ok(store)
     }
 
@@ -227,96 +251,239 @@ impl Store {
         schema::current_version(&mut self.db)
     }
 
+    /// Runs `f` in one transaction; key caches are dropped if it fails (it may have created
+    /// data keys that the rollback discards).
+    pub(crate) fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.keys.sync(&mut self.db)?;
+        self.db.begin()?;
+        match f(self) {
+            Ok(v) => match self.db.commit() {
+                Ok(()) => Ok(v),
+                Err(e) => {
+                    self.keys.forget();
+                    Err(e)
+                }
+            },
+            Err(e) => {
+                let _ = self.db.rollback();
+                self.keys.forget();
+                Err(e)
+            }
+        }
+    }
+
     pub fn register_device(&mut self, d: &NewDevice) -> Result<Device, StoreError> {
-        let now = now_ms();
-        let (lat, lon, label) = match &d.location {
-            Some(l) => (Some(l.lat), Some(l.lon), Some(l.label.as_str())),
-            None => (None, None, None),
-        };
         if self.device(&d.id)?.is_some() {
             return Err(StoreError::Conflict(format!(
                 "device {:?} is already registered",
                 d.id
             )));
         }
-        self.db.exec(
-            "INSERT INTO devices (id, tenant, name, kind, location_lat, location_lon, location_label, \
-             public_key, key_id, status, created_ms, updated_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $10)",
-            &[
-                P::Text(&d.id),
-                P::Text(&d.tenant),
-                P::Text(&d.name),
-                P::Text(&d.kind),
-                P::OptF64(lat),
-                P::OptF64(lon),
-                P::OptText(label),
-                P::Bytes(&d.public_key),
-                P::Bytes(&d.key_id),
-                P::I64(now),
-            ],
-        )
-        .map_err(|e| match e {
-            StoreError::Conflict(_) => StoreError::Conflict(format!(
-                "device {:?} or its public key is already registered",
-                d.id
-            )),
-            other => other,
+        self.transaction(|s| {
+            let now = now_ms();
+            let dek = s.keys.dek(&mut s.db, &d.owner, true)?.ok_or_else(|| {
+                StoreError::Erased(format!(
+                    "subject {:?} was erased; a device cannot be registered for it",
+                    d.owner
+                ))
+            })?;
+            let profile = serde_json::to_vec(&Profile {
+                name: d.name.clone(),
+                location: d.location.clone(),
+            })
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+            let sealed = dek.seal(&keys::profile_aad(&d.id), &profile);
+            s.db.exec(
+                "INSERT INTO devices (id, tenant, owner, kind, profile, public_key, key_id, status, \
+                 created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $8)",
+                &[
+                    P::Text(&d.id),
+                    P::Text(&d.tenant),
+                    P::Text(&d.owner),
+                    P::Text(&d.kind),
+                    P::Bytes(&sealed),
+                    P::Bytes(&d.public_key),
+                    P::Bytes(&d.key_id),
+                    P::I64(now),
+                ],
+            )
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => StoreError::Conflict(format!(
+                    "device {:?} or its public key is already registered",
+                    d.id
+                )),
+                other => other,
+            })?;
+            let leaf = log::device_leaf(&d.id, &d.tenant, &d.owner, &d.kind, &d.public_key, now, &sealed);
+            log::append(
+                &mut s.db,
+                &[(RecordId::new(RecordKind::Device, d.id.clone()), leaf_hash(&leaf))],
+            )
         })?;
         self.device(&d.id)?
             .ok_or_else(|| StoreError::Backend("device vanished after insert".into()))
     }
 
+    /// Decrypts the profiles of device rows.
+    fn open_devices(&mut self, rows: Vec<(Device, Vec<u8>)>) -> Result<Vec<Device>, StoreError> {
+        self.keys.sync(&mut self.db)?;
+        rows.into_iter()
+            .map(|(mut d, sealed)| {
+                match self.keys.dek(&mut self.db, &d.owner, false)? {
+                    Some(dek) => {
+                        let plain = dek.open(&keys::profile_aad(&d.id), &sealed).map_err(|_| {
+                            StoreError::Tampered(format!(
+                                "device {:?}: profile does not decrypt",
+                                d.id
+                            ))
+                        })?;
+                        let p: Profile = serde_json::from_slice(&plain).map_err(|_| {
+                            StoreError::Tampered(format!("device {:?}: profile is malformed", d.id))
+                        })?;
+                        d.name = p.name;
+                        d.location = p.location;
+                    }
+                    None => d.erased = true,
+                }
+                Ok(d)
+            })
+            .collect()
+    }
+
     pub fn device(&mut self, id: &str) -> Result<Option<Device>, StoreError> {
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1");
-        Ok(self
-            .db
-            .query(&sql, &[P::Text(id)], device_from)?
-            .into_iter()
-            .next())
+        let rows = self.db.query(&sql, &[P::Text(id)], device_from)?;
+        Ok(self.open_devices(rows)?.into_iter().next())
     }
 
     pub fn devices(&mut self) -> Result<Vec<Device>, StoreError> {
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY tenant, id");
-        self.db.query(&sql, &[], device_from)
+        let rows = self.db.query(&sql, &[], device_from)?;
+        self.open_devices(rows)
     }
 
     /// Devices whose registration changed (registered or revoked) at or after `since_ms`: lets a
     /// running ingest pick up changes made by another process (the CLI) without a restart.
     pub fn devices_changed_since(&mut self, since_ms: i64) -> Result<Vec<Device>, StoreError> {
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE updated_ms >= $1");
-        self.db.query(&sql, &[P::I64(since_ms)], device_from)
+        let rows = self.db.query(&sql, &[P::I64(since_ms)], device_from)?;
+        self.open_devices(rows)
     }
 
     /// Revokes a device; its readings are rejected from then on. Returns false if unknown.
-    pub fn revoke_device(&mut self, id: &str) -> Result<bool, StoreError> {
-        let n = self.db.exec(
-            "UPDATE devices SET status = 'revoked', updated_ms = $2 WHERE id = $1",
-            &[P::Text(id), P::I64(now_ms())],
+    /// The revocation is a logged administrative action by `actor`.
+    pub fn revoke_device(&mut self, id: &str, actor: &str) -> Result<bool, StoreError> {
+        self.transaction(|s| {
+            let n = s.db.exec(
+                "UPDATE devices SET status = 'revoked', updated_ms = $2 WHERE id = $1 AND status <> 'revoked'",
+                &[P::Text(id), P::I64(now_ms())],
+            )?;
+            if n > 0 {
+                s.admin_in_tx(actor, "device.revoke", id, "")?;
+            }
+            Ok(n > 0)
+        })
+    }
+
+    /// Records an administrative action (user, token, grant, key changes…) in the log.
+    pub fn log_admin(
+        &mut self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<i64, StoreError> {
+        self.transaction(|s| s.admin_in_tx(actor, action, target, detail))
+    }
+
+    pub(crate) fn admin_in_tx(
+        &mut self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<i64, StoreError> {
+        let at = now_ms();
+        let id = self
+            .db
+            .query(
+                "INSERT INTO admin_actions (at_ms, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                &[P::I64(at), P::Text(actor), P::Text(action), P::Text(target), P::Text(detail)],
+                |r| r.i64(0),
+            )?
+            .first()
+            .copied()
+            .ok_or_else(|| StoreError::Backend("INSERT returned no id".into()))?;
+        let leaf = log::admin_leaf(id, at, actor, action, target, detail);
+        log::append(
+            &mut self.db,
+            &[(
+                RecordId::new(RecordKind::Admin, id.to_string()),
+                leaf_hash(&leaf),
+            )],
         )?;
-        Ok(n > 0)
+        Ok(id)
     }
 
     /// Commits a batch in one transaction and returns the ids given to its security events.
     /// Readings already stored (same device and sequence) are left untouched, which makes
-    /// redelivery idempotent even across processes.
+    /// redelivery idempotent even across processes. Every record written gets its log leaf in
+    /// the same transaction.
     pub fn commit(&mut self, batch: &Batch) -> Result<Vec<i64>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        self.db.begin()?;
-        let result = self.write_batch(batch);
-        match result {
-            Ok(ids) => self.db.commit().map(|()| ids),
-            Err(e) => {
-                let _ = self.db.rollback();
-                Err(e)
-            }
-        }
+        self.transaction(|s| s.write_batch(batch))
     }
 
     fn write_batch(&mut self, batch: &Batch) -> Result<Vec<i64>, StoreError> {
-        self.db.insert_readings(&batch.readings)?;
+        let mut sealed = Vec::with_capacity(batch.readings.len());
+        for r in &batch.readings {
+            let owner = self.keys.owner(&mut self.db, &r.device_id)?;
+            // A reading that races its owner's erasure is sealed under a key nobody keeps:
+            // accepted (its sender was valid when checked) and unreadable, like the rest.
+            let dek = self
+                .keys
+                .dek(&mut self.db, &owner, true)?
+                .unwrap_or_else(msec_vault::DataKey::generate);
+            sealed.push(SealedReading {
+                device_id: r.device_id.clone(),
+                sequence: r.sequence,
+                issued_at: r.issued_at,
+                received_ms: r.received_ms,
+                digest: r.digest,
+                sealed: keys::seal_reading(
+                    &dek,
+                    &r.device_id,
+                    r.sequence,
+                    &r.envelope,
+                    &r.measurements_json,
+                ),
+            });
+        }
+        let inserted = self.db.insert_readings(&sealed)?;
+        let mut leaves = Vec::with_capacity(inserted.len() + batch.events.len());
+        for i in inserted {
+            let r = &sealed[i];
+            let leaf = log::reading_leaf(
+                &r.device_id,
+                r.sequence,
+                r.issued_at,
+                r.received_ms,
+                &r.digest,
+                &r.sealed,
+            );
+            leaves.push((
+                RecordId::new(
+                    RecordKind::Reading,
+                    format!("{}/{}", r.device_id, r.sequence),
+                ),
+                leaf_hash(&leaf),
+            ));
+        }
         let mut ids = Vec::with_capacity(batch.events.len());
         for e in &batch.events {
             let id = self.db.query(
@@ -331,8 +498,23 @@ impl Store {
                 ],
                 |r| r.i64(0),
             )?;
-            ids.extend(id);
+            for id in id {
+                let leaf = log::event_leaf(
+                    id,
+                    e.at_ms,
+                    &e.reason,
+                    e.device_id.as_deref(),
+                    &e.source,
+                    &e.detail,
+                );
+                leaves.push((
+                    RecordId::new(RecordKind::Event, id.to_string()),
+                    leaf_hash(&leaf),
+                ));
+                ids.push(id);
+            }
         }
+        log::append(&mut self.db, &leaves)?;
         for u in &batch.devices {
             self.db.exec(
                 "UPDATE devices SET last_seen_ms = $2, last_sequence = $3, \
@@ -363,15 +545,31 @@ impl Store {
         Ok(rows.into_iter().next())
     }
 
-    /// Readings of one device, newest sequence first.
+    /// Readings of one device, newest sequence first, decrypted. `Erased` once the device's
+    /// owner was erased.
     pub fn readings(
         &mut self,
         device_id: &str,
         q: &ReadingQuery,
     ) -> Result<Vec<StoredReading>, StoreError> {
+        Ok(self
+            .sealed_readings(device_id, q)?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// Readings with their original signed envelopes.
+    pub(crate) fn sealed_readings(
+        &mut self,
+        device_id: &str,
+        q: &ReadingQuery,
+    ) -> Result<Vec<(StoredReading, Vec<u8>)>, StoreError> {
+        self.keys.sync(&mut self.db)?;
+        let owner = self.keys.owner(&mut self.db, device_id)?;
         let limit = i64::from(q.limit.clamp(1, 1000));
-        self.db.query(
-            "SELECT device_id, sequence, issued_at, received_ms, measurements FROM readings \
+        let rows = self.db.query(
+            "SELECT device_id, sequence, issued_at, received_ms, sealed FROM readings \
              WHERE device_id = $1 AND issued_at * 1000 >= $2 AND issued_at * 1000 <= $3 AND sequence < $4 \
              ORDER BY sequence DESC LIMIT $5",
             &[
@@ -381,17 +579,35 @@ impl Store {
                 P::I64(q.before_sequence.unwrap_or(i64::MAX)),
                 P::I64(limit),
             ],
-            |r| {
-                Ok(StoredReading {
-                    device_id: r.text(0)?,
-                    sequence: r.i64(1)?,
-                    issued_at: r.i64(2)?,
-                    received_ms: r.i64(3)?,
-                    measurements: serde_json::from_str(&r.text(4)?)
-                        .map_err(|e| StoreError::Backend(format!("stored measurements: {e}")))?,
-                })
-            },
-        )
+            |r| Ok((r.text(0)?, r.i64(1)?, r.i64(2)?, r.i64(3)?, r.bytes(4)?)),
+        )?;
+        let dek = match self.keys.dek(&mut self.db, &owner, false)? {
+            Some(k) => k,
+            None if rows.is_empty() && !self.is_erased(&owner)? => return Ok(Vec::new()),
+            None => {
+                return Err(StoreError::Erased(format!(
+                    "the data of device {device_id:?} was erased at its owner's request (GDPR \
+                     article 17); its log entries remain, its contents can no longer be decrypted"
+                )))
+            }
+        };
+        rows.into_iter()
+            .map(|(device_id, sequence, issued_at, received_ms, sealed)| {
+                let (envelope, json) = keys::open_reading(&dek, &device_id, sequence, &sealed)?;
+                let measurements = serde_json::from_str(&json)
+                    .map_err(|e| StoreError::Tampered(format!("stored measurements: {e}")))?;
+                Ok((
+                    StoredReading {
+                        device_id,
+                        sequence,
+                        issued_at,
+                        received_ms,
+                        measurements,
+                    },
+                    envelope,
+                ))
+            })
+            .collect()
     }
 
     /// Security events, newest first; `before_id` is the pagination cursor.

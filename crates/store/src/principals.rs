@@ -52,10 +52,12 @@ fn list(s: &str) -> Vec<String> {
 }
 
 impl Store {
-    pub fn add_user(&mut self, u: &NewUser) -> Result<User, StoreError> {
+    /// Adds a user; the change is a logged administrative action by `actor` (as are all
+    /// changes to principals below).
+    pub fn add_user(&mut self, u: &NewUser, actor: &str) -> Result<User, StoreError> {
         let roles = u.roles.join(",");
-        self.db
-            .exec(
+        self.transaction(|s| {
+            s.db.exec(
                 "INSERT INTO users (id, tenant, roles, password_hash, created_ms) VALUES ($1, $2, $3, $4, $5)",
                 &[P::Text(&u.id), P::Text(&u.tenant), P::Text(&roles), P::Text(&u.password_hash), P::I64(now_ms())],
             )
@@ -63,6 +65,8 @@ impl Store {
                 StoreError::Conflict(_) => StoreError::Conflict(format!("user {:?} already exists", u.id)),
                 other => other,
             })?;
+            s.admin_in_tx(actor, "user.add", &u.id, &format!("tenant {}, roles {roles}", u.tenant))
+        })?;
         self.users()?
             .into_iter()
             .find(|x| x.id == u.id)
@@ -96,21 +100,31 @@ impl Store {
     }
 
     /// Disables a user; false if there is no such enabled user.
-    pub fn disable_user(&mut self, id: &str) -> Result<bool, StoreError> {
-        let n = self.db.exec(
-            "UPDATE users SET disabled_ms = $2 WHERE id = $1 AND disabled_ms IS NULL",
-            &[P::Text(id), P::I64(now_ms())],
-        )?;
-        Ok(n > 0)
+    pub fn disable_user(&mut self, id: &str, actor: &str) -> Result<bool, StoreError> {
+        self.transaction(|s| {
+            let n = s.db.exec(
+                "UPDATE users SET disabled_ms = $2 WHERE id = $1 AND disabled_ms IS NULL",
+                &[P::Text(id), P::I64(now_ms())],
+            )?;
+            if n > 0 {
+                s.admin_in_tx(actor, "user.disable", id, "")?;
+            }
+            Ok(n > 0)
+        })
     }
 
-    pub fn add_token(&mut self, t: &NewToken) -> Result<(), StoreError> {
+    /// Stores a token (its secret only as a hash; the log entry names the token id, never the
+    /// secret).
+    pub fn add_token(&mut self, t: &NewToken, actor: &str) -> Result<(), StoreError> {
         let scopes = t.scopes.join(",");
-        self.db.exec(
-            "INSERT INTO api_tokens (id, principal, scopes, secret_hash, created_ms, expires_ms) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[P::Text(&t.id), P::Text(&t.principal), P::Text(&scopes), P::Bytes(&t.secret_hash), P::I64(now_ms()), P::I64(t.expires_ms)],
-        )?;
-        Ok(())
+        self.transaction(|s| {
+            s.db.exec(
+                "INSERT INTO api_tokens (id, principal, scopes, secret_hash, created_ms, expires_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[P::Text(&t.id), P::Text(&t.principal), P::Text(&scopes), P::Bytes(&t.secret_hash), P::I64(now_ms()), P::I64(t.expires_ms)],
+            )?;
+            s.admin_in_tx(actor, "token.create", &t.id, &format!("for {}, scopes {scopes}", t.principal))?;
+            Ok(())
+        })
     }
 
     fn token_rows(&mut self, only: Option<&str>) -> Result<Vec<(ApiToken, Vec<u8>)>, StoreError> {
@@ -146,11 +160,16 @@ impl Store {
     }
 
     /// Revokes a token; false if there is no such unrevoked token.
-    pub fn revoke_token(&mut self, id: &str) -> Result<bool, StoreError> {
-        let n = self.db.exec(
-            "UPDATE api_tokens SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL",
-            &[P::Text(id), P::I64(now_ms())],
-        )?;
-        Ok(n > 0)
+    pub fn revoke_token(&mut self, id: &str, actor: &str) -> Result<bool, StoreError> {
+        self.transaction(|s| {
+            let n = s.db.exec(
+                "UPDATE api_tokens SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL",
+                &[P::Text(id), P::I64(now_ms())],
+            )?;
+            if n > 0 {
+                s.admin_in_tx(actor, "token.revoke", id, "")?;
+            }
+            Ok(n > 0)
+        })
     }
 }

@@ -68,6 +68,85 @@ const MIGRATIONS: &[(i64, &str)] = &[
         revoked_ms BIGINT
     );",
     ),
+    (
+        // Encryption at rest and the transparency log. Devices and readings are recreated with
+        // their personal fields sealed; `migrate` refuses to run this over stored plaintext.
+        3,
+        "DROP TABLE readings;
+    DROP TABLE devices;
+    CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        profile {BLOB} NOT NULL,
+        public_key {BLOB} NOT NULL UNIQUE,
+        key_id {BLOB} NOT NULL UNIQUE,
+        status TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        updated_ms BIGINT NOT NULL,
+        last_seen_ms BIGINT,
+        last_sequence BIGINT,
+        battery DOUBLE PRECISION,
+        link DOUBLE PRECISION
+    );
+    CREATE INDEX devices_updated ON devices (updated_ms);
+    CREATE INDEX devices_owner ON devices (owner);
+    CREATE TABLE readings (
+        device_id TEXT NOT NULL REFERENCES devices (id),
+        sequence BIGINT NOT NULL,
+        issued_at BIGINT NOT NULL,
+        received_ms BIGINT NOT NULL,
+        digest {BLOB} NOT NULL,
+        sealed {BLOB} NOT NULL,
+        PRIMARY KEY (device_id, sequence)
+    );
+    CREATE TABLE subject_keys (
+        subject TEXT PRIMARY KEY,
+        kek_id TEXT,
+        wrapped {BLOB},
+        created_ms BIGINT NOT NULL,
+        erased_ms BIGINT
+    );
+    CREATE TABLE vault_state (id BIGINT PRIMARY KEY, epoch BIGINT NOT NULL);
+    INSERT INTO vault_state (id, epoch) VALUES (1, 0);
+    CREATE TABLE admin_actions (
+        id {SERIAL},
+        at_ms BIGINT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE TABLE consents (
+        id {SERIAL},
+        subject TEXT NOT NULL,
+        grantee TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        given_ms BIGINT NOT NULL,
+        withdrawn_ms BIGINT
+    );
+    CREATE INDEX consents_subject ON consents (subject);
+    CREATE TABLE log_leaves (
+        idx BIGINT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        hash {BLOB} NOT NULL,
+        UNIQUE (kind, ref)
+    );
+    CREATE TABLE checkpoints (
+        size BIGINT PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        note TEXT NOT NULL
+    );
+    CREATE TABLE cosignatures (
+        size BIGINT NOT NULL,
+        witness TEXT NOT NULL,
+        line TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        PRIMARY KEY (size, witness)
+    );",
+    ),
 ];
 
 pub(crate) fn current_version(db: &mut Db) -> Result<i64, StoreError> {
@@ -87,6 +166,20 @@ pub(crate) fn migrate(db: &mut Db) -> Result<(), StoreError> {
         return Err(StoreError::Backend(format!(
             "the database has schema version {current}, newer than this msec understands ({newest}); upgrade msec"
         )));
+    }
+    if (1..3).contains(&current) {
+        let stored = db.query(
+            "SELECT (SELECT COUNT(*) FROM devices) + (SELECT COUNT(*) FROM readings)",
+            &[],
+            |r| r.i64(0),
+        )?;
+        if stored.first().copied().unwrap_or(0) > 0 {
+            return Err(StoreError::Backend(format!(
+                "this database (schema version {current}) holds devices and readings stored before \
+                 msec encrypted data at rest; this version cannot re-encrypt them in place. Keep the \
+                 old data directory for reference and start msec with a new --data-dir or database"
+            )));
+        }
     }
     for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
         let sql = db.dialect(sql);

@@ -1,11 +1,14 @@
 //! One behavioural suite, run against embedded SQLite and against PostgreSQL.
 
 use msec_store::*;
+use msec_vault::MemoryKeys;
+use std::sync::Arc;
 
 fn device(id: &str, byte: u8) -> NewDevice {
     NewDevice {
         id: id.into(),
         tenant: "santander".into(),
+        owner: format!("owner-of-{id}"),
         name: format!("Device {id}"),
         kind: "environmental-monitor".into(),
         location: Some(Location {
@@ -31,8 +34,9 @@ fn reading(device: &str, seq: i64) -> NewReading {
 }
 
 fn suite(url: &str) {
-    let mut s = Store::open(url).unwrap();
-    assert_eq!(s.schema_version().unwrap(), 2);
+    let keys: Arc<dyn KekProvider> = Arc::new(MemoryKeys::new());
+    let mut s = Store::open(url, keys.clone()).unwrap();
+    assert_eq!(s.schema_version().unwrap(), 3);
 
     // Registry: register, show, list, duplicate refusal, revoke.
     let d = s.register_device(&device("d1", 1)).unwrap();
@@ -59,8 +63,8 @@ fn suite(url: &str) {
         ["d1", "d2"]
     );
     let before = now_ms();
-    assert!(s.revoke_device("d2").unwrap());
-    assert!(!s.revoke_device("nope").unwrap());
+    assert!(s.revoke_device("d2", "test").unwrap());
+    assert!(!s.revoke_device("nope", "test").unwrap());
     assert_eq!(
         s.device("d2").unwrap().unwrap().status,
         DeviceStatus::Revoked
@@ -162,14 +166,20 @@ fn suite(url: &str) {
         roles: vec!["operator".into(), "auditor".into()],
         password_hash: "$argon2id$stand-in".into(),
     };
-    assert_eq!(s.add_user(&user).unwrap().roles, ["operator", "auditor"]);
-    assert!(matches!(s.add_user(&user), Err(StoreError::Conflict(_))));
+    assert_eq!(
+        s.add_user(&user, "test").unwrap().roles,
+        ["operator", "auditor"]
+    );
+    assert!(matches!(
+        s.add_user(&user, "test"),
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(
         s.password_hash("user:olga").unwrap().as_deref(),
         Some("$argon2id$stand-in")
     );
-    assert!(s.disable_user("user:olga").unwrap());
-    assert!(!s.disable_user("user:olga").unwrap());
+    assert!(s.disable_user("user:olga", "test").unwrap());
+    assert!(!s.disable_user("user:olga", "test").unwrap());
     assert!(
         s.password_hash("user:olga").unwrap().is_none(),
         "a disabled user cannot log in"
@@ -182,21 +192,36 @@ fn suite(url: &str) {
         secret_hash: [7; 32],
         expires_ms: 99,
     };
-    s.add_token(&token).unwrap();
-    assert!(matches!(s.add_token(&token), Err(StoreError::Conflict(_))));
+    s.add_token(&token, "test").unwrap();
+    assert!(matches!(
+        s.add_token(&token, "test"),
+        Err(StoreError::Conflict(_))
+    ));
     let (stored, hash) = s.token("0123456789abcdef").unwrap().unwrap();
     assert_eq!(
         (stored.scopes, stored.expires_ms, stored.revoked, hash),
         (vec!["read".to_string()], 99, false, vec![7u8; 32])
     );
-    assert!(s.revoke_token("0123456789abcdef").unwrap());
+    assert!(s.revoke_token("0123456789abcdef", "test").unwrap());
     assert!(s.tokens().unwrap()[0].revoked);
     assert!(s.token("nope").unwrap().is_none());
 
     // Reopening applies no migration twice and keeps the data.
     drop(s);
-    let mut s = Store::open(url).unwrap();
+    let mut s = Store::open(url, keys).unwrap();
     assert_eq!(s.counts().unwrap().readings, 5);
+    assert_eq!(
+        s.readings(
+            "d1",
+            &ReadingQuery {
+                limit: 1,
+                ..Default::default()
+            }
+        )
+        .unwrap()[0]
+            .sequence,
+        5
+    );
 }
 
 #[test]
@@ -215,9 +240,12 @@ fn postgres_behaviour() {
 
 #[test]
 fn unreachable_database_is_a_clear_error() {
-    let err = Store::open("postgres://nobody:secret@127.0.0.1:1/none")
-        .err()
-        .unwrap();
+    let err = Store::open(
+        "postgres://nobody:secret@127.0.0.1:1/none",
+        Arc::new(MemoryKeys::new()),
+    )
+    .err()
+    .unwrap();
     let msg = err.to_string();
     assert!(
         msg.contains("PostgreSQL") && !msg.contains("secret"),

@@ -80,3 +80,12 @@ pub fn free_port() -> u16 {
         .expect("addr")
         .port()
 }
+
+/// One in-memory key ring per test process, so every store a test opens on the same database
+/// can decrypt what the others wrote.
+pub fn test_keys() -> std::sync::Arc<msec_vault::MemoryKeys> {
+    static KEYS: std::sync::OnceLock<std::sync::Arc<msec_vault::MemoryKeys>> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(|| std::sync::Arc::new(msec_vault::MemoryKeys::new()))
+        .clone()
+}

@@ -1,0 +1,217 @@
+//! `msec keys`, `msec export`, `msec erase` and `msec consent`: encryption keys and the rights
+//! of data subjects.
+
+use crate::config::PlatformArgs;
+use crate::platform::with_store;
+use anyhow::{bail, Context, Result};
+use msec_ledger::Tree;
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand)]
+pub enum KeysCommand {
+    /// Create the key-encryption key file (mode 0600) for a new deployment.
+    ///
+    /// `msec serve` and `msec demo` do this on first start too. Back the file up apart from
+    /// database backups: whoever has both can read everything.
+    Init {
+        #[command(flatten)]
+        platform: PlatformArgs,
+    },
+    /// Replace the key-encryption key: every data key is re-wrapped, no payload is re-encrypted,
+    /// and the old key is destroyed (database backups taken before need the old key file).
+    Rotate {
+        #[command(flatten)]
+        platform: PlatformArgs,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum ConsentCommand {
+    /// Record that SUBJECT consented to GRANTEE using their data for PURPOSE.
+    ///
+    /// Example:  msec consent give --subject resident-007 --grantee caregiver:ana --purpose tele-assistance
+    Give {
+        #[arg(long)]
+        subject: String,
+        #[arg(long)]
+        grantee: String,
+        #[arg(long)]
+        purpose: String,
+        #[command(flatten)]
+        platform: PlatformArgs,
+    },
+    /// Withdraw a consent by its id (logged as an administrative action).
+    Withdraw {
+        id: i64,
+        #[command(flatten)]
+        platform: PlatformArgs,
+    },
+    /// List a subject's consents, withdrawn ones included.
+    List {
+        #[arg(long)]
+        subject: String,
+        #[command(flatten)]
+        platform: PlatformArgs,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The data subject (a device owner, e.g. resident-007)
+    #[arg(long)]
+    subject: String,
+    /// Write to this file (created with mode 0600) instead of standard output
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    platform: PlatformArgs,
+}
+
+#[derive(clap::Args)]
+pub struct EraseArgs {
+    /// The data subject to erase
+    #[arg(long)]
+    subject: String,
+    /// Confirm: the subject's data becomes unreadable for good, in this database and its backups
+    #[arg(long)]
+    yes: bool,
+    #[command(flatten)]
+    platform: PlatformArgs,
+}
+
+pub async fn keys(cmd: KeysCommand) -> Result<()> {
+    match cmd {
+        KeysCommand::Init { platform } => {
+            let settings = platform.resolve()?;
+            if std::env::var_os("MSEC_KEK").is_some() {
+                bail!("MSEC_KEK is set: the key comes from the environment, there is no file to create");
+            }
+            let ring = msec_vault::FileKeys::new(&settings.keys).init()?;
+            println!(
+                "created {} (key {}); back it up separately from the database",
+                settings.keys.display(),
+                ring.current_id()
+            );
+            Ok(())
+        }
+        KeysCommand::Rotate { platform } => {
+            let (kek, n) = with_store(&platform, |s| Ok(s.rotate_keys("cli")?)).await?;
+            println!("rotated: new key {kek}; {n} data keys re-wrapped, no payload re-encrypted; the old key is destroyed");
+            Ok(())
+        }
+    }
+}
+
+pub async fn consent(cmd: ConsentCommand) -> Result<()> {
+    match cmd {
+        ConsentCommand::Give {
+            subject,
+            grantee,
+            purpose,
+            platform,
+        } => {
+            let c = with_store(&platform, move |s| {
+                Ok(s.give_consent(&subject, &grantee, &purpose)?)
+            })
+            .await?;
+            println!(
+                "consent {} recorded: {} allows {} for {}",
+                c.id, c.subject, c.grantee, c.purpose
+            );
+            Ok(())
+        }
+        ConsentCommand::Withdraw { id, platform } => {
+            if with_store(&platform, move |s| Ok(s.withdraw_consent(id, "cli")?)).await? {
+                println!("consent {id} withdrawn");
+                Ok(())
+            } else {
+                bail!("no active consent {id}")
+            }
+        }
+        ConsentCommand::List { subject, platform } => {
+            let list = with_store(&platform, move |s| Ok(s.consents(&subject)?)).await?;
+            println!("{}", serde_json::to_string_pretty(&list)?);
+            Ok(())
+        }
+    }
+}
+
+pub async fn export(args: ExportArgs) -> Result<()> {
+    let subject = args.subject.clone();
+    let doc = with_store(&args.platform, move |s| {
+        let export = s.export_subject(&subject)?;
+        // Proofs against the newest checkpoint, computed here from the database's log.
+        let checkpoint = s.latest_checkpoint()?;
+        let mut tree = Tree::new();
+        loop {
+            let chunk = s.leaf_hashes(tree.size(), 100_000)?;
+            if chunk.is_empty() {
+                break;
+            }
+            chunk.into_iter().for_each(|h| {
+                tree.push_hash(h);
+            });
+        }
+        let size = checkpoint.as_ref().map_or(0, |(size, _)| *size);
+        let proofs: Vec<_> = export
+            .records
+            .iter()
+            .map(|(record, index)| {
+                let proof = (*index < size)
+                    .then(|| tree.inclusion_proof(*index, size).ok())
+                    .flatten()
+                    .map(|p| p.iter().map(hex::encode).collect::<Vec<_>>());
+                serde_json::json!({
+                    "record": record,
+                    "index": index,
+                    "leaf_hash": tree.leaf(*index).map(hex::encode),
+                    "inclusion_proof": proof,
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({
+            "format": "msec-subject-export/v1",
+            "subject": export.subject,
+            "exported_ms": msec_store::now_ms(),
+            "checkpoint": checkpoint.map(|(_, n)| n),
+            "devices": export.devices,
+            "readings": export.readings,
+            "consents": export.consents,
+            "proofs": proofs,
+        }))
+    })
+    .await?;
+    let text = serde_json::to_string_pretty(&doc)?;
+    match args.out {
+        Some(path) => {
+            crate::simrun::write_private(&path, &text)?;
+            eprintln!(
+                "wrote {} ({} readings, with inclusion proofs)",
+                path.display(),
+                doc["readings"].as_array().map_or(0, Vec::len)
+            );
+        }
+        None => println!("{text}"),
+    }
+    Ok(())
+}
+
+pub async fn erase(args: EraseArgs) -> Result<()> {
+    if !args.yes {
+        bail!(
+            "erasing {:?} makes all of its data unreadable for good, here and in every backup; run again with --yes",
+            args.subject
+        );
+    }
+    let subject = args.subject.clone();
+    let e = with_store(&args.platform, move |s| {
+        Ok(s.erase_subject(&subject, "cli")?)
+    })
+    .await
+    .context("erasure failed")?;
+    println!(
+        "erased {}: data key destroyed, {} device(s) revoked, key-encryption key rotated to {}; the log still verifies",
+        e.subject, e.devices_revoked, e.kek
+    );
+    Ok(())
+}

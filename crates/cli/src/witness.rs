@@ -1,0 +1,239 @@
+//! `msec witness`: an independent process that watches a log. It cosigns a checkpoint only
+//! after checking the log's signature and that the checkpoint extends the last one it cosigned
+//! (RFC 9162 consistency proof). A smaller tree, or another tree of the same or a larger size
+//! (a split view), makes it refuse, report an alarm to the log, and exit non-zero.
+
+use anyhow::{bail, Context, Result};
+use msec_ledger::{verify_consistency, Checkpoint, CosignerKey, Hash};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct WitnessArgs {
+    /// Base URL of the msec platform whose log to witness, e.g. http://127.0.0.1:8080
+    #[arg(long, value_name = "URL", required_unless_present = "init")]
+    log: Option<String>,
+    /// This witness's key file (created on first use; its verifier key is printed so the
+    /// platform can be started with --witness VKEY)
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The log's verifier key; without it the key the log presents on first contact is pinned
+    #[arg(long, value_name = "VKEY")]
+    log_key: Option<String>,
+    /// Where the last cosigned checkpoint is kept [default: KEY with extension .state]
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+    /// Seconds between checks
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// Check and cosign once, then exit
+    #[arg(long)]
+    once: bool,
+    /// Only create the key file (if missing) and print the verifier key
+    #[arg(long, conflicts_with = "log")]
+    init: bool,
+}
+
+/// What the witness remembers between runs.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct State {
+    log_key: String,
+    size: u64,
+    #[serde(with = "hex_hash")]
+    root: Hash,
+}
+
+mod hex_hash {
+    pub fn serialize<S: serde::Serializer>(h: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(h))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        hex::decode(s)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| serde::de::Error::custom("64 hex digits"))
+    }
+}
+
+fn get(url: &str) -> Result<String> {
+    let mut resp = ureq::get(url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    Ok(resp.body_mut().read_to_string()?)
+}
+
+fn post(url: &str, content_type: &str, body: String) -> Result<String> {
+    let mut resp = ureq::post(url)
+        .header("content-type", content_type)
+        .send(body)
+        .with_context(|| format!("POST {url}"))?;
+    Ok(resp.body_mut().read_to_string()?)
+}
+
+pub fn run(args: WitnessArgs) -> Result<()> {
+    let (key, created) = msec_notary::load_or_create_cosigner(&args.key)?;
+    if created {
+        eprintln!(
+            "created witness key {} ({})",
+            args.key.display(),
+            key.name()
+        );
+    }
+    if args.init {
+        // Alone on stdout, so scripts can capture it for the platform's --witness.
+        println!("{}", key.verifier_key());
+        return Ok(());
+    }
+    eprintln!("witness verifier key: {}", key.verifier_key());
+    let log = args.log.as_deref().unwrap_or_default();
+    if log.starts_with("https://") && !cfg!(feature = "tls") {
+        bail!("this msec was built without TLS; build with `--features tls` to witness an https:// log");
+    }
+    let base = log.trim_end_matches('/').to_string();
+    let state_path = args
+        .state
+        .clone()
+        .unwrap_or_else(|| args.key.with_extension("state"));
+    loop {
+        if let Err(e) = check_and_cosign(&base, &key, args.log_key.as_deref(), &state_path) {
+            if let Some(alarm) = e.downcast_ref::<Alarm>() {
+                let body = serde_json::json!({ "witness": key.name(), "kind": alarm.kind, "detail": alarm.detail });
+                if let Err(report) = post(
+                    &format!("{base}/api/v1/log/alarms"),
+                    "application/json",
+                    body.to_string(),
+                ) {
+                    eprintln!("(could not report the alarm to the log: {report:#})");
+                }
+            }
+            return Err(e);
+        }
+        if args.once {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs_f64(args.interval.max(0.05)));
+    }
+}
+
+/// A reason to stop trusting the log.
+#[derive(Debug)]
+struct Alarm {
+    kind: &'static str,
+    detail: String,
+}
+
+impl std::fmt::Display for Alarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "REFUSING TO COSIGN ({}): {}", self.kind, self.detail)
+    }
+}
+
+impl std::error::Error for Alarm {}
+
+fn alarm(kind: &'static str, detail: String) -> anyhow::Error {
+    anyhow::Error::new(Alarm { kind, detail })
+}
+
+fn check_and_cosign(
+    base: &str,
+    key: &CosignerKey,
+    pinned: Option<&str>,
+    state_path: &Path,
+) -> Result<()> {
+    let last: Option<State> = match std::fs::read_to_string(state_path) {
+        Ok(t) => Some(
+            serde_json::from_str(&t)
+                .with_context(|| format!("{} is corrupt", state_path.display()))?,
+        ),
+        Err(_) => None,
+    };
+    let log_key = match (pinned, &last) {
+        (Some(k), _) => k.to_string(),
+        (None, Some(s)) => s.log_key.clone(),
+        (None, None) => {
+            let info: serde_json::Value =
+                serde_json::from_str(&get(&format!("{base}/api/v1/log"))?)?;
+            let k = info["verifier_key"]
+                .as_str()
+                .context("the log did not say its verifier key")?
+                .to_string();
+            println!("pinned the log's key on first contact: {k}");
+            k
+        }
+    };
+    let note = get(&format!("{base}/api/v1/log/checkpoint"))?;
+    let cp = Checkpoint::verify(&note, &log_key).map_err(|e| {
+        alarm(
+            "bad_signature",
+            format!("the checkpoint is not signed by the pinned log key: {e}"),
+        )
+    })?;
+    if let Some(last) = &last {
+        if cp.size < last.size {
+            return Err(alarm(
+                "rollback",
+                format!("the log shrank from {} to {} leaves", last.size, cp.size),
+            ));
+        }
+        if cp.size == last.size {
+            if cp.root != last.root {
+                return Err(alarm(
+                    "split_view",
+                    format!("two different trees of size {}", cp.size),
+                ));
+            }
+            return Ok(()); // already cosigned
+        }
+        if last.size > 0 {
+            let proof: serde_json::Value = serde_json::from_str(&get(&format!(
+                "{base}/api/v1/log/consistency?from={}&to={}",
+                last.size, cp.size
+            ))?)?;
+            let hashes: Vec<Hash> = proof["proof"]
+                .as_array()
+                .context("malformed consistency proof")?
+                .iter()
+                .map(|h| {
+                    h.as_str()
+                        .and_then(|h| hex::decode(h).ok())
+                        .and_then(|b| b.try_into().ok())
+                })
+                .collect::<Option<_>>()
+                .context("malformed consistency proof")?;
+            if !verify_consistency(last.size, cp.size, &last.root, &cp.root, &hashes) {
+                return Err(alarm(
+                    "split_view",
+                    format!(
+                        "tree {} does not extend the tree {} this witness cosigned",
+                        cp.size, last.size
+                    ),
+                ));
+            }
+        }
+    }
+    // Remember before telling anyone: this witness must never sign two conflicting views.
+    let state = State {
+        log_key,
+        size: cp.size,
+        root: cp.root,
+    };
+    crate::simrun::write_private(state_path, &serde_json::to_string_pretty(&state)?)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let line = key.cosign(&cp, now);
+    post(
+        &format!("{base}/api/v1/log/cosignatures"),
+        "text/plain",
+        format!("{}{line}", note_without_cosignatures(&note)),
+    )?;
+    println!("cosigned {} size {}", cp.origin, cp.size);
+    Ok(())
+}
+
+/// The checkpoint body and its first signature line (the log's).
+fn note_without_cosignatures(note: &str) -> String {
+    let (body, sigs) = note.split_once("\n\n").unwrap_or((note, ""));
+    format!("{body}\n\n{}\n", sigs.lines().next().unwrap_or_default())
+}

@@ -1,0 +1,245 @@
+//! The log service against a real store: checkpoints, proofs, restarts, witnesses, and audits
+//! that must catch a rolled-back or rewritten log, on SQLite and PostgreSQL.
+
+use msec_ledger::{verify_consistency, verify_inclusion, Checkpoint, CosignerKey};
+use msec_notary::*;
+use msec_store::*;
+use msec_vault::MemoryKeys;
+use std::sync::Arc;
+
+fn raw(url: &str, sql: &str) {
+    if url.starts_with("postgres") {
+        postgres::Client::connect(url, postgres::NoTls)
+            .unwrap()
+            .batch_execute(sql)
+            .unwrap();
+    } else {
+        rusqlite::Connection::open(url)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+    }
+}
+
+fn add_readings(s: &mut Store, from: i64, to: i64) {
+    s.commit(&Batch {
+        readings: (from..=to)
+            .map(|i| NewReading {
+                device_id: "park-1".into(),
+                sequence: i,
+                issued_at: 1_700_000_000 + i,
+                received_ms: 1_700_000_000_000 + i,
+                envelope: vec![1, 2, 3],
+                digest: [i as u8; 32],
+                measurements_json: "[]".into(),
+            })
+            .collect(),
+        ..Default::default()
+    })
+    .unwrap();
+}
+
+fn kinds(r: &AuditReport) -> Vec<FindingKind> {
+    r.findings.iter().map(|f| f.kind.clone()).collect()
+}
+
+fn scenario(url: &str, dir: &std::path::Path) {
+    let keys: Arc<dyn KekProvider> = Arc::new(MemoryKeys::new());
+    let open = || Store::open(url, keys.clone()).unwrap();
+    let key = || LogKey::from_seed("example.org/msec-test", [5; 32]).unwrap();
+    let state = dir.join("checkpoint");
+    let witness = CosignerKey::new("example.org/witness", [6; 32]).unwrap();
+    let witnesses = vec![Witness {
+        name: witness.name().into(),
+        verifier_key: witness.verifier_key(),
+    }];
+
+    let mut s = open();
+    s.register_device(&NewDevice {
+        id: "park-1".into(),
+        tenant: "santander".into(),
+        owner: "santander".into(),
+        name: "Park 1".into(),
+        kind: "environmental-monitor".into(),
+        location: None,
+        public_key: [9; 32],
+        key_id: [9; 16],
+    })
+    .unwrap();
+    add_readings(&mut s, 1, 20);
+    let notary = Notary::open(open(), key(), state.clone(), witnesses.clone(), 1).unwrap();
+    let first = notary.tick().unwrap().expect("a first checkpoint");
+    assert_eq!(first.checkpoint.size, 21);
+    assert!(
+        notary.tick().unwrap().is_none(),
+        "no new data, no new checkpoint"
+    );
+    assert_eq!(notary.final_size().unwrap(), None);
+
+    // Inclusion proofs verify against the signed checkpoint.
+    let id: RecordId = "reading:park-1/7".parse().unwrap();
+    let inc = notary.inclusion(&id).unwrap();
+    let cp = Checkpoint::verify(&inc.checkpoint, &notary.verifier_key()).unwrap();
+    let (_, leaf) = s.record_leaf(&id).unwrap().unwrap();
+    assert_eq!(msec_ledger::leaf_hash(&leaf), inc.leaf_hash);
+    assert!(verify_inclusion(
+        &inc.leaf_hash,
+        inc.index,
+        cp.size,
+        &inc.proof,
+        &cp.root
+    ));
+
+    // A witness cosigns; with quorum 1 the checkpoint becomes final.
+    let cosigned = format!(
+        "{}{}",
+        first.note,
+        witness.cosign(&first.checkpoint, 1_700_000_000)
+    );
+    assert_eq!(
+        notary.add_cosignature(&cosigned).unwrap(),
+        "example.org/witness"
+    );
+    assert_eq!(notary.final_size().unwrap(), Some(21));
+    let stranger = CosignerKey::new("example.org/stranger", [7; 32]).unwrap();
+    let bogus = format!("{}{}", first.note, stranger.cosign(&first.checkpoint, 1));
+    assert!(
+        notary.add_cosignature(&bogus).is_err(),
+        "unknown witness accepted"
+    );
+    assert!(notary
+        .latest()
+        .unwrap()
+        .unwrap()
+        .contains("example.org/witness"));
+
+    // The log grows; consistency proofs link the two checkpoints.
+    add_readings(&mut s, 21, 30);
+    let second = notary.tick().unwrap().unwrap();
+    assert_eq!(second.checkpoint.size, 31);
+    let proof = notary.consistency(21, 31).unwrap();
+    assert!(verify_consistency(
+        21,
+        31,
+        &first.checkpoint.root,
+        &second.checkpoint.root,
+        &proof
+    ));
+
+    // A clean database audits clean against everything it published.
+    let trusted = vec![TrustedCheckpoint {
+        source: "state file".into(),
+        note: std::fs::read_to_string(&state).unwrap(),
+    }];
+    let report = audit(
+        &mut s,
+        &notary.verifier_key(),
+        &trusted,
+        &witnesses,
+        1,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(
+        (kinds(&report), report.leaves, report.witnessed_size),
+        (vec![], 31, Some(21))
+    );
+    drop(notary);
+
+    // Restart: the log picks up where it was, neither forked nor rewound.
+    let notary = Notary::open(open(), key(), state.clone(), witnesses.clone(), 1).unwrap();
+    assert_eq!(notary.size(), 31);
+    drop(notary);
+
+    // A rewritten log: two leaves swap places (records reordered in the log). Each record still
+    // matches its own leaf, so only the checkpoints can tell.
+    raw(
+        url,
+        "UPDATE log_leaves SET idx = -1 WHERE idx = 3;
+              UPDATE log_leaves SET idx = 3 WHERE idx = 4;
+              UPDATE log_leaves SET idx = 4 WHERE idx = -1;",
+    );
+    let report = audit(
+        &mut s,
+        &notary_key(),
+        &trusted,
+        &witnesses,
+        1,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(
+        kinds(&report),
+        vec![FindingKind::LogRewritten; 3],
+        "{:?}",
+        report.findings
+    );
+    let refused = Notary::open(open(), key(), state.clone(), witnesses.clone(), 1)
+        .err()
+        .expect("served a rewritten log");
+    assert!(
+        refused.to_string().contains("rolled back or rewritten"),
+        "{refused}"
+    );
+    raw(
+        url,
+        "UPDATE log_leaves SET idx = -1 WHERE idx = 3;
+              UPDATE log_leaves SET idx = 3 WHERE idx = 4;
+              UPDATE log_leaves SET idx = 4 WHERE idx = -1;",
+    );
+
+    // The whole database rolled back to before the second checkpoint (as restoring an old
+    // backup would): records, leaves, checkpoints and cosignatures alike.
+    raw(
+        url,
+        "DELETE FROM readings WHERE sequence > 20;
+              DELETE FROM log_leaves WHERE idx >= 21;
+              DELETE FROM checkpoints WHERE size > 21;",
+    );
+    let report = audit(
+        &mut s,
+        &notary_key(),
+        &trusted,
+        &witnesses,
+        1,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(
+        kinds(&report),
+        vec![FindingKind::Rollback],
+        "{:?}",
+        report.findings
+    );
+    let refused = Notary::open(open(), key(), state.clone(), witnesses, 1)
+        .err()
+        .expect("served a rolled-back log");
+    assert!(
+        refused.to_string().contains("the log has 21 leaves"),
+        "{refused}"
+    );
+}
+
+fn notary_key() -> String {
+    LogKey::from_seed("example.org/msec-test", [5; 32])
+        .unwrap()
+        .verifier_key()
+}
+
+#[test]
+fn sqlite_log() {
+    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-notary-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    scenario(dir.join("msec.db").to_str().unwrap(), &dir);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn postgres_log() {
+    if let Some(url) = msec_testkit::postgres_url() {
+        let dir = std::env::temp_dir().join(msec_testkit::unique("msec-notary-pg-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        scenario(&url, &dir);
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

@@ -1,0 +1,201 @@
+//! The transparency log over HTTP: checkpoints (C2SP text), inclusion and consistency proofs
+//! (JSON, hashes in hex), and the witness side: cosignatures in, alarms in.
+
+use crate::{AppState, Problem};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use msec_ingest::Source;
+use msec_notary::{Notary, NotaryError};
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Largest cosigned note or alarm accepted: a checkpoint with a few dozen signature lines.
+const MAX_NOTE_BYTES: usize = 8 * 1024;
+
+impl From<NotaryError> for Problem {
+    fn from(e: NotaryError) -> Problem {
+        match e {
+            NotaryError::Store(e) => e.into(),
+            NotaryError::NotFound(m) => Problem::not_found(m),
+            NotaryError::Refused(m) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", m),
+            NotaryError::Checkpoint(e) => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", e.to_string())
+            }
+            NotaryError::Io(m) => {
+                tracing::error!(error = %m, "log state unavailable");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "log_unavailable",
+                    "the log is unavailable; retry later",
+                )
+            }
+        }
+    }
+}
+
+/// Runs a (blocking) notary call off the async workers.
+async fn notary<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&Notary) -> Result<T, NotaryError> + Send + 'static,
+) -> Result<T, Problem> {
+    let n: Arc<Notary> = s.notary.clone();
+    tokio::task::spawn_blocking(move || f(&n))
+        .await
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "log task failed",
+            )
+        })?
+        .map_err(Problem::from)
+}
+
+fn note(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}
+
+pub(crate) async fn info(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
+    let final_size = notary(&s, |n| n.final_size()).await?;
+    let n = &s.notary;
+    Ok(Json(json!({
+        "origin": n.origin(),
+        "verifier_key": n.verifier_key(),
+        "size": n.size(),
+        "final_size": final_size,
+        "quorum": n.quorum(),
+        "witnesses": n.witnesses().iter().map(|w| json!({"name": w.name, "verifier_key": w.verifier_key})).collect::<Vec<_>>(),
+    })))
+}
+
+/// `?size=N` asks for the checkpoint of that size (witnesses and auditors replaying history).
+pub(crate) async fn checkpoint(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    let size = crate::int_param(&q, "size")?;
+    let text = notary(&s, move |n| match size {
+        Some(size) => n.checkpoint_at(size.max(0) as u64),
+        None => n.latest(),
+    })
+    .await?
+    .ok_or_else(|| Problem::not_found("no such checkpoint has been published (yet)"))?;
+    Ok(note(text))
+}
+
+pub(crate) async fn proof(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    let record: msec_store::RecordId = q
+        .get("record")
+        .ok_or_else(|| Problem::bad_request("give ?record=KIND:REFERENCE, e.g. reading:park-1/42"))?
+        .parse()
+        .map_err(Problem::bad_request)?;
+    let inclusion = notary(&s, move |n| n.inclusion(&record)).await?;
+    Ok(Json(inclusion).into_response())
+}
+
+pub(crate) async fn consistency(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    let (Some(from), Some(to)) = (crate::int_param(&q, "from")?, crate::int_param(&q, "to")?)
+    else {
+        return Err(Problem::bad_request("give ?from=OLD_SIZE&to=NEW_SIZE"));
+    };
+    if from <= 0 || to < from {
+        return Err(Problem::bad_request("sizes must satisfy 0 < from <= to"));
+    }
+    let proof = notary(&s, move |n| n.consistency(from as u64, to as u64)).await?;
+    Ok(Json(json!({
+        "from": from,
+        "to": to,
+        "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+/// A witness posts the checkpoint with its cosignature line appended.
+pub(crate) async fn cosign(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    if body.len() > MAX_NOTE_BYTES {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "oversized",
+            "a cosigned checkpoint is a few hundred bytes",
+        ));
+    }
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| Problem::bad_request("a checkpoint is UTF-8 text"))?;
+    match notary(&s, move |n| n.add_cosignature(&text)).await {
+        Ok(witness) => {
+            Ok((StatusCode::CREATED, Json(json!({ "witness": witness }))).into_response())
+        }
+        Err(mut p) => {
+            if p.status == StatusCode::UNPROCESSABLE_ENTITY {
+                let event = s
+                    .ingest
+                    .record_denial(
+                        "bad_cosignature",
+                        format!(
+                            "cosignature refused: {}",
+                            msec_ingest::bounded(&p.detail, 200)
+                        ),
+                        Source::Http(peer.to_string()),
+                    )
+                    .await;
+                p.extra = json!({ "security_event_id": event });
+            }
+            Err(p)
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Alarm {
+    witness: String,
+    kind: String,
+    detail: String,
+}
+
+/// A witness reports that the log showed it a rollback or a split view. Recorded as a
+/// security event; the alarm's own text is bounded, never trusted.
+pub(crate) async fn alarm(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    if body.len() > MAX_NOTE_BYTES {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "oversized",
+            "an alarm is a short JSON object",
+        ));
+    }
+    let a: Alarm = serde_json::from_slice(&body)
+        .map_err(|e| Problem::bad_request(format!("alarm JSON: {e}")))?;
+    let detail = format!(
+        "witness {} reports {}: {}",
+        msec_ingest::bounded(&a.witness, 80),
+        msec_ingest::bounded(&a.kind, 40),
+        msec_ingest::bounded(&a.detail, 300)
+    );
+    tracing::warn!(peer = %peer, "{detail}");
+    let event = s
+        .ingest
+        .record_denial("witness_alarm", detail, Source::Http(peer.to_string()))
+        .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "security_event_id": event })),
+    )
+        .into_response())
+}

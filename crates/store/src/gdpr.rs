@@ -1,0 +1,265 @@
+//! Data-subject rights: consent records, export of everything held about a subject, erasure
+//! by crypto-shredding, and KEK rotation (which erasure relies on to reach older backups).
+
+use crate::db::P;
+use crate::log::{RecordId, RecordKind};
+use crate::{now_ms, Device, ReadingQuery, Store, StoreError, StoredReading};
+use msec_ledger::leaf_hash;
+use serde::Serialize;
+
+/// Who consented to what, when, and when it was withdrawn.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Consent {
+    pub id: i64,
+    pub subject: String,
+    pub grantee: String,
+    pub purpose: String,
+    pub given_ms: i64,
+    pub withdrawn_ms: Option<i64>,
+}
+
+/// Everything held about one subject, decrypted, each record with its log index.
+#[derive(Debug, Serialize)]
+pub struct SubjectExport {
+    pub subject: String,
+    pub devices: Vec<Device>,
+    pub readings: Vec<ExportedReading>,
+    pub consents: Vec<Consent>,
+    /// (record id, log index) of every record above.
+    pub records: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExportedReading {
+    #[serde(flatten)]
+    pub reading: StoredReading,
+    /// The signed COSE envelope exactly as the device sent it, hex: proof of origin.
+    pub envelope: String,
+}
+
+/// What an erasure did.
+#[derive(Debug, Serialize)]
+pub struct Erasure {
+    pub subject: String,
+    pub devices_revoked: u64,
+    pub kek: String,
+}
+
+fn valid_subject(s: &str) -> Result<(), StoreError> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound(format!(
+            "{s:?} is not a subject id (letters, digits and -_.:@, at most 128)"
+        )))
+    }
+}
+
+impl Store {
+    pub fn is_erased(&mut self, subject: &str) -> Result<bool, StoreError> {
+        let n = self.db.query(
+            "SELECT COUNT(*) FROM subject_keys WHERE subject = $1 AND erased_ms IS NOT NULL",
+            &[P::Text(subject)],
+            |r| r.i64(0),
+        )?;
+        Ok(n.first().copied().unwrap_or(0) > 0)
+    }
+
+    pub fn give_consent(
+        &mut self,
+        subject: &str,
+        grantee: &str,
+        purpose: &str,
+    ) -> Result<Consent, StoreError> {
+        valid_subject(subject)?;
+        self.transaction(|s| {
+            let given = now_ms();
+            let id = s
+                .db
+                .query(
+                    "INSERT INTO consents (subject, grantee, purpose, given_ms) VALUES ($1, $2, $3, $4) RETURNING id",
+                    &[P::Text(subject), P::Text(grantee), P::Text(purpose), P::I64(given)],
+                    |r| r.i64(0),
+                )?
+                .first()
+                .copied()
+                .ok_or_else(|| StoreError::Backend("INSERT returned no id".into()))?;
+            let leaf = crate::log::consent_leaf(id, subject, grantee, purpose, given);
+            crate::log::append(&mut s.db, &[(RecordId::new(RecordKind::Consent, id.to_string()), leaf_hash(&leaf))])?;
+            Ok(Consent {
+                id,
+                subject: subject.into(),
+                grantee: grantee.into(),
+                purpose: purpose.into(),
+                given_ms: given,
+                withdrawn_ms: None,
+            })
+        })
+    }
+
+    /// Withdraws a consent; the withdrawal is a logged administrative action by `actor`.
+    pub fn withdraw_consent(&mut self, id: i64, actor: &str) -> Result<bool, StoreError> {
+        self.transaction(|s| {
+            let n = s.db.exec(
+                "UPDATE consents SET withdrawn_ms = $2 WHERE id = $1 AND withdrawn_ms IS NULL",
+                &[P::I64(id), P::I64(now_ms())],
+            )?;
+            if n > 0 {
+                s.admin_in_tx(actor, "consent.withdraw", &id.to_string(), "")?;
+            }
+            Ok(n > 0)
+        })
+    }
+
+    pub fn consents(&mut self, subject: &str) -> Result<Vec<Consent>, StoreError> {
+        self.db.query(
+            "SELECT id, subject, grantee, purpose, given_ms, withdrawn_ms FROM consents WHERE subject = $1 ORDER BY id",
+            &[P::Text(subject)],
+            |r| {
+                Ok(Consent {
+                    id: r.i64(0)?,
+                    subject: r.text(1)?,
+                    grantee: r.text(2)?,
+                    purpose: r.text(3)?,
+                    given_ms: r.i64(4)?,
+                    withdrawn_ms: r.opt_i64(5)?,
+                })
+            },
+        )
+    }
+
+    /// Everything held about `subject`, decrypted. `Erased` after an erasure, `NotFound` when
+    /// nothing is held.
+    pub fn export_subject(&mut self, subject: &str) -> Result<SubjectExport, StoreError> {
+        valid_subject(subject)?;
+        if self.is_erased(subject)? {
+            return Err(StoreError::Erased(format!(
+                "subject {subject:?} was erased; nothing about it can be decrypted any more"
+            )));
+        }
+        let ids = self.db.query(
+            "SELECT id FROM devices WHERE owner = $1 ORDER BY id",
+            &[P::Text(subject)],
+            |r| r.text(0),
+        )?;
+        let mut devices = Vec::new();
+        let mut readings = Vec::new();
+        let mut records = Vec::new();
+        for id in &ids {
+            devices.extend(self.device(id)?);
+            let mut before = None;
+            loop {
+                let page = self.sealed_readings(
+                    id,
+                    &ReadingQuery {
+                        before_sequence: before,
+                        limit: 1000,
+                        ..Default::default()
+                    },
+                )?;
+                let Some(last) = page.last() else { break };
+                before = Some(last.0.sequence);
+                for (reading, envelope) in page {
+                    readings.push(ExportedReading {
+                        reading,
+                        envelope: hex::encode(envelope),
+                    });
+                }
+            }
+        }
+        let consents = self.consents(subject)?;
+        if devices.is_empty() && consents.is_empty() {
+            return Err(StoreError::NotFound(format!(
+                "nothing is held about subject {subject:?}"
+            )));
+        }
+        let mut wanted: Vec<RecordId> = devices
+            .iter()
+            .map(|d| RecordId::new(RecordKind::Device, d.id.clone()))
+            .collect();
+        wanted.extend(readings.iter().map(|r| {
+            RecordId::new(
+                RecordKind::Reading,
+                format!("{}/{}", r.reading.device_id, r.reading.sequence),
+            )
+        }));
+        wanted.extend(
+            consents
+                .iter()
+                .map(|c| RecordId::new(RecordKind::Consent, c.id.to_string())),
+        );
+        for id in wanted {
+            let index = self
+                .leaf_index(&id)?
+                .ok_or_else(|| StoreError::Tampered(format!("record {id} has no log leaf")))?;
+            records.push((id.to_string(), index));
+        }
+        Ok(SubjectExport {
+            subject: subject.into(),
+            devices,
+            readings,
+            consents,
+            records,
+        })
+    }
+
+    /// Crypto-shreds a subject: its data key is destroyed, its devices revoked, the erasure
+    /// logged as an administrative action by `actor`, and the KEK rotated so the data key in any
+    /// older copy of the database (a backup) is wrapped under a key that no longer exists.
+    pub fn erase_subject(&mut self, subject: &str, actor: &str) -> Result<Erasure, StoreError> {
+        valid_subject(subject)?;
+        if self.is_erased(subject)? {
+            return Err(StoreError::Conflict(format!(
+                "subject {subject:?} is already erased"
+            )));
+        }
+        let devices_revoked = self.transaction(|s| {
+            let now = now_ms();
+            let updated = s.db.exec(
+                "UPDATE subject_keys SET kek_id = NULL, wrapped = NULL, erased_ms = $2 WHERE subject = $1",
+                &[P::Text(subject), P::I64(now)],
+            )?;
+            if updated == 0 {
+                // No key yet: remember the erasure so none is ever created for it.
+                s.db.exec(
+                    "INSERT INTO subject_keys (subject, created_ms, erased_ms) VALUES ($1, $2, $2)",
+                    &[P::Text(subject), P::I64(now)],
+                )?;
+            }
+            let revoked = s.db.exec(
+                "UPDATE devices SET status = 'revoked', updated_ms = $2 WHERE owner = $1 AND status <> 'revoked'",
+                &[P::Text(subject), P::I64(now)],
+            )?;
+            s.db.exec(
+                "UPDATE consents SET withdrawn_ms = $2 WHERE subject = $1 AND withdrawn_ms IS NULL",
+                &[P::Text(subject), P::I64(now)],
+            )?;
+            s.admin_in_tx(actor, "subject.erase", subject, &format!("{revoked} devices revoked"))?;
+            crate::keys::bump_epoch(&mut s.db)?;
+            Ok(revoked)
+        })?;
+        let (kek, _) = self.rotate_keys(actor)?;
+        Ok(Erasure {
+            subject: subject.into(),
+            devices_revoked,
+            kek,
+        })
+    }
+
+    /// Rotates the KEK: every data key re-wrapped, payloads untouched, the old KEK destroyed.
+    /// Returns (new KEK id, data keys re-wrapped).
+    pub fn rotate_keys(&mut self, actor: &str) -> Result<(String, usize), StoreError> {
+        let (kek, n) = self.keys.rotate(&mut self.db)?;
+        self.log_admin(
+            actor,
+            "keys.rotate",
+            &kek,
+            &format!("{n} data keys re-wrapped"),
+        )?;
+        Ok((kek, n))
+    }
+}

@@ -1,0 +1,83 @@
+//! Attempts to misuse the vault: wrong AAD, tampered bytes, destroyed KEKs, leaky files.
+
+use msec_vault::*;
+
+#[test]
+fn sealed_records_only_open_with_their_key_and_name() {
+    let dek = DataKey::generate();
+    let sealed = dek.seal(b"reading/d1/7", b"21.5 Cel");
+    assert!(
+        !sealed.windows(8).any(|w| w == b"21.5 Cel"),
+        "plaintext visible"
+    );
+    assert_eq!(dek.open(b"reading/d1/7", &sealed).unwrap(), b"21.5 Cel");
+    assert!(
+        dek.open(b"reading/d1/8", &sealed).is_err(),
+        "moved to another row"
+    );
+    assert!(DataKey::generate().open(b"reading/d1/7", &sealed).is_err());
+    for i in 0..sealed.len() {
+        let mut t = sealed.clone();
+        t[i] ^= 1;
+        assert!(
+            dek.open(b"reading/d1/7", &t).is_err(),
+            "bit flip at {i} accepted"
+        );
+    }
+    assert!(dek.open(b"reading/d1/7", &sealed[..20]).is_err());
+    assert_eq!(format!("{dek:?}"), "DataKey(..)");
+}
+
+#[test]
+fn rotation_rewraps_and_then_destroys_the_old_kek() {
+    let mut ring = KeyRing::generate();
+    let dek = DataKey::generate();
+    let sealed = dek.seal(b"x", b"secret");
+    let (old_id, wrapped) = ring.wrap("alice", &dek);
+    assert!(
+        ring.unwrap("bob", &old_id, &wrapped).is_err(),
+        "wrapped key moved to another subject"
+    );
+
+    ring.begin_rotation();
+    let dek2 = ring.unwrap("alice", &old_id, &wrapped).unwrap();
+    let (new_id, rewrapped) = ring.wrap("alice", &dek2);
+    assert_ne!(new_id, old_id);
+    ring.finish_rotation();
+    assert!(ring.previous_ids().is_empty());
+    // The old wrapping (as in a backup taken before the rotation) no longer opens.
+    assert!(ring.unwrap("alice", &old_id, &wrapped).is_err());
+    let dek3 = ring.unwrap("alice", &new_id, &rewrapped).unwrap();
+    assert_eq!(dek3.open(b"x", &sealed).unwrap(), b"secret");
+}
+
+#[cfg(unix)]
+#[test]
+fn key_files_are_private_and_never_overwritten() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("msec-vault-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let keys = FileKeys::new(dir.join("keys.json"));
+    let ring = keys.init().unwrap();
+    let mode = std::fs::metadata(keys.path()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(keys.init().is_err(), "init replaced existing keys");
+    assert_eq!(keys.load().unwrap().current_id(), ring.current_id());
+    assert!(!format!("{ring:?}").contains(&std::fs::read_to_string(keys.path()).unwrap()[40..80]));
+
+    std::fs::set_permissions(keys.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = keys.load().unwrap_err().to_string();
+    assert!(err.contains("chmod 600"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn env_keys_load_and_refuse_to_save() {
+    std::env::set_var("MSEC_TEST_KEK", format!("kek-env:{}", "ab".repeat(32)));
+    let p = EnvKeys::new("MSEC_TEST_KEK");
+    let ring = p.load().unwrap();
+    assert_eq!(ring.current_id(), "kek-env");
+    assert!(matches!(p.save(&ring), Err(VaultError::ReadOnly(_))));
+    std::env::set_var("MSEC_TEST_KEK", "nonsense");
+    assert!(p.load().is_err());
+}
