@@ -78,6 +78,13 @@ enum Command {
     /// Access rules: `msec policy explain` prints a decision and the rule that made it.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Grant a principal (or role:NAME) actions on resources; `--list` shows active grants.
+    ///
+    /// Example:  msec grant --principal caregiver-ana --actions read,subscribe
+    ///             --resource 'santander/resident-007/**' --until-ms 1767225600000
+    Grant(principals::GrantArgs),
+    /// Revoke a grant by its id; decisions (and open live streams) change at once.
+    Revoke(principals::RevokeArgs),
     /// Encryption at rest: create (init) or rotate the key-encryption key.
     #[command(subcommand)]
     Keys(gdpr::KeysCommand),
@@ -183,10 +190,12 @@ async fn run(command: Command) -> Result<()> {
         Command::Serve { platform } => {
             let settings = platform.resolve()?;
             let p = platform::Platform::start(&settings).await?;
+            let admin = platform::first_admin(&settings).await?;
             println!(
                 "msec is serving: API and dashboard on http://{}/ , MQTT at {}",
                 p.http, p.broker_url
             );
+            platform::announce_admin(admin);
             println!("Press Ctrl-C to stop.");
             platform::interrupted().await;
             eprintln!("stopping: finishing in-flight readings…");
@@ -207,6 +216,7 @@ async fn run(command: Command) -> Result<()> {
             );
             let (devices, _) = sim_devices(&settings, &fleet).await?;
             let p = platform::Platform::start(&settings).await?;
+            let admin = platform::first_admin(&settings).await?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let count = fleet.len();
             let sims = tokio::spawn({
@@ -236,6 +246,7 @@ async fn run(command: Command) -> Result<()> {
                 p.broker_url,
                 settings.data_dir.display()
             );
+            platform::announce_admin(admin);
             println!("  Press Ctrl-C to stop.");
             println!();
             platform::interrupted().await;
@@ -291,8 +302,10 @@ async fn run(command: Command) -> Result<()> {
         Command::Device(cmd) => device::run(cmd).await,
         Command::User(cmd) => principals::user(cmd).await,
         Command::Token(cmd) => principals::token(cmd).await,
+        Command::Grant(args) => principals::grant(args).await,
+        Command::Revoke(args) => principals::revoke(args).await,
         Command::Policy(PolicyCommand::Explain(args)) => {
-            println!("{}", policy::explain(args)?);
+            println!("{}", policy::explain(args).await?);
             Ok(())
         }
         Command::Keys(cmd) => gdpr::keys(cmd).await,

@@ -48,6 +48,42 @@ pub async fn with_store<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&mut store)).await?
 }
 
+/// On a platform without users, creates the administrator `admin` with a random password and
+/// returns it (to be shown once): nothing in msec has a default password.
+pub async fn first_admin(settings: &Settings) -> Result<Option<String>> {
+    let mut store = open_store(settings).await?;
+    tokio::task::spawn_blocking(move || -> Result<Option<String>> {
+        if !store.users()?.is_empty() {
+            return Ok(None);
+        }
+        let password = msec_identity::generate_password()?;
+        let user = msec_store::NewUser {
+            id: "admin".into(),
+            tenant: "*".into(),
+            roles: vec!["admin".into()],
+            password_hash: msec_identity::hash_password(&password)?,
+        };
+        store.add_user(&user, "first-start")?;
+        Ok(Some(password))
+    })
+    .await?
+}
+
+/// Prints how to log in after `first_admin`.
+pub fn announce_admin(password: Option<String>) {
+    match password {
+        Some(p) => {
+            println!(
+                "  First start: created the administrator. Log in as  admin  with password  {p}"
+            );
+            println!(
+                "  (shown only now; add people with `msec user add`, see `msec user --help`)."
+            );
+        }
+        None => println!("  Log in with your msec user (create one with `msec user add`)."),
+    }
+}
+
 /// The transparency log over the settings' database. Blocking.
 pub fn open_notary(settings: &Settings, store: Store) -> Result<Notary> {
     let (key, created) = LogKey::load_or_create(&settings.log_key_file())?;
@@ -108,6 +144,24 @@ impl Platform {
                 .name("msec-log".into())
                 .spawn(move || n.run(CHECKPOINT_EVERY, &stop))?
         };
+        let access_store = open_store(s).await?;
+        let access = Arc::new(
+            tokio::task::spawn_blocking(move || msec_access::Access::open(access_store)).await??,
+        );
+        {
+            // Rule changes made by other processes (the CLI) apply within half a second.
+            let (a, stop) = (access.clone(), notary_stop.clone());
+            std::thread::Builder::new()
+                .name("msec-access".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Err(e) = a.refresh() {
+                            tracing::error!(error = %e, "cannot refresh access rules");
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(500));
+                    }
+                })?;
+        }
         let writer_store = open_store(s).await?;
         let (ingest, writer) =
             tokio::task::spawn_blocking(move || Ingest::start(writer_store, config))
@@ -122,6 +176,7 @@ impl Platform {
             db,
             ingest: ingest.clone(),
             notary,
+            access,
         };
         let mut until_stop = stopped;
         let server = tokio::spawn(msec_server::serve(listener, state, async move {

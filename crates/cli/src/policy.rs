@@ -1,5 +1,5 @@
-//! `msec policy explain`: what the access rules decide for one request, and which rule decided.
-//! Rules come from a TOML file until they are stored in the database (issue 4).
+//! `msec policy explain`: what the access rules decide for one request, and which rule decided,
+//! over the rules in force (built-in role rules plus stored grants) or a TOML rules file.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -9,14 +9,16 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ExplainArgs {
-    /// TOML file of [[rule]] tables (see docs/access-control.md)
+    /// TOML file of [[rule]] tables (see docs/access-control.md) [default: the rules in force
+    /// in the database: built-in role rules and stored grants]
     #[arg(long, value_name = "FILE")]
-    pub policies: PathBuf,
+    pub policies: Option<PathBuf>,
     /// Who asks, e.g. user:maria
     #[arg(long)]
     pub principal: String,
-    /// The principal's roles, comma-separated, e.g. resident,caregiver
-    #[arg(long, value_delimiter = ',')]
+    /// The principal's roles, comma-separated, e.g. resident,caregiver (with --policies only;
+    /// otherwise the user's stored roles count)
+    #[arg(long, value_delimiter = ',', requires = "policies")]
     pub roles: Vec<String>,
     /// read, subscribe, act, manage, audit, sell or buy
     #[arg(long)]
@@ -30,6 +32,8 @@ pub struct ExplainArgs {
     /// Decide as of this Unix time in milliseconds [default: now]
     #[arg(long, value_name = "MS")]
     pub at: Option<i64>,
+    #[command(flatten)]
+    pub platform: crate::config::PlatformArgs,
 }
 
 #[derive(Deserialize)]
@@ -117,8 +121,20 @@ pub fn load(path: &PathBuf) -> Result<PolicySet> {
     Ok(PolicySet::new(rules)?)
 }
 
-pub fn explain(args: ExplainArgs) -> Result<Decision> {
-    let set = load(&args.policies)?;
+pub async fn explain(args: ExplainArgs) -> Result<Decision> {
+    let Some(path) = &args.policies else {
+        let store = crate::platform::open_store(&args.platform.resolve()?).await?;
+        return tokio::task::spawn_blocking(move || {
+            let at = args.at.unwrap_or_else(msec_store::now_ms);
+            let access = msec_access::Access::open(store)?;
+            let p = access
+                .named(&args.principal)
+                .with_context(|| format!("{} is a disabled user", args.principal))?;
+            Ok(access.decide(&p, args.action, &args.resource, at))
+        })
+        .await?;
+    };
+    let set = load(path)?;
     let request = Request {
         principal: &args.principal,
         roles: &args.roles,

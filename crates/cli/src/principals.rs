@@ -223,3 +223,89 @@ pub async fn token(cmd: TokenCommand) -> Result<()> {
         }
     }
 }
+
+#[derive(clap::Args)]
+pub struct GrantArgs {
+    /// Who receives the grant: a user or service id, or role:NAME
+    #[arg(long, required_unless_present = "list")]
+    principal: Option<String>,
+    /// Actions, comma-separated: read, subscribe, act, manage, audit, sell, buy
+    #[arg(long, value_delimiter = ',', required_unless_present = "list")]
+    actions: Vec<String>,
+    /// Resource pattern, e.g. santander/resident-007/** (see docs/access-control.md)
+    #[arg(long, required_unless_present = "list")]
+    resource: Option<String>,
+    /// A deny rule instead of an allow (deny wins over any allow)
+    #[arg(long)]
+    deny: bool,
+    /// Valid from this Unix time in milliseconds
+    #[arg(long, value_name = "MS")]
+    from_ms: Option<i64>,
+    /// Valid until this Unix time in milliseconds (exclusive)
+    #[arg(long, value_name = "MS")]
+    until_ms: Option<i64>,
+    /// Only requests declaring this purpose match
+    #[arg(long)]
+    purpose: Option<String>,
+    /// List the active grants instead
+    #[arg(long, conflicts_with_all = ["principal", "resource"])]
+    list: bool,
+    #[command(flatten)]
+    platform: PlatformArgs,
+}
+
+#[derive(clap::Args)]
+pub struct RevokeArgs {
+    /// The grant id (see `msec grant --list`)
+    id: i64,
+    #[command(flatten)]
+    platform: PlatformArgs,
+}
+
+pub async fn grant(a: GrantArgs) -> Result<()> {
+    if a.list {
+        let grants = with_store(&a.platform, |s| Ok(s.grants()?)).await?;
+        println!("{}", serde_json::to_string_pretty(&grants)?);
+        return Ok(());
+    }
+    let (Some(principal), Some(resource)) = (a.principal, a.resource) else {
+        bail!("give --principal, --actions and --resource");
+    };
+    let subject = principal.strip_prefix("role:").unwrap_or(&principal);
+    if !valid_principal(subject) {
+        bail!("principal may use A-Z a-z 0-9 - _ . : @ (at most 128 characters)");
+    }
+    for action in &a.actions {
+        action.parse::<msec_policy::Action>()?;
+    }
+    resource.parse::<msec_policy::Pattern>()?;
+    let new = msec_store::NewGrant {
+        effect: if a.deny { "deny" } else { "allow" }.into(),
+        subject: principal,
+        actions: a.actions,
+        resource,
+        valid_from_ms: a.from_ms,
+        valid_until_ms: a.until_ms,
+        purpose: a.purpose,
+    };
+    let g = with_store(&a.platform, move |s| Ok(s.add_grant(&new, "cli")?)).await?;
+    println!(
+        "grant {}: {} {} {} on {} (a running server applies it within a second)",
+        g.id,
+        g.effect,
+        g.subject,
+        g.actions.join(","),
+        g.resource
+    );
+    Ok(())
+}
+
+pub async fn revoke(a: RevokeArgs) -> Result<()> {
+    let id = a.id;
+    if with_store(&a.platform, move |s| Ok(s.revoke_grant(id, "cli")?)).await? {
+        println!("grant {id} revoked");
+        Ok(())
+    } else {
+        bail!("no active grant {id} (see `msec grant --list`)")
+    }
+}

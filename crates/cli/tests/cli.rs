@@ -49,6 +49,89 @@ fn http_post(addr: &str, path: &str, body: &[u8]) -> String {
     out
 }
 
+/// GET with extra header lines (each ending in CRLF); the body, if any answer came.
+fn http_get_as(addr: &str, path: &str, headers: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// Any request; returns the whole response (head and body).
+fn http_send(addr: &str, method: &str, path: &str, headers: &str, body: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Creates a user with the given password (through --password-stdin, as a script would).
+fn add_user(dir: &str, id: &str, tenant: &str, role: &str, password: &str) {
+    let mut child = msec()
+        .args([
+            "user",
+            "add",
+            "--id",
+            id,
+            "--tenant",
+            tenant,
+            "--roles",
+            role,
+            "--password-stdin",
+            "--data-dir",
+            dir,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An administrator's API token, as the Authorization header line to send.
+fn admin_auth(dir: &str) -> String {
+    add_user(dir, "ops", "santander", "admin", "ops password for tests");
+    let (ok, out, err) = run(&[
+        "token",
+        "create",
+        "--principal",
+        "ops",
+        "--scopes",
+        "read,subscribe,act,manage,audit",
+        "--days",
+        "1",
+        "--data-dir",
+        dir,
+    ]);
+    assert!(ok, "{err}");
+    let token = out
+        .lines()
+        .find_map(|l| l.split("): ").nth(1))
+        .expect("the token line")
+        .trim()
+        .to_string();
+    format!("Authorization: Bearer {token}\r\n")
+}
+
 /// A running msec process, killed on drop.
 struct Running(Child);
 
@@ -172,11 +255,15 @@ fn serve_accepts_a_registered_device_over_mqtt_and_rejects_after_revocation() {
         "{out}"
     );
 
+    let auth = admin_auth(&dir);
     let (http, mqtt) = (addr(), addr());
     let _server = Running(serve(&dir, &http, &mqtt, Stdio::null()));
     wait_until("msec serve", 30, || {
         http_get(&http, "/healthz").is_some_and(|b| b.contains("ok"))
     });
+    assert!(http_get(&http, "/api/v1/devices")
+        .unwrap()
+        .contains("unauthenticated"));
 
     let file: DeviceFile =
         serde_json::from_str(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
@@ -204,7 +291,8 @@ fn serve_accepts_a_registered_device_over_mqtt_and_rejects_after_revocation() {
     };
     publish(&mut device, 88.0);
     wait_until("the reading", 20, || {
-        http_get(&http, "/api/v1/devices/gw-1").is_some_and(|b| b.contains("\"link\":88.0"))
+        http_get_as(&http, "/api/v1/devices/gw-1", &auth)
+            .is_some_and(|b| b.contains("\"link\":88.0"))
     });
 
     let (ok, _, err) = run(&["device", "revoke", "gw-1", "--data-dir", &dir]);
@@ -212,9 +300,10 @@ fn serve_accepts_a_registered_device_over_mqtt_and_rejects_after_revocation() {
     std::thread::sleep(Duration::from_millis(1500)); // the server polls the registry every second
     publish(&mut device, 12.0);
     wait_until("the revocation event", 20, || {
-        http_get(&http, "/api/v1/security-events").is_some_and(|b| b.contains("revoked_device"))
+        http_get_as(&http, "/api/v1/security-events", &auth)
+            .is_some_and(|b| b.contains("revoked_device"))
     });
-    assert!(http_get(&http, "/metrics")
+    assert!(http_get_as(&http, "/metrics", &auth)
         .unwrap()
         .contains("msec_security_events_total{reason=\"revoked_device\"} 1"));
 }
@@ -242,6 +331,7 @@ fn demo_dashboard_renders_live_data_in_chromium() {
         return;
     }
     let (dir, http, mqtt) = (tmp(), addr(), addr());
+    let auth = admin_auth(&dir);
     let _demo = Running(
         msec()
             .args([
@@ -264,7 +354,7 @@ fn demo_dashboard_renders_live_data_in_chromium() {
             .unwrap(),
     );
     wait_until("demo readings from all three pilots", 60, || {
-        let Some(body) = http_get(&http, "/api/v1/devices") else {
+        let Some(body) = http_get_as(&http, "/api/v1/devices", &auth) else {
             return false;
         };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
@@ -282,7 +372,7 @@ fn demo_dashboard_renders_live_data_in_chromium() {
     let script = format!("{}/tests/dashboard_check.py", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
         .arg(script)
-        .arg(format!("http://{http}"))
+        .args([&format!("http://{http}"), "ops", "ops password for tests"])
         .output()
         .unwrap();
     assert!(
@@ -685,6 +775,7 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
         &dir,
     ]);
     assert!(ok, "{err}");
+    let auth = admin_auth(&dir);
 
     let (http, mqtt) = (addr(), addr());
     let mut server = Running(
@@ -834,7 +925,7 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
     assert!(ok && out.contains("erased resident-007"), "{out}{err}");
     let mut gone = String::new();
     wait_until("410 for erased data", 10, || {
-        gone = http_get_raw(&http, "/api/v1/devices/bed-7/readings");
+        gone = http_get_raw(&http, "/api/v1/devices/bed-7/readings", &auth);
         gone.starts_with("HTTP/1.1 410")
     });
     assert!(gone.contains("erased"), "{gone}");
@@ -901,19 +992,193 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
         !ok && err.contains("rollback") && err.contains("REFUSING"),
         "{out}{err}"
     );
-    assert!(http_get(&http2, "/api/v1/security-events")
+    assert!(http_get_as(&http2, "/api/v1/security-events", &auth)
         .unwrap()
         .contains("witness_alarm"));
 }
 
-fn http_get_raw(addr: &str, path: &str) -> String {
+fn http_get_raw(addr: &str, path: &str, headers: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n"
     )
     .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+#[test]
+fn caregiver_sees_only_granted_data_and_revocation_stops_live_data_in_chromium() {
+    if !browser_ready() {
+        return;
+    }
+    let dir = tmp();
+    add_user(
+        &dir,
+        "resident-001",
+        "santander",
+        "resident",
+        "resident password 001",
+    );
+    add_user(
+        &dir,
+        "caregiver-ana",
+        "santander",
+        "caregiver",
+        "caregiver password ana",
+    );
+    let key_file = format!("{dir}-bed.json");
+    assert!(
+        run(&[
+            "device",
+            "keygen",
+            "--id",
+            "bed-x",
+            "--tenant",
+            "santander",
+            "--out",
+            &key_file
+        ])
+        .0
+    );
+    let (ok, _, err) = run(&[
+        "device",
+        "register",
+        "--key-file",
+        &key_file,
+        "--kind",
+        "bed-sensor",
+        "--owner",
+        "resident-001",
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(ok, "{err}");
+    let other = format!("{dir}-park.json");
+    assert!(
+        run(&[
+            "device",
+            "keygen",
+            "--id",
+            "park-x",
+            "--tenant",
+            "santander",
+            "--out",
+            &other
+        ])
+        .0
+    );
+    assert!(
+        run(&[
+            "device",
+            "register",
+            "--key-file",
+            &other,
+            "--kind",
+            "environmental-monitor",
+            "--data-dir",
+            &dir
+        ])
+        .0
+    );
+
+    let (http, mqtt) = (addr(), addr());
+    let _server = Running(serve(&dir, &http, &mqtt, Stdio::null()));
+    wait_until("msec serve", 30, || {
+        http_get(&http, "/healthz").is_some_and(|b| b.contains("ok"))
+    });
+
+    // The resident logs in and authorises the caregiver for her bed sensor only.
+    let login = http_send(
+        &http,
+        "POST",
+        "/api/v1/login",
+        "",
+        br#"{"user":"resident-001","password":"resident password 001"}"#,
+    );
+    assert!(login.starts_with("HTTP/1.1 200"), "{login}");
+    let cookie = login
+        .split("set-cookie: ")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = serde_json::from_str::<serde_json::Value>(login.split_once("\r\n\r\n").unwrap().1)
+        .unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resident = format!("Cookie: {cookie}\r\nX-CSRF-Token: {csrf}\r\n");
+    // Not beyond her own data: refused, and recorded.
+    let r = http_send(
+        &http,
+        "POST",
+        "/api/v1/grants",
+        &resident,
+        br#"{"principal":"caregiver-ana","actions":["read"],"resource":"santander/**"}"#,
+    );
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let r = http_send(&http, "POST", "/api/v1/grants", &resident, br#"{"principal":"caregiver-ana","actions":["read","subscribe"],"resource":"santander/resident-001/bed-x"}"#);
+    assert!(r.starts_with("HTTP/1.1 201"), "{r}");
+    let grant: serde_json::Value =
+        serde_json::from_str(r.split_once("\r\n\r\n").unwrap().1).unwrap();
+
+    let file: DeviceFile =
+        serde_json::from_str(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+    let mut device = Device::new("bed-x", DeviceKey::from_seed_hex(&file.seed).unwrap(), 1);
+    assert!(post_reading(&http, &mut device, 1.0).contains("201"));
+
+    let mut browser = Command::new("python3")
+        .arg(format!(
+            "{}/tests/access_check.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([
+            &format!("http://{http}"),
+            "caregiver-ana",
+            "caregiver password ana",
+            "bed-x",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_browser = browser.stdin.take().unwrap();
+    let mut from_browser = std::io::BufReader::new(browser.stdout.take().unwrap());
+    let mut expect = |want: &str| {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut from_browser, &mut line).unwrap();
+        line.trim() == want
+    };
+    let ready = expect("ready");
+    if ready {
+        assert!(post_reading(&http, &mut device, 0.0).contains("201"));
+        writeln!(to_browser, "go").unwrap();
+    }
+    let live = ready && expect("live-ok");
+    if live {
+        let r = http_send(
+            &http,
+            "DELETE",
+            &format!("/api/v1/grants/{}", grant["id"]),
+            &resident,
+            b"",
+        );
+        assert!(r.starts_with("HTTP/1.1 204"), "{r}");
+        assert!(post_reading(&http, &mut device, 1.0).contains("201"));
+        writeln!(to_browser, "go").unwrap();
+    }
+    let revoked = live && expect("revoked-ok");
+    drop(to_browser);
+    let out = browser.wait_with_output().unwrap();
+    assert!(
+        ready && live && revoked && out.status.success(),
+        "browser check failed (ready {ready}, live {live}, revoked {revoked}):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

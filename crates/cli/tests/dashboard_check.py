@@ -2,7 +2,7 @@
 """Drives the dashboard of a running msec in headless Chromium through WebDriver and checks
 that each page renders data from the API, and that the device page updates live.
 
-  dashboard_check.py BASE_URL   (exit 0 when every check passed; the failure otherwise)
+  dashboard_check.py BASE_URL USER PASSWORD   (exit 0 when every check passed; the failure otherwise)
 """
 import sys
 import tempfile
@@ -12,7 +12,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-base = sys.argv[1].rstrip("/")
+base, user, password = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3]
 options = webdriver.ChromeOptions()
 options.binary_location = "/usr/bin/chromium"
 for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,6 +30,12 @@ def rows(selector):
 
 try:
     driver.get(base + "/#/")
+    # Nothing is shown before logging in.
+    wait.until(lambda d: len(rows("#login-user")) > 0)
+    assert not rows("#devices-table"), "devices shown before login"
+    driver.find_element(By.ID, "login-user").send_keys(user)
+    driver.find_element(By.ID, "login-password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
     wait.until(lambda d: len(rows("#devices-table tr[data-device-id]")) > 0)
     ids = {r.get_attribute("data-device-id") for r in rows("#devices-table tr[data-device-id]")}
     for expected in ["park-env-01", "park-people-01", "home-001-bed", "truck-01"]:

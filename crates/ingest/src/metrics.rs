@@ -14,8 +14,13 @@ pub const REASONS: &[&str] = &[
     "replayed_sequence",
     "stale_timestamp",
     "future_timestamp",
-    // Not about readings: an administrative request refused (see msec-server).
+    // Not about readings: access control (see msec-access and msec-server).
     "forbidden",
+    "unauthenticated",
+    "invalid_token",
+    "login_failed",
+    "rate_limited",
+    "csrf_failed",
     // About the transparency log: a cosignature that does not verify, a witness reporting a
     // rollback or split view.
     "bad_cosignature",

@@ -268,6 +268,10 @@ function dashboard() {
     } finally {
       clearTimeout(timer);
     }
+    if (r.status === 401) {
+      // The session ended (expired, logged out elsewhere): back to the login page.
+      location.reload();
+    }
     if (!r.ok) {
       let detail = r.statusText;
       try {
@@ -1145,8 +1149,93 @@ function dashboard() {
     }
   }, 1000);
 
-  window.addEventListener("hashchange", navigate);
-  setLive("connecting");
-  startStream();
-  navigate();
+  // ---- login ------------------------------------------------------------------------------------
+
+  const session = { csrf: null, principal: null, started: false };
+  const whoEl = document.getElementById("who");
+
+  function showWho() {
+    whoEl.replaceChildren();
+    if (!session.principal) return;
+    const out = el("button", { type: "button", id: "logout", class: "more" }, "Log out");
+    out.addEventListener("click", async () => {
+      try {
+        await fetch("/api/v1/logout", { method: "POST", headers: { "X-CSRF-Token": session.csrf || "" }, cache: "no-store" });
+      } finally {
+        location.hash = "#/";
+        location.reload();
+      }
+    });
+    whoEl.append(el("span", { id: "whoami" }, session.principal.id), " ", out);
+  }
+
+  /** The login form; resolves once logged in. */
+  function loginPage(reason) {
+    return new Promise((resolve) => {
+      const user = el("input", { id: "login-user", name: "user", autocomplete: "username", required: true });
+      const pass = el("input", { id: "login-password", name: "password", type: "password", autocomplete: "current-password", required: true });
+      const status = el("p", { id: "login-status", class: "muted", role: "status" }, reason || "");
+      const form = el("form", { id: "login", class: "login" },
+        el("h2", null, "Log in"),
+        el("label", null, "User ", user),
+        el("label", null, "Password ", pass),
+        el("button", { type: "submit" }, "Log in"),
+        status);
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        status.textContent = "Checking…";
+        let r;
+        try {
+          r = await fetch("/api/v1/login", {
+            method: "POST",
+            headers: { "Content-Type": "application/json", Accept: "application/json" },
+            body: JSON.stringify({ user: user.value, password: pass.value }),
+            cache: "no-store",
+          });
+        } catch (_) {
+          status.textContent = "Cannot reach the server.";
+          return;
+        }
+        let body = {};
+        try { body = await r.json(); } catch (_) { /* not JSON */ }
+        if (!r.ok) {
+          status.textContent = typeof body.detail === "string" ? body.detail : `Login failed (HTTP ${r.status}).`;
+          pass.value = "";
+          return;
+        }
+        resolve(body);
+      });
+      view.replaceChildren(form);
+      user.focus();
+    });
+  }
+
+  async function start() {
+    let me = null;
+    try {
+      const r = await fetch("/api/v1/me", { headers: { Accept: "application/json" }, cache: "no-store" });
+      if (r.ok) me = await r.json();
+    } catch (_) { /* shown as the login page */ }
+    if (!me) {
+      setLive("off");
+      const login = await loginPage("");
+      me = { principal: login.principal, csrf: login.csrf, may_audit: null };
+      try {
+        const r = await fetch("/api/v1/me", { headers: { Accept: "application/json" }, cache: "no-store" });
+        if (r.ok) me = await r.json();
+      } catch (_) { /* keep the login answer */ }
+    }
+    session.principal = me.principal;
+    session.csrf = me.csrf;
+    showWho();
+    for (const a of document.querySelectorAll('nav a[data-nav="security"]')) a.classList.toggle("hidden", me.may_audit === false);
+    if (!session.started) {
+      session.started = true;
+      window.addEventListener("hashchange", navigate);
+      setLive("connecting");
+      startStream();
+    }
+    navigate();
+  }
+  start();
 }

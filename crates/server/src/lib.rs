@@ -5,22 +5,27 @@
 //! reading is acceptable (that is ingest's job) and never touches SQL (that is the store's):
 //! handlers translate between HTTP and those two.
 
+mod auth;
 mod db;
+mod grants;
 mod log;
 mod problem;
 
+pub use auth::authorize;
 pub use db::DbHandle;
 pub use problem::Problem;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use msec_access::device_resource;
 use msec_ingest::{Ingest, Live, Outcome, Source};
+use msec_policy::Action;
 use msec_store::{Location, NewDevice, ReadingQuery};
 use serde::Deserialize;
 use serde_json::json;
@@ -33,6 +38,7 @@ pub struct AppState {
     pub db: DbHandle,
     pub ingest: Ingest,
     pub notary: std::sync::Arc<msec_notary::Notary>,
+    pub access: std::sync::Arc<msec_access::Access>,
 }
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -75,6 +81,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/security-events", get(security_events))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/stream", get(stream))
+        .route("/api/v1/login", post(auth::login))
+        .route("/api/v1/logout", post(auth::logout))
+        .route("/api/v1/me", get(auth::me))
+        .route("/api/v1/grants", get(grants::list).post(grants::create))
+        .route("/api/v1/grants/{id}", axum::routing::delete(grants::revoke))
         .route("/api/v1/log", get(log::info))
         .route("/api/v1/log/checkpoint", get(log::checkpoint))
         .route("/api/v1/log/proof", get(log::proof))
@@ -155,23 +166,67 @@ fn limit_param(q: &HashMap<String, String>) -> Result<u32, Problem> {
     }
 }
 
-async fn list_devices(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
-    let devices = s.db.call(|db| db.devices()).await?;
+/// Only the devices the caller may read are listed (no security event: filtering is not a
+/// refused request).
+async fn list_devices(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let p = auth::caller(&s, &headers, peer, false).await?;
+    let now = msec_store::now_ms();
+    let devices: Vec<_> =
+        s.db.call(|db| db.devices())
+            .await?
+            .into_iter()
+            .filter(|d| {
+                s.access
+                    .decide(
+                        &p,
+                        Action::Read,
+                        &device_resource(&d.tenant, &d.owner, &d.id),
+                        now,
+                    )
+                    .allowed
+            })
+            .collect();
     Ok(Json(json!({ "devices": devices })))
+}
+
+/// The device, once the caller may perform `action` on its data.
+async fn device_for(
+    s: &AppState,
+    p: &msec_access::Principal,
+    id: &str,
+    action: Action,
+    peer: SocketAddr,
+) -> Result<msec_store::Device, Problem> {
+    let lookup = id.to_string();
+    let d =
+        s.db.call(move |db| db.device(&lookup))
+            .await?
+            .ok_or_else(|| {
+                Problem::not_found(format!("no device {:?}", msec_ingest::bounded(id, 64)))
+            })?;
+    auth::authorize(
+        s,
+        p,
+        action,
+        &device_resource(&d.tenant, &d.owner, &d.id),
+        peer,
+    )
+    .await?;
+    Ok(d)
 }
 
 async fn show_device(
     State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let lookup = id.clone();
-    match s.db.call(move |db| db.device(&lookup)).await? {
-        Some(d) => Ok(Json(d).into_response()),
-        None => Err(Problem::not_found(format!(
-            "no device {:?}",
-            msec_ingest::bounded(&id, 64)
-        ))),
-    }
+    let p = auth::caller(&s, &headers, peer, false).await?;
+    Ok(Json(device_for(&s, &p, &id, Action::Read, peer).await?).into_response())
 }
 
 /// Identifiers that appear in MQTT topics and URLs: short and unambiguous.
@@ -195,31 +250,24 @@ struct Registration {
     public_key: String,
 }
 
-/// Until identities and access control exist, changes to the registry are accepted only from
-/// this machine (loopback peers); anything else is refused and recorded as a security event.
-async fn require_local(s: &AppState, peer: SocketAddr, what: &str) -> Result<(), Problem> {
-    if peer.ip().is_loopback() {
-        return Ok(());
-    }
-    let detail = format!("{what} refused: registry changes are accepted only from this machine");
-    let event = s
-        .ingest
-        .record_denial("forbidden", detail.clone(), Source::Http(peer.to_string()))
-        .await;
-    let mut p = Problem::new(StatusCode::FORBIDDEN, "forbidden", detail);
-    p.extra = json!({ "security_event_id": event });
-    Err(p)
-}
-
 async fn register_device(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
-    require_local(&s, peer, "device registration").await?;
+    let p = auth::caller(&s, &headers, peer, true).await?;
     let r: Registration = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("registration JSON: {e}")))?;
     let device = new_device(r)?;
+    auth::authorize(
+        &s,
+        &p,
+        Action::Manage,
+        &device_resource(&device.tenant, &device.owner, &device.id),
+        peer,
+    )
+    .await?;
     let stored = s.db.call(move |db| db.register_device(&device)).await?;
     s.ingest.refresh_device(&stored);
     Ok((StatusCode::CREATED, Json(stored)).into_response())
@@ -255,13 +303,16 @@ fn new_device(r: Registration) -> Result<NewDevice, Problem> {
 async fn revoke_device(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    require_local(&s, peer, "device revocation").await?;
+    let p = auth::caller(&s, &headers, peer, true).await?;
+    device_for(&s, &p, &id, Action::Manage, peer).await?;
     let target = id.clone();
+    let actor = p.id.clone();
     let device =
         s.db.call(move |db| {
-            if db.revoke_device(&target, &format!("http:{peer}"))? {
+            if db.revoke_device(&target, &actor)? {
                 db.device(&target)
             } else {
                 Ok(None)
@@ -277,9 +328,13 @@ async fn revoke_device(
 
 async fn device_readings(
     State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, Problem> {
+    let p = auth::caller(&s, &headers, peer, false).await?;
+    device_for(&s, &p, &id, Action::Read, peer).await?;
     let query = ReadingQuery {
         from_ms: int_param(&q, "from")?,
         to_ms: int_param(&q, "to")?,
@@ -353,8 +408,12 @@ async fn post_reading(
 
 async fn security_events(
     State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, Problem> {
+    let p = auth::caller(&s, &headers, peer, false).await?;
+    auth::authorize(&s, &p, Action::Audit, msec_access::SECURITY_EVENTS, peer).await?;
     let limit = limit_param(&q)?;
     let cursor = int_param(&q, "cursor")?;
     let events =
@@ -366,7 +425,13 @@ async fn security_events(
     Ok(Json(json!({ "events": events, "next_cursor": next })))
 }
 
-async fn stats(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
+/// Counts only, nothing about any one person: any authenticated caller may see them.
+async fn stats(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, Problem> {
+    auth::caller(&s, &headers, peer, false).await?;
     let (counts, by_reason) =
         s.db.call(|db| Ok((db.counts()?, db.security_event_counts()?)))
             .await?;
@@ -383,8 +448,15 @@ async fn stats(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Pro
     })))
 }
 
-/// Prometheus text exposition (version 0.0.4).
-async fn metrics(State(s): State<AppState>) -> Response {
+/// Prometheus text exposition (version 0.0.4), for callers allowed to audit (a scraper uses an
+/// API token with the `audit` scope).
+async fn metrics(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let p = auth::caller(&s, &headers, peer, false).await?;
+    auth::authorize(&s, &p, Action::Audit, msec_access::SECURITY_EVENTS, peer).await?;
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
     let m = s.ingest.metrics();
@@ -436,90 +508,106 @@ async fn metrics(State(s): State<AppState>) -> Response {
             c.devices - c.active_devices
         );
     }
-    (
+    Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         out,
     )
-        .into_response()
+        .into_response())
 }
 
-/// Live readings and security events as Server-Sent Events (`reading`, `security`).
+/// Live readings and security events as Server-Sent Events (`reading`, `security`), each
+/// delivered only if the caller may `subscribe` to that device's data (or `audit`, for security
+/// events) at that moment: a grant revoked while the stream is open stops delivery at once. The
+/// caller's session or token is re-checked every few seconds; once it is gone the stream ends.
 async fn stream(
     State(s): State<AppState>,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>>, Problem>
+{
+    let p = auth::caller(&s, &headers, peer, false).await?;
     let rx = s.ingest.subscribe();
-    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+    let state = StreamState {
+        s,
+        p,
+        headers,
+        peer,
+        owners: HashMap::new(),
+        checked: std::time::Instant::now(),
+    };
+    let events = futures_util::stream::unfold((rx, state), |(mut rx, mut st)| async move {
         loop {
+            if st.checked.elapsed() > std::time::Duration::from_secs(3) {
+                match auth::caller(&st.s, &st.headers, st.peer, false).await {
+                    Ok(p) => st.p = p,
+                    Err(_) => return None,
+                }
+                st.checked = std::time::Instant::now();
+            }
+            let now = msec_store::now_ms();
             let event = match rx.recv().await {
-                Ok(Live::Reading(r)) => Event::default().event("reading").json_data(&*r),
-                Ok(Live::Security(e)) => Event::default().event("security").json_data(&*e),
+                Ok(Live::Reading(r)) => {
+                    let Some(resource) = st.resource(&r.device_id).await else {
+                        continue;
+                    };
+                    if !st
+                        .s
+                        .access
+                        .decide(&st.p, Action::Subscribe, &resource, now)
+                        .allowed
+                    {
+                        continue;
+                    }
+                    Event::default().event("reading").json_data(&*r)
+                }
+                Ok(Live::Security(e)) => {
+                    if !st
+                        .s
+                        .access
+                        .decide(&st.p, Action::Audit, msec_access::SECURITY_EVENTS, now)
+                        .allowed
+                    {
+                        continue;
+                    }
+                    Event::default().event("security").json_data(&*e)
+                }
                 // A slow client misses some live items; it can catch up through the API.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             };
             match event {
-                Ok(e) => return Some((Ok(e), rx)),
+                Ok(e) => return Some((Ok(e), (rx, st))),
                 Err(_) => continue,
             }
         }
     });
-    Sse::new(events).keep_alive(KeepAlive::default())
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+struct StreamState {
+    s: AppState,
+    p: msec_access::Principal,
+    headers: HeaderMap,
+    peer: SocketAddr,
+    /// device id -> its resource path, looked up once per stream.
+    owners: HashMap<String, String>,
+    checked: std::time::Instant,
+}
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn registry_changes_from_other_hosts_are_refused_and_recorded() {
-        let dir = std::env::temp_dir().join(msec_testkit::unique("msec-local-"));
-        let url = dir.join("msec.db").to_string_lossy().into_owned();
-        let keys: std::sync::Arc<dyn msec_store::KekProvider> =
-            std::sync::Arc::new(msec_vault::MemoryKeys::new());
-        let open = || msec_store::Store::open(&url, keys.clone()).unwrap();
-        let (ingest, _) = Ingest::start(open(), Default::default()).unwrap();
-        let db = DbHandle::start(open()).unwrap();
-        let key = msec_notary::LogKey::from_seed("test/log", [1; 32]).unwrap();
-        let notary =
-            msec_notary::Notary::open(open(), key, dir.join("checkpoint"), vec![], 0).unwrap();
-        let state = AppState {
-            db,
-            ingest,
-            notary: std::sync::Arc::new(notary),
-        };
-        // Only values here: no traffic goes to or comes from these documentation addresses.
-        assert!(
-            require_local(&state, "127.0.0.1:4000".parse().unwrap(), "x")
-                .await
-                .is_ok()
-        );
-        assert!(require_local(&state, "[::1]:4000".parse().unwrap(), "x")
-            .await
-            .is_ok());
-        let refused = require_local(
-            &state,
-            "192.0.2.7:4000".parse().unwrap(),
-            "device revocation",
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(
-            (refused.status, refused.code),
-            (StatusCode::FORBIDDEN, "forbidden")
-        );
-        assert!(refused.extra["security_event_id"].as_i64().is_some());
-        let events = state
-            .db
-            .call(|db| db.security_events(10, None))
-            .await
-            .unwrap();
-        assert_eq!(
-            (events[0].reason.as_str(), events[0].source.as_str()),
-            ("forbidden", "http 192.0.2.7:4000")
-        );
-        let _ = std::fs::remove_dir_all(dir);
+impl StreamState {
+    async fn resource(&mut self, device: &str) -> Option<String> {
+        if let Some(r) = self.owners.get(device) {
+            return Some(r.clone());
+        }
+        let id = device.to_string();
+        let d = self.s.db.call(move |db| db.device(&id)).await.ok()??;
+        let r = device_resource(&d.tenant, &d.owner, &d.id);
+        if self.owners.len() < 10_000 {
+            self.owners.insert(device.to_string(), r.clone());
+        }
+        Some(r)
     }
 }

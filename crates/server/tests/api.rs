@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 struct Reply {
     status: u16,
+    /// Lower-cased, for matching; `head` keeps the original (cookie values are case-sensitive).
     headers: String,
+    head: String,
     body: String,
 }
 
@@ -22,10 +24,27 @@ impl Reply {
     }
 }
 
+/// A test server and the credentials its requests carry.
+#[derive(Clone, Copy)]
+struct Srv {
+    addr: SocketAddr,
+    /// Extra request header lines (Authorization, Cookie, X-CSRF-Token), each ending in CRLF.
+    auth: &'static str,
+}
+
+impl Srv {
+    fn with(self, auth: String) -> Srv {
+        Srv {
+            addr: self.addr,
+            auth: Box::leak(auth.into_boxed_str()),
+        }
+    }
+}
+
 /// A deliberately tiny HTTP/1.1 client: one request per connection.
-fn http(addr: SocketAddr, method: &str, path: &str, content_type: &str, body: &[u8]) -> Reply {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+fn http(srv: Srv, method: &str, path: &str, content_type: &str, body: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n", srv.auth, body.len()).unwrap();
     s.write_all(body).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
@@ -35,19 +54,52 @@ fn http(addr: SocketAddr, method: &str, path: &str, content_type: &str, body: &[
     Reply {
         status,
         headers: head.to_ascii_lowercase(),
+        head: head.to_string(),
         body: body.to_string(),
     }
 }
 
-fn get(addr: SocketAddr, path: &str) -> Reply {
+fn get(addr: Srv, path: &str) -> Reply {
     http(addr, "GET", path, "text/plain", b"")
 }
 
-async fn start() -> SocketAddr {
+/// A platform on a scratch SQLite database with one administrator, `admin`, whose password is
+/// PASSWORD; requests carry an admin API token.
+async fn start() -> Srv {
     let dir = std::env::temp_dir().join(msec_testkit::unique("msec-api-"));
     let url = dir.join("msec.db").to_string_lossy().into_owned();
     let keys: Arc<dyn msec_store::KekProvider> = Arc::new(msec_vault::MemoryKeys::new());
     let open = || Store::open(&url, keys.clone()).unwrap();
+    let token = {
+        let mut s = open();
+        let hash = msec_identity::hash_password(PASSWORD).unwrap();
+        s.add_user(
+            &msec_store::NewUser {
+                id: "admin".into(),
+                tenant: "*".into(),
+                roles: vec!["admin".into()],
+                password_hash: hash,
+            },
+            "test",
+        )
+        .unwrap();
+        let issued = msec_identity::issue_token().unwrap();
+        s.add_token(
+            &msec_store::NewToken {
+                id: issued.stored.id.clone(),
+                principal: "admin".into(),
+                scopes: ["read", "subscribe", "act", "manage", "audit"]
+                    .map(String::from)
+                    .to_vec(),
+                secret_hash: issued.stored.secret_hash,
+                expires_ms: msec_store::now_ms() + 3_600_000,
+            },
+            "test",
+        )
+        .unwrap();
+        issued.text
+    };
+    let access = Arc::new(msec_access::Access::open(open()).unwrap());
     let (ingest, _) = Ingest::start(open(), Config::default()).unwrap();
     let db = DbHandle::start(open()).unwrap();
     let key = msec_notary::LogKey::from_seed("test/log", [1; 32]).unwrap();
@@ -65,10 +117,15 @@ async fn start() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(msec_server::serve(
         listener,
-        AppState { db, ingest, notary },
+        AppState {
+            db,
+            ingest,
+            notary,
+            access,
+        },
         std::future::pending(),
     ));
-    addr
+    Srv { addr, auth: "" }.with(format!("Authorization: Bearer {token}\r\n"))
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -81,7 +138,9 @@ async fn api_end_to_end() {
     blocking(move || scenario(addr)).await;
 }
 
-fn scenario(addr: SocketAddr) {
+const PASSWORD: &str = "correct horse battery staple";
+
+fn scenario(addr: Srv) {
     let key = DeviceKey::generate().unwrap();
     let reg = serde_json::json!({
         "id": "park-env-01", "tenant": "santander", "kind": "environmental-monitor",
@@ -229,7 +288,7 @@ fn scenario(addr: SocketAddr) {
     let mut checkpoint = String::new();
     for _ in 0..50 {
         checkpoint = get(addr, "/api/v1/log/checkpoint").body;
-        if checkpoint.lines().nth(1) == Some("5") {
+        if checkpoint.lines().nth(1) == Some("7") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -241,7 +300,10 @@ fn scenario(addr: SocketAddr) {
             .unwrap(),
     )
     .expect("a signed checkpoint");
-    assert_eq!(cp.size, 5, "device + reading + 3 events: {checkpoint}");
+    assert_eq!(
+        cp.size, 7,
+        "user + token + device + reading + 3 events: {checkpoint}"
+    );
     let p = get(addr, "/api/v1/log/proof?record=reading:park-env-01/1").json();
     let path: Vec<[u8; 32]> = p["proof"]
         .as_array()
@@ -271,7 +333,7 @@ fn scenario(addr: SocketAddr) {
     );
     assert_eq!(get(addr, "/api/v1/log/proof?record=bogus").status, 400);
     assert!(
-        !get(addr, "/api/v1/log/consistency?from=3&to=5").json()["proof"]
+        !get(addr, "/api/v1/log/consistency?from=3&to=7").json()["proof"]
             .as_array()
             .unwrap()
             .is_empty()
@@ -360,8 +422,8 @@ async fn live_stream_delivers_readings() {
         let key = DeviceKey::generate().unwrap();
         let reg = serde_json::json!({"id": "d", "tenant": "t", "kind": "k", "public_key": hex::encode(key.public_key())});
         assert_eq!(http(addr, "POST", "/api/v1/devices", "application/json", reg.to_string().as_bytes()).status, 201);
-        let mut sse = TcpStream::connect(addr).unwrap();
-        write!(sse, "GET /api/v1/stream HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+        let mut sse = TcpStream::connect(addr.addr).unwrap();
+        write!(sse, "GET /api/v1/stream HTTP/1.1\r\nHost: localhost\r\n{}Accept: text/event-stream\r\n\r\n", addr.auth).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
         let mut dev = Device::new("d", key, 1);
         let now = unix_now();
@@ -376,6 +438,61 @@ async fn live_stream_delivers_readings() {
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
         assert!(seen.contains("\"co2\""), "{seen}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_sessions_csrf_tokens_and_lockout() {
+    let srv = start().await;
+    blocking(move || {
+        let anon = Srv { addr: srv.addr, auth: "" };
+        let events = |reason: &str| {
+            get(srv, "/api/v1/security-events?limit=1000").json()["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["reason"] == reason)
+                .count()
+        };
+        // No credentials: 401 and a security event.
+        let r = get(anon, "/api/v1/devices");
+        assert_eq!((r.status, r.json()["type"].as_str().unwrap()), (401, "urn:msec:problem:unauthenticated"));
+        assert_eq!(events("unauthenticated"), 1);
+        let r = get(Srv { addr: srv.addr, auth: "Authorization: Bearer msec_0123456789abcdef_forged\r\n" }, "/api/v1/devices");
+        assert_eq!(r.status, 401);
+        assert_eq!(events("invalid_token"), 1);
+
+        // A session: HttpOnly, SameSite=Strict cookie; changes need the CSRF token.
+        let login = serde_json::json!({"user": "admin", "password": PASSWORD}).to_string();
+        let r = http(anon, "POST", "/api/v1/login", "application/json", login.as_bytes());
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.headers.contains("httponly") && r.headers.contains("samesite=strict"), "{}", r.headers);
+        assert!(!r.headers.contains("; secure"), "plain-HTTP loopback cannot keep a Secure cookie");
+        let cookie = r.head.split("set-cookie: ").nth(1).unwrap().split(';').next().unwrap().to_string();
+        let csrf = r.json()["csrf"].as_str().unwrap().to_string();
+        let session = srv.with(format!("Cookie: {cookie}\r\n"));
+        assert_eq!(get(session, "/api/v1/me").json()["principal"]["id"], "admin");
+        let reg = serde_json::json!({"id": "s-1", "tenant": "t", "kind": "k", "public_key": hex::encode(DeviceKey::generate().unwrap().public_key())}).to_string();
+        let r = http(session, "POST", "/api/v1/devices", "application/json", reg.as_bytes());
+        assert_eq!((r.status, r.json()["type"].as_str().unwrap()), (403, "urn:msec:problem:csrf_failed"));
+        let with_csrf = srv.with(format!("Cookie: {cookie}\r\nX-CSRF-Token: {csrf}\r\n"));
+        assert_eq!(http(with_csrf, "POST", "/api/v1/devices", "application/json", reg.as_bytes()).status, 201);
+        assert_eq!(http(with_csrf, "POST", "/api/v1/logout", "text/plain", b"").status, 204);
+        assert_eq!(get(session, "/api/v1/me").status, 401, "a logged-out session still works");
+
+        // Wrong passwords: each one an event; the sixth attempt is refused before checking.
+        let wrong = serde_json::json!({"user": "admin", "password": "not the password"}).to_string();
+        for _ in 0..5 {
+            assert_eq!(http(anon, "POST", "/api/v1/login", "application/json", wrong.as_bytes()).status, 401);
+        }
+        let r = http(anon, "POST", "/api/v1/login", "application/json", login.as_bytes());
+        assert_eq!(r.status, 429, "locked out even with the right password");
+        assert!(r.headers.contains("retry-after"));
+        assert_eq!(events("login_failed"), 5);
+        assert_eq!(events("rate_limited"), 1);
+        let text = get(srv, "/api/v1/security-events?limit=1000").body;
+        assert!(!text.contains(PASSWORD) && !text.contains("not the password"), "a password reached the event log");
     })
     .await;
 }

@@ -55,6 +55,7 @@ impl From<postgres::Error> for StoreError {
 #[derive(Debug)]
 pub(crate) enum P<'a> {
     I64(i64),
+    OptI64(Option<i64>),
     OptF64(Option<f64>),
     Text(&'a str),
     OptText(Option<&'a str>),
@@ -65,6 +66,7 @@ impl rusqlite::ToSql for P<'_> {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
         match self {
             P::I64(v) => v.to_sql(),
+            P::OptI64(v) => v.to_sql(),
             P::OptF64(v) => v.to_sql(),
             P::Text(v) => v.to_sql(),
             P::OptText(v) => v.to_sql(),
@@ -81,6 +83,7 @@ impl postgres::types::ToSql for P<'_> {
     ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match self {
             P::I64(v) => v.to_sql(ty, out),
+            P::OptI64(v) => v.to_sql(ty, out),
             P::OptF64(v) => v.to_sql(ty, out),
             P::Text(v) => v.to_sql(ty, out),
             P::OptText(v) => v.to_sql(ty, out),

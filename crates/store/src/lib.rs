@@ -23,7 +23,7 @@ pub use db::{redact, StoreError};
 pub use gdpr::{Consent, Erasure, ExportedReading, SubjectExport};
 pub use log::{AuditScan, Finding, FindingKind, RecordId, RecordKind};
 pub use msec_vault::KekProvider;
-pub use principals::{ApiToken, NewToken, NewUser, User};
+pub use principals::{ApiToken, Grant, NewGrant, NewToken, NewUser, User};
 
 /// Millisecond Unix time, the time unit of every stored timestamp.
 pub fn now_ms() -> i64 {

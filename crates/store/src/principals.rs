@@ -65,7 +65,8 @@ impl Store {
                 StoreError::Conflict(_) => StoreError::Conflict(format!("user {:?} already exists", u.id)),
                 other => other,
             })?;
-            s.admin_in_tx(actor, "user.add", &u.id, &format!("tenant {}, roles {roles}", u.tenant))
+            s.admin_in_tx(actor, "user.add", &u.id, &format!("tenant {}, roles {roles}", u.tenant))?;
+            bump_access(&mut s.db)
         })?;
         self.users()?
             .into_iter()
@@ -108,6 +109,7 @@ impl Store {
             )?;
             if n > 0 {
                 s.admin_in_tx(actor, "user.disable", id, "")?;
+                bump_access(&mut s.db)?;
             }
             Ok(n > 0)
         })
@@ -168,8 +170,173 @@ impl Store {
             )?;
             if n > 0 {
                 s.admin_in_tx(actor, "token.revoke", id, "")?;
+                bump_access(&mut s.db)?;
             }
             Ok(n > 0)
         })
+    }
+}
+
+/// A stored access rule (see msec-policy); `subject` is a principal id, or `role:NAME`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Grant {
+    pub id: i64,
+    pub effect: String,
+    pub subject: String,
+    pub actions: Vec<String>,
+    pub resource: String,
+    pub valid_from_ms: Option<i64>,
+    pub valid_until_ms: Option<i64>,
+    pub purpose: Option<String>,
+    pub created_by: String,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewGrant {
+    pub effect: String,
+    pub subject: String,
+    pub actions: Vec<String>,
+    pub resource: String,
+    pub valid_from_ms: Option<i64>,
+    pub valid_until_ms: Option<i64>,
+    pub purpose: Option<String>,
+}
+
+fn bump_access(db: &mut crate::db::Db) -> Result<(), StoreError> {
+    db.exec(
+        "UPDATE access_state SET version = version + 1 WHERE id = 1",
+        &[],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    pub fn user(&mut self, id: &str) -> Result<Option<User>, StoreError> {
+        Ok(self.users()?.into_iter().find(|u| u.id == id))
+    }
+
+    /// Bumped by every change of users, tokens or grants: a cheap "did anything change?".
+    pub fn access_version(&mut self) -> Result<i64, StoreError> {
+        Ok(self
+            .db
+            .query("SELECT version FROM access_state WHERE id = 1", &[], |r| {
+                r.i64(0)
+            })?
+            .first()
+            .copied()
+            .unwrap_or(0))
+    }
+
+    pub fn add_grant(&mut self, g: &NewGrant, actor: &str) -> Result<Grant, StoreError> {
+        let actions = g.actions.join(",");
+        self.transaction(|s| {
+            let now = now_ms();
+            let id = s
+                .db
+                .query(
+                    "INSERT INTO grants (effect, subject, actions, resource, valid_from_ms, valid_until_ms, purpose, created_by, created_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                    &[
+                        P::Text(&g.effect),
+                        P::Text(&g.subject),
+                        P::Text(&actions),
+                        P::Text(&g.resource),
+                        P::OptI64(g.valid_from_ms),
+                        P::OptI64(g.valid_until_ms),
+                        P::OptText(g.purpose.as_deref()),
+                        P::Text(actor),
+                        P::I64(now),
+                    ],
+                    |r| r.i64(0),
+                )?
+                .first()
+                .copied()
+                .ok_or_else(|| StoreError::Backend("INSERT returned no id".into()))?;
+            s.admin_in_tx(actor, "grant.create", &id.to_string(), &format!("{} {} {} on {}", g.effect, g.subject, actions, g.resource))?;
+            bump_access(&mut s.db)?;
+            Ok(Grant {
+                id,
+                effect: g.effect.clone(),
+                subject: g.subject.clone(),
+                actions: g.actions.clone(),
+                resource: g.resource.clone(),
+                valid_from_ms: g.valid_from_ms,
+                valid_until_ms: g.valid_until_ms,
+                purpose: g.purpose.clone(),
+                created_by: actor.into(),
+                created_ms: now,
+            })
+        })
+    }
+
+    /// Revokes a grant; false if there is no such active grant.
+    pub fn revoke_grant(&mut self, id: i64, actor: &str) -> Result<bool, StoreError> {
+        self.transaction(|s| {
+            let n = s.db.exec(
+                "UPDATE grants SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL",
+                &[P::I64(id), P::I64(now_ms())],
+            )?;
+            if n > 0 {
+                s.admin_in_tx(actor, "grant.revoke", &id.to_string(), "")?;
+                bump_access(&mut s.db)?;
+            }
+            Ok(n > 0)
+        })
+    }
+
+    /// Active (unrevoked) grants, oldest first.
+    pub fn grants(&mut self) -> Result<Vec<Grant>, StoreError> {
+        self.db.query(
+            "SELECT id, effect, subject, actions, resource, valid_from_ms, valid_until_ms, purpose, created_by, created_ms \
+             FROM grants WHERE revoked_ms IS NULL ORDER BY id",
+            &[],
+            |r| {
+                Ok(Grant {
+                    id: r.i64(0)?,
+                    effect: r.text(1)?,
+                    subject: r.text(2)?,
+                    actions: list(&r.text(3)?),
+                    resource: r.text(4)?,
+                    valid_from_ms: r.opt_i64(5)?,
+                    valid_until_ms: r.opt_i64(6)?,
+                    purpose: r.opt_text(7)?,
+                    created_by: r.text(8)?,
+                    created_ms: r.i64(9)?,
+                })
+            },
+        )
+    }
+
+    /// Stores a login session by the SHA-256 of its secret.
+    pub fn create_session(
+        &mut self,
+        id_hash: &[u8; 32],
+        principal: &str,
+        expires_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.db.exec(
+            "INSERT INTO sessions (id_hash, principal, created_ms, expires_ms) VALUES ($1, $2, $3, $4)",
+            &[P::Bytes(id_hash), P::Text(principal), P::I64(now_ms()), P::I64(expires_ms)],
+        )?;
+        Ok(())
+    }
+
+    /// The principal of a live session (not revoked, not expired, user not disabled).
+    pub fn session(&mut self, id_hash: &[u8; 32]) -> Result<Option<(String, i64)>, StoreError> {
+        let rows = self.db.query(
+            "SELECT s.principal, s.expires_ms FROM sessions s JOIN users u ON u.id = s.principal \
+             WHERE s.id_hash = $1 AND s.revoked_ms IS NULL AND s.expires_ms > $2 AND u.disabled_ms IS NULL",
+            &[P::Bytes(id_hash), P::I64(now_ms())],
+            |r| Ok((r.text(0)?, r.i64(1)?)),
+        )?;
+        Ok(rows.into_iter().next())
+    }
+
+    pub fn revoke_session(&mut self, id_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(self.db.exec(
+            "UPDATE sessions SET revoked_ms = $2 WHERE id_hash = $1 AND revoked_ms IS NULL",
+            &[P::Bytes(id_hash), P::I64(now_ms())],
+        )? > 0)
     }
 }

@@ -147,6 +147,33 @@ const MIGRATIONS: &[(i64, &str)] = &[
         PRIMARY KEY (size, witness)
     );",
     ),
+    (
+        // Access control: login sessions (secrets hashed), stored grants, and a version that
+        // every change of who-may-do-what bumps, so running processes reload at once.
+        4,
+        "CREATE TABLE sessions (
+        id_hash {BLOB} PRIMARY KEY,
+        principal TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        revoked_ms BIGINT
+    );
+    CREATE TABLE grants (
+        id {SERIAL},
+        effect TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        actions TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        valid_from_ms BIGINT,
+        valid_until_ms BIGINT,
+        purpose TEXT,
+        created_by TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        revoked_ms BIGINT
+    );
+    CREATE TABLE access_state (id BIGINT PRIMARY KEY, version BIGINT NOT NULL);
+    INSERT INTO access_state (id, version) VALUES (1, 0);",
+    ),
 ];
 
 pub(crate) fn current_version(db: &mut Db) -> Result<i64, StoreError> {

@@ -36,7 +36,7 @@ fn reading(device: &str, seq: i64) -> NewReading {
 fn suite(url: &str) {
     let keys: Arc<dyn KekProvider> = Arc::new(MemoryKeys::new());
     let mut s = Store::open(url, keys.clone()).unwrap();
-    assert_eq!(s.schema_version().unwrap(), 3);
+    assert_eq!(s.schema_version().unwrap(), 4);
 
     // Registry: register, show, list, duplicate refusal, revoke.
     let d = s.register_device(&device("d1", 1)).unwrap();

@@ -1,0 +1,530 @@
+//! Who is asking, and may they: login sessions, API tokens, login throttling, and access
+//! decisions over the built-in role rules plus the grants stored in the database.
+//!
+//! It owns authentication and the assembly of the rule set; the decisions themselves are
+//! msec-policy's. It never speaks HTTP (the server maps cookies and headers to calls here) and
+//! never records security events itself: every refusal comes back as a [`Denied`] with a reason
+//! code, and the caller records exactly one event for it.
+
+mod throttle;
+
+use msec_policy::{
+    Action, Conditions, Decision, Effect, Pattern, PolicySet, Request, Rule, Subject,
+};
+use msec_store::{Grant, Store, StoreError};
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+pub use msec_policy::Action as AccessAction;
+pub use throttle::Throttle;
+
+/// How long a login session lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+
+/// A refusal, with the reason code its security event carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Denied {
+    /// `unauthenticated`, `login_failed`, `rate_limited`, `invalid_token`, `csrf_failed` or
+    /// `forbidden`.
+    pub reason: &'static str,
+    /// Safe to show and to log: never a secret.
+    pub detail: String,
+    /// The principal, if known.
+    pub principal: Option<String>,
+    /// The rule that decided a `forbidden`, if one did (else deny by default).
+    pub rule: Option<String>,
+}
+
+impl Denied {
+    fn new(reason: &'static str, detail: impl Into<String>) -> Denied {
+        Denied {
+            reason,
+            detail: detail.into(),
+            principal: None,
+            rule: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored grant {0} is invalid: {1}")]
+    BadGrant(i64, String),
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Principal {
+    pub id: String,
+    pub tenant: String,
+    pub roles: Vec<String>,
+    /// For API tokens: the only actions the token may be used for.
+    pub scopes: Option<Vec<String>>,
+}
+
+/// A successful login: the session secret (the cookie value, shown once) and its CSRF token.
+#[derive(Debug)]
+pub struct Session {
+    pub secret: String,
+    pub csrf: String,
+    pub principal: Principal,
+    pub expires_ms: i64,
+}
+
+/// The resource path of a device's data: `tenant/owner/device`.
+pub fn device_resource(tenant: &str, owner: &str, device: &str) -> String {
+    format!("{tenant}/{owner}/{device}")
+}
+
+/// The resource audited to read security events and the log's administration.
+pub const SECURITY_EVENTS: &str = "platform/security-events";
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// The CSRF token of a session: derived from its secret, so nothing more is stored, and useless
+/// without the (HttpOnly) cookie.
+pub fn csrf_token(session_secret: &str) -> String {
+    b64(&sha256(
+        format!("msec-csrf/v1\n{session_secret}").as_bytes(),
+    ))
+}
+
+/// Constant-time equality of two secrets' texts.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// The rule set in force and the store version it was built from.
+struct Snapshot {
+    version: i64,
+    set: Arc<PolicySet>,
+}
+
+pub struct Access {
+    store: Mutex<Store>,
+    snapshot: RwLock<Snapshot>,
+    throttle: Mutex<Throttle>,
+}
+
+fn role_rule(id: &str, role: &str, actions: &[Action], resource: &str) -> Rule {
+    Rule {
+        id: id.into(),
+        effect: Effect::Allow,
+        subject: Subject::Role(role.into()),
+        actions: actions.to_vec(),
+        resource: resource.parse().expect("built-in patterns are valid"),
+        conditions: Conditions::default(),
+    }
+}
+
+/// The built-in rules for the pilots' roles (docs/access-control.md lists them), for the tenants
+/// and residents known now, followed by the stored grants.
+fn rule_set(store: &mut Store) -> Result<PolicySet, AccessError> {
+    use Action::*;
+    let users = store.users()?;
+    let mut tenants: Vec<String> = users.iter().map(|u| u.tenant.clone()).collect();
+    tenants.extend(store.devices()?.into_iter().map(|d| d.tenant));
+    tenants.sort();
+    tenants.dedup();
+    let mut rules = vec![
+        // Caregivers observe; acting on a resident's devices stays with residents and operators.
+        Rule {
+            id: "caregivers-never-act".into(),
+            effect: Effect::Deny,
+            subject: Subject::Role("caregiver".into()),
+            actions: vec![Act],
+            resource: "**".parse().expect("valid"),
+            conditions: Conditions::default(),
+        },
+        role_rule(
+            "admins",
+            "admin",
+            &[Read, Subscribe, Act, Manage, Audit],
+            "**",
+        ),
+    ];
+    for t in tenants.iter().filter(|t| *t != "*") {
+        rules.push(role_rule(
+            &format!("{t}-operators"),
+            &format!("{t}:operator"),
+            &[Read, Subscribe, Act],
+            &format!("{t}/**"),
+        ));
+        // Auditors check the trail, not people's data.
+        rules.push(role_rule(
+            &format!("{t}-auditors"),
+            &format!("{t}:auditor"),
+            &[Audit],
+            &format!("{t}/**"),
+        ));
+        rules.push(role_rule(
+            &format!("{t}-auditors-events"),
+            &format!("{t}:auditor"),
+            &[Audit],
+            SECURITY_EVENTS,
+        ));
+        // Public infrastructure is owned by the tenant itself: open data for citizens.
+        rules.push(role_rule(
+            &format!("{t}-citizens"),
+            &format!("{t}:citizen"),
+            &[Read, Subscribe],
+            &format!("{t}/{t}/**"),
+        ));
+        rules.push(role_rule(
+            &format!("{t}-providers"),
+            &format!("{t}:data-provider"),
+            &[Sell],
+            &format!("{t}/{t}/**"),
+        ));
+        rules.push(role_rule(
+            &format!("{t}-buyers"),
+            &format!("{t}:data-buyer"),
+            &[Buy],
+            &format!("{t}/{t}/**"),
+        ));
+    }
+    // Residents own the data of their devices, and decide who else sees it.
+    for u in users
+        .iter()
+        .filter(|u| !u.disabled && u.roles.iter().any(|r| r == "resident"))
+    {
+        rules.push(Rule {
+            id: format!("owner-{}", u.id),
+            effect: Effect::Allow,
+            subject: Subject::Principal(u.id.clone()),
+            actions: vec![Read, Subscribe, Act, Manage],
+            resource: format!("{}/{}/**", u.tenant, u.id)
+                .parse()
+                .map_err(|e| AccessError::BadGrant(0, format!("user id {:?}: {e}", u.id)))?,
+            conditions: Conditions::default(),
+        });
+    }
+    for g in store.grants()? {
+        rules.push(grant_rule(&g)?);
+    }
+    PolicySet::new(rules).map_err(|e| AccessError::BadGrant(0, e.to_string()))
+}
+
+fn grant_rule(g: &Grant) -> Result<Rule, AccessError> {
+    let bad = |m: String| AccessError::BadGrant(g.id, m);
+    Ok(Rule {
+        id: format!("grant-{}", g.id),
+        effect: match g.effect.as_str() {
+            "allow" => Effect::Allow,
+            "deny" => Effect::Deny,
+            other => return Err(bad(format!("effect {other:?}"))),
+        },
+        subject: match g.subject.strip_prefix("role:") {
+            Some(role) => Subject::Role(role.into()),
+            None => Subject::Principal(g.subject.clone()),
+        },
+        actions: g
+            .actions
+            .iter()
+            .map(|a| a.parse::<Action>().map_err(|e| bad(e.to_string())))
+            .collect::<Result<_, _>>()?,
+        resource: g
+            .resource
+            .parse::<Pattern>()
+            .map_err(|e| bad(e.to_string()))?,
+        conditions: Conditions {
+            valid_from_ms: g.valid_from_ms,
+            valid_until_ms: g.valid_until_ms,
+            purpose: g.purpose.clone(),
+            ..Default::default()
+        },
+    })
+}
+
+/// The roles a user's request carries: `admin` and `caregiver` as they are, every role also
+/// qualified by the user's tenant (`santander:operator`), so tenant rules stay in their tenant.
+fn request_roles(tenant: &str, roles: &[String]) -> Vec<String> {
+    let mut out = roles.to_vec();
+    out.extend(roles.iter().map(|r| format!("{tenant}:{r}")));
+    out
+}
+
+impl Access {
+    pub fn open(mut store: Store) -> Result<Access, AccessError> {
+        let version = store.access_version()?;
+        let set = rule_set(&mut store)?;
+        Ok(Access {
+            store: Mutex::new(store),
+            snapshot: RwLock::new(Snapshot {
+                version,
+                set: Arc::new(set),
+            }),
+            throttle: Mutex::new(Throttle::default()),
+        })
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Rebuilds the rule set if users, tokens or grants changed (in any process). Cheap when
+    /// nothing did: one indexed read.
+    pub fn refresh(&self) -> Result<(), AccessError> {
+        let mut store = self.store();
+        let version = store.access_version()?;
+        if version
+            == self
+                .snapshot
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .version
+        {
+            return Ok(());
+        }
+        let set = rule_set(&mut store)?;
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Snapshot {
+            version,
+            set: Arc::new(set),
+        };
+        Ok(())
+    }
+
+    /// Rebuilds the rule set now (after a change made through this process, so that it holds
+    /// for the very next decision, open streams included).
+    pub fn reload(&self) -> Result<(), AccessError> {
+        let mut store = self.store();
+        let version = store.access_version()?;
+        let set = rule_set(&mut store)?;
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Snapshot {
+            version,
+            set: Arc::new(set),
+        };
+        Ok(())
+    }
+
+    fn principal(
+        &self,
+        id: &str,
+        scopes: Option<Vec<String>>,
+    ) -> Result<Option<Principal>, AccessError> {
+        Ok(self
+            .store()
+            .user(id)?
+            .filter(|u| !u.disabled)
+            .map(|u| Principal {
+                id: u.id,
+                tenant: u.tenant,
+                roles: u.roles,
+                scopes,
+            }))
+    }
+
+    /// Checks a user's password (Argon2id) under the login throttle; on success opens a session.
+    pub fn login(
+        &self,
+        user: &str,
+        password: &str,
+        from: &str,
+        now_ms: i64,
+    ) -> Result<Session, Denied> {
+        let user_shown = msec_ingest_bounded(user);
+        if let Err(until) = self
+            .throttle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(user, from, now_ms)
+        {
+            let mut d = Denied::new(
+                "rate_limited",
+                format!("login for {user_shown:?} refused: too many failed attempts; locked for {} more seconds", (until - now_ms).max(0) / 1000 + 1),
+            );
+            d.principal = Some(user_shown);
+            return Err(d);
+        }
+        let hash = self.store().password_hash(user).ok().flatten();
+        // Unknown users cost an Argon2id verification too, so timing does not reveal them.
+        let ok = match &hash {
+            Some(h) => msec_identity::verify_password(password, h),
+            None => {
+                let _ = msec_identity::verify_password(password, dummy_hash());
+                false
+            }
+        };
+        let principal = if ok {
+            self.principal(user, None).ok().flatten()
+        } else {
+            None
+        };
+        let Some(principal) = principal else {
+            self.throttle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .failed(user, from, now_ms);
+            let mut d = Denied::new(
+                "login_failed",
+                format!("wrong user name or password for {user_shown:?}"),
+            );
+            d.principal = Some(user_shown);
+            return Err(d);
+        };
+        self.throttle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .succeeded(user);
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw)
+            .map_err(|_| Denied::new("login_failed", "no randomness available"))?;
+        let secret = b64(&raw);
+        let expires_ms = now_ms + SESSION_TTL.as_millis() as i64;
+        self.store()
+            .create_session(&sha256(secret.as_bytes()), &principal.id, expires_ms)
+            .map_err(|e| Denied::new("login_failed", format!("cannot store the session: {e}")))?;
+        Ok(Session {
+            csrf: csrf_token(&secret),
+            secret,
+            principal,
+            expires_ms,
+        })
+    }
+
+    pub fn logout(&self, secret: &str) -> Result<bool, AccessError> {
+        Ok(self.store().revoke_session(&sha256(secret.as_bytes()))?)
+    }
+
+    /// The principal of a session cookie.
+    pub fn session(&self, secret: &str) -> Result<Principal, Denied> {
+        let found = self
+            .store()
+            .session(&sha256(secret.as_bytes()))
+            .ok()
+            .flatten();
+        found
+            .and_then(|(id, _)| self.principal(&id, None).ok().flatten())
+            .ok_or_else(|| {
+                Denied::new(
+                    "unauthenticated",
+                    "the session is unknown, expired or logged out; log in again",
+                )
+            })
+    }
+
+    /// The principal of an API token (`msec_<id>_<secret>`), limited to the token's scopes.
+    pub fn token(&self, text: &str, now_ms: i64) -> Result<Principal, Denied> {
+        let invalid = || {
+            Denied::new(
+                "invalid_token",
+                "the API token is unknown, revoked, expired or malformed",
+            )
+        };
+        let id = msec_identity::token_id(text).ok_or_else(invalid)?;
+        let (token, hash) = self.store().token(id).ok().flatten().ok_or_else(invalid)?;
+        let stored = msec_identity::StoredToken {
+            id: id.to_string(),
+            secret_hash: hash.as_slice().try_into().map_err(|_| invalid())?,
+        };
+        if token.revoked
+            || token.expires_ms <= now_ms
+            || !msec_identity::verify_token(text, &stored)
+        {
+            return Err(invalid());
+        }
+        let mut p = self.named(&token.principal).ok_or_else(invalid)?;
+        p.scopes = Some(token.scopes);
+        Ok(p)
+    }
+
+    /// A principal by id: an enabled user with its roles, or, for an id that is no user, a
+    /// service account (no roles; only grants name it). A disabled user is nobody.
+    pub fn named(&self, id: &str) -> Option<Principal> {
+        match self.store().user(id).ok()? {
+            Some(u) if u.disabled => None,
+            Some(u) => Some(Principal {
+                id: u.id,
+                tenant: u.tenant,
+                roles: u.roles,
+                scopes: None,
+            }),
+            None => Some(Principal {
+                id: id.to_string(),
+                tenant: String::new(),
+                roles: Vec::new(),
+                scopes: None,
+            }),
+        }
+    }
+
+    /// The decision for one request, with the deciding rule. Token scopes narrow it further.
+    pub fn decide(&self, p: &Principal, action: Action, resource: &str, now_ms: i64) -> Decision {
+        let set = self
+            .snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .set
+            .clone();
+        let roles = request_roles(&p.tenant, &p.roles);
+        let d = set.decide(&Request {
+            principal: &p.id,
+            roles: &roles,
+            action,
+            resource,
+            at_ms: now_ms,
+            purpose: None,
+        });
+        match &p.scopes {
+            Some(scopes) if d.allowed && !scopes.iter().any(|s| s == &action.to_string()) => {
+                Decision {
+                    allowed: false,
+                    rule: Some("token-scope".into()),
+                }
+            }
+            _ => d,
+        }
+    }
+
+    /// `decide`, as a result whose refusal is ready to become a security event.
+    pub fn require(
+        &self,
+        p: &Principal,
+        action: Action,
+        resource: &str,
+        now_ms: i64,
+    ) -> Result<(), Denied> {
+        let d = self.decide(p, action, resource, now_ms);
+        if d.allowed {
+            return Ok(());
+        }
+        let by = d
+            .rule
+            .as_deref()
+            .map_or("no rule allows it (deny by default)".to_string(), |r| {
+                format!("rule {r}")
+            });
+        Err(Denied {
+            reason: "forbidden",
+            detail: format!("{} may not {action} {resource}: {by}", p.id),
+            principal: Some(p.id.clone()),
+            rule: d.rule,
+        })
+    }
+}
+
+/// An Argon2id hash (same parameters as real ones) of a random password nobody knows,
+/// verified for unknown users.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        msec_identity::generate_password()
+            .and_then(|p| msec_identity::hash_password(&p))
+            .unwrap_or_default()
+    })
+}
+
+fn msec_ingest_bounded(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
+}

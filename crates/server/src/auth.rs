@@ -1,0 +1,216 @@
+//! HTTP side of access control: who is calling (session cookie or bearer token), CSRF for
+//! cookie-authenticated changes, login/logout, and turning every refusal into exactly one
+//! security event and a problem+json answer.
+
+use crate::{AppState, Problem};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use msec_access::{Denied, Principal};
+use msec_ingest::Source;
+use msec_policy::Action;
+use serde_json::json;
+use std::net::SocketAddr;
+
+pub(crate) const COOKIE: &str = "msec_session";
+
+fn now_ms() -> i64 {
+    msec_store::now_ms()
+}
+
+/// Records the refusal as a security event and answers with the matching status.
+pub(crate) async fn refuse(s: &AppState, d: Denied, peer: SocketAddr) -> Problem {
+    let who = d.principal.clone().unwrap_or_else(|| "-".into());
+    let rule = d.rule.clone().unwrap_or_else(|| "-".into());
+    let detail = format!("{} (principal {who}, rule {rule})", d.detail);
+    let event = s
+        .ingest
+        .record_denial(d.reason, detail, Source::Http(peer.to_string()))
+        .await;
+    let status = match d.reason {
+        "unauthenticated" | "invalid_token" | "login_failed" => StatusCode::UNAUTHORIZED,
+        "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::FORBIDDEN,
+    };
+    let mut p = Problem::new(status, d.reason, d.detail);
+    p.extra = json!({ "security_event_id": event });
+    p
+}
+
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            kv.trim()
+                .strip_prefix(COOKIE)?
+                .strip_prefix('=')
+                .map(str::to_string)
+        })
+}
+
+/// Runs a blocking access call off the async workers.
+async fn blocking<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&msec_access::Access) -> T + Send + 'static,
+) -> T {
+    let a = s.access.clone();
+    tokio::task::spawn_blocking(move || f(&a))
+        .await
+        .expect("access calls do not panic")
+}
+
+/// The authenticated caller. `changes` marks state-changing requests: with a session cookie
+/// they must also carry the session's CSRF token in `X-CSRF-Token`.
+pub(crate) async fn caller(
+    s: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    changes: bool,
+) -> Result<Principal, Problem> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let result = if let Some(token) = bearer {
+        blocking(s, move |a| a.token(&token, now_ms())).await
+    } else if let Some(secret) = cookie(headers) {
+        let csrf = headers
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let check = secret.clone();
+        match blocking(s, move |a| a.session(&check)).await {
+            Ok(p) if changes && !msec_access::same_secret(&csrf, &msec_access::csrf_token(&secret)) => Err(Denied {
+                reason: "csrf_failed",
+                detail: "a change made with a session cookie needs the session's X-CSRF-Token header".into(),
+                principal: Some(p.id),
+                rule: None,
+            }),
+            other => other,
+        }
+    } else {
+        Err(Denied {
+            reason: "unauthenticated",
+            detail: "log in (POST /api/v1/login) or send Authorization: Bearer <API token>".into(),
+            principal: None,
+            rule: None,
+        })
+    };
+    match result {
+        Ok(p) => Ok(p),
+        Err(d) => Err(refuse(s, d, peer).await),
+    }
+}
+
+/// Allows or refuses (with its one security event) `action` on `resource` for `p`. Every
+/// endpoint's permission check goes through here.
+pub async fn authorize(
+    s: &AppState,
+    p: &Principal,
+    action: Action,
+    resource: &str,
+    peer: SocketAddr,
+) -> Result<(), Problem> {
+    match s.access.require(p, action, resource, now_ms()) {
+        Ok(()) => Ok(()),
+        Err(d) => Err(refuse(s, d, peer).await),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct Login {
+    user: String,
+    password: String,
+}
+
+/// `Secure` is set when the request reached us over HTTPS (directly or via a proxy that says so);
+/// browsers refuse Secure cookies over plain HTTP, which is what the loopback demo speaks.
+fn set_cookie(headers: &HeaderMap, value: &str, max_age_s: i64) -> HeaderValue {
+    let https = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v == "https");
+    let secure = if https { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age_s}{secure}"
+    ))
+    .expect("cookie values are base64url")
+}
+
+pub(crate) async fn login(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    if body.len() > 4096 {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "oversized",
+            "a login is a short JSON object",
+        ));
+    }
+    let l: Login = serde_json::from_slice(&body)
+        .map_err(|e| Problem::bad_request(format!("login JSON: {e}")))?;
+    let from = peer.ip().to_string();
+    match blocking(&s, move |a| a.login(&l.user, &l.password, &from, now_ms())).await {
+        Ok(session) => {
+            let max_age = (session.expires_ms - now_ms()) / 1000;
+            let mut resp = Json(json!({
+                "principal": session.principal,
+                "csrf": session.csrf,
+                "expires_ms": session.expires_ms,
+            }))
+            .into_response();
+            resp.headers_mut().insert(
+                header::SET_COOKIE,
+                set_cookie(&headers, &session.secret, max_age),
+            );
+            Ok(resp)
+        }
+        Err(d) => {
+            let locked = d.reason == "rate_limited";
+            let mut resp = refuse(&s, d, peer).await.into_response();
+            if locked {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("900"));
+            }
+            Ok(resp)
+        }
+    }
+}
+
+pub(crate) async fn logout(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    caller(&s, &headers, peer, true).await?;
+    if let Some(secret) = cookie(&headers) {
+        let _ = blocking(&s, move |a| a.logout(&secret)).await;
+    }
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, set_cookie(&headers, "", 0));
+    Ok(resp)
+}
+
+/// Who am I, and (for a session) the CSRF token to send with changes.
+pub(crate) async fn me(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let p = caller(&s, &headers, peer, false).await?;
+    let csrf = cookie(&headers).map(|c| msec_access::csrf_token(&c));
+    let may_audit = s
+        .access
+        .decide(&p, Action::Audit, msec_access::SECURITY_EVENTS, now_ms())
+        .allowed;
+    Ok(Json(json!({ "principal": p, "csrf": csrf, "may_audit": may_audit })).into_response())
+}

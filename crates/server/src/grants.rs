@@ -1,0 +1,154 @@
+//! Grants over HTTP: residents authorise (and revoke) caregivers for their own devices;
+//! administrators manage any. Authority over a grant is `manage` on the literal prefix of its
+//! resource pattern (`santander/resident-007/**` needs `manage` on `santander/resident-007`).
+
+use crate::{auth, AppState, Problem};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use msec_policy::{Action, Pattern};
+use msec_store::NewGrant;
+use serde_json::json;
+use std::net::SocketAddr;
+
+/// The part of a pattern before its first wildcard: what a grant is about.
+pub(crate) fn scope(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .take_while(|seg| !seg.contains('*'))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GrantRequest {
+    /// A principal id (`caregiver-ana`) or `role:NAME`.
+    principal: String,
+    actions: Vec<String>,
+    resource: String,
+    valid_from_ms: Option<i64>,
+    valid_until_ms: Option<i64>,
+    purpose: Option<String>,
+}
+
+pub(crate) async fn create(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let p = auth::caller(&s, &headers, peer, true).await?;
+    if body.len() > 4096 {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "oversized",
+            "a grant is a short JSON object",
+        ));
+    }
+    let g: GrantRequest = serde_json::from_slice(&body)
+        .map_err(|e| Problem::bad_request(format!("grant JSON: {e}")))?;
+    let bad_subject = g.principal.is_empty()
+        || g.principal.len() > 64
+        || !g
+            .principal
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b));
+    if bad_subject {
+        return Err(Problem::bad_request(
+            "principal must be 1-64 characters of A-Z a-z 0-9 - _ . : @",
+        ));
+    }
+    for a in &g.actions {
+        a.parse::<Action>()
+            .map_err(|e| Problem::bad_request(e.to_string()))?;
+    }
+    if g.actions.is_empty() {
+        return Err(Problem::bad_request("a grant needs at least one action"));
+    }
+    g.resource
+        .parse::<Pattern>()
+        .map_err(|e| Problem::bad_request(format!("resource: {e}")))?;
+    let scope = scope(&g.resource);
+    if scope.is_empty() {
+        return Err(Problem::bad_request(
+            "a grant's resource must start with a literal tenant",
+        ));
+    }
+    auth::authorize(&s, &p, Action::Manage, &scope, peer).await?;
+    let new = NewGrant {
+        effect: "allow".into(),
+        subject: g.principal,
+        actions: g.actions,
+        resource: g.resource,
+        valid_from_ms: g.valid_from_ms,
+        valid_until_ms: g.valid_until_ms,
+        purpose: g.purpose,
+    };
+    let actor = p.id.clone();
+    let grant = s.db.call(move |db| db.add_grant(&new, &actor)).await?;
+    reload(&s).await?;
+    Ok((StatusCode::CREATED, Json(grant)).into_response())
+}
+
+/// Makes a change visible to the very next decision, open streams included.
+async fn reload(s: &AppState) -> Result<(), Problem> {
+    let a = s.access.clone();
+    tokio::task::spawn_blocking(move || a.reload())
+        .await
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "reload failed",
+            )
+        })?
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot reload access rules");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "retry later",
+            )
+        })
+}
+
+pub(crate) async fn revoke(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Response, Problem> {
+    let p = auth::caller(&s, &headers, peer, true).await?;
+    let grant =
+        s.db.call(move |db| Ok(db.grants()?.into_iter().find(|g| g.id == id)))
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("no active grant {id}")))?;
+    auth::authorize(&s, &p, Action::Manage, &scope(&grant.resource), peer).await?;
+    let actor = p.id.clone();
+    s.db.call(move |db| db.revoke_grant(id, &actor)).await?;
+    reload(&s).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The active grants the caller may manage.
+pub(crate) async fn list(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let p = auth::caller(&s, &headers, peer, false).await?;
+    let now = msec_store::now_ms();
+    let grants: Vec<_> =
+        s.db.call(|db| db.grants())
+            .await?
+            .into_iter()
+            .filter(|g| {
+                s.access
+                    .decide(&p, Action::Manage, &scope(&g.resource), now)
+                    .allowed
+            })
+            .collect();
+    Ok(Json(json!({ "grants": grants })).into_response())
+}
