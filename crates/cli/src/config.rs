@@ -120,6 +120,11 @@ impl Settings {
         }
         Ok(std::sync::Arc::new(file))
     }
+    /// The platform's actuator-command signing key (created on first use); devices pin its
+    /// public half.
+    pub fn command_key_file(&self) -> PathBuf {
+        self.data_dir.join("command-key.json")
+    }
     /// The log's signing key (created on first use).
     pub fn log_key_file(&self) -> PathBuf {
         self.data_dir.join("log-key.json")

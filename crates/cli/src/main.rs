@@ -219,6 +219,7 @@ async fn run(command: Command) -> Result<()> {
             let admin = platform::first_admin(&settings).await?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let count = fleet.len();
+            let command_key = platform::command_public_key(&settings)?;
             let sims = tokio::spawn({
                 let url = p.broker_url.clone();
                 let root = settings.topic_root.clone();
@@ -230,6 +231,7 @@ async fn run(command: Command) -> Result<()> {
                         devices,
                         stopped,
                         Duration::from_secs(30),
+                        command_key,
                     )
                     .await
                 }
@@ -289,6 +291,17 @@ async fn run(command: Command) -> Result<()> {
                 platform::interrupted().await;
                 let _ = stop.send(true);
             });
+            // Commands are accepted when the platform's command key is at hand (same data
+            // directory); otherwise the simulated devices ignore their command topics.
+            let command_key = if settings.command_key_file().exists() {
+                platform::command_public_key(&settings)?
+            } else {
+                println!(
+                    "no {} here: simulated devices will not accept actuator commands",
+                    settings.command_key_file().display()
+                );
+                None
+            };
             simrun::run(
                 &settings.broker_url(),
                 &settings.topic_root,
@@ -296,6 +309,7 @@ async fn run(command: Command) -> Result<()> {
                 devices,
                 stopped,
                 Duration::from_secs(10),
+                command_key,
             )
             .await
         }

@@ -84,6 +84,19 @@ pub fn announce_admin(password: Option<String>) {
     }
 }
 
+/// The platform's command-signing key (created on first use).
+fn command_signer(settings: &Settings) -> Result<msec_device::CommandSigner> {
+    let (_, seed, _) = msec_notary::load_or_create_seed(&settings.command_key_file(), |_| {
+        "msec-platform-commands".into()
+    })?;
+    Ok(msec_device::CommandSigner::from_seed(*seed))
+}
+
+/// The public half of the command key, which (simulated) devices pin.
+pub fn command_public_key(settings: &Settings) -> Result<Option<[u8; 32]>> {
+    Ok(Some(command_signer(settings)?.public_key()))
+}
+
 /// The transparency log over the settings' database. Blocking.
 pub fn open_notary(settings: &Settings, store: Store) -> Result<Notary> {
     let (key, created) = LogKey::load_or_create(&settings.log_key_file())?;
@@ -162,6 +175,18 @@ impl Platform {
                     }
                 })?;
         }
+        let publisher = msec_ingest::CommandPublisher::connect(
+            &broker_url,
+            &format!("msec-commands-{}", s.topic_root),
+        )
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("cannot connect the actuator-command publisher to the MQTT broker")?;
+        let commander = Arc::new(msec_server::Commander::new(
+            command_signer(s)?,
+            publisher,
+            &s.topic_root,
+        ));
         let writer_store = open_store(s).await?;
         let (ingest, writer) =
             tokio::task::spawn_blocking(move || Ingest::start(writer_store, config))
@@ -177,6 +202,7 @@ impl Platform {
             ingest: ingest.clone(),
             notary,
             access,
+            commands: Some(commander),
         };
         let mut until_stop = stopped;
         let server = tokio::spawn(msec_server::serve(listener, state, async move {

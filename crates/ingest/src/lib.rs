@@ -10,10 +10,12 @@
 //! on the caller's task, so they spread over all cores. Stateful checks (sequence, duplicates,
 //! clock) run on one writer thread that owns a database connection and commits in batches.
 
+pub mod commands;
 mod metrics;
 mod mqtt;
 mod writer;
 
+pub use commands::CommandPublisher;
 pub use metrics::{Metrics, REASONS};
 pub use mqtt::{run_mqtt, MqttConfig};
 

@@ -10,7 +10,7 @@ mod audit;
 mod key;
 
 pub use audit::{audit, AuditReport, TrustedCheckpoint};
-pub use key::{load_or_create_cosigner, LogKey};
+pub use key::{load_or_create_cosigner, load_or_create_seed, LogKey};
 
 use msec_ledger::{Checkpoint, CheckpointError, Hash, Tree};
 use msec_store::{RecordId, Store, StoreError};

@@ -6,12 +6,14 @@
 //! handlers translate between HTTP and those two.
 
 mod auth;
+mod commands;
 mod db;
 mod grants;
 mod log;
 mod problem;
 
 pub use auth::authorize;
+pub use commands::Commander;
 pub use db::DbHandle;
 pub use problem::Problem;
 
@@ -39,6 +41,8 @@ pub struct AppState {
     pub ingest: Ingest,
     pub notary: std::sync::Arc<msec_notary::Notary>,
     pub access: std::sync::Arc<msec_access::Access>,
+    /// Actuator commands; `None` on a platform started without them.
+    pub commands: Option<std::sync::Arc<Commander>>,
 }
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -77,6 +81,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices/{id}", get(show_device))
         .route("/api/v1/devices/{id}/revoke", post(revoke_device))
         .route("/api/v1/devices/{id}/readings", get(device_readings))
+        .route("/api/v1/devices/{id}/commands", post(commands::send))
+        .route("/api/v1/commands/key", get(commands::key))
         .route("/api/v1/readings", post(post_reading))
         .route("/api/v1/security-events", get(security_events))
         .route("/api/v1/stats", get(stats))
@@ -194,7 +200,7 @@ async fn list_devices(
 }
 
 /// The device, once the caller may perform `action` on its data.
-async fn device_for(
+pub(crate) async fn device_for(
     s: &AppState,
     p: &msec_access::Principal,
     id: &str,

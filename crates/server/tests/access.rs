@@ -169,6 +169,7 @@ async fn table(url: String) {
         ingest,
         notary,
         access: access.clone(),
+        commands: None,
     };
     let peer = "127.0.0.1:9".parse().unwrap();
     let events = || {

@@ -122,6 +122,7 @@ async fn start() -> Srv {
             ingest,
             notary,
             access,
+            commands: None,
         },
         std::future::pending(),
     ));

@@ -10,10 +10,14 @@ use crate::{
     device_rng, gauss, local_time, mix, number, weather, Battery, Location, Model, Pilot,
     SimDevice, SANTANDER_UTC_OFFSET,
 };
+use msec_device::{Command, CommandValue};
 use msec_envelope::Measurement;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
+
+/// The smart plug's relay: a command with a bool value switches it on (`true`) or off.
+pub const PLUG_SWITCH: &str = "plug/switch";
 
 #[derive(Debug, Clone, Copy)]
 enum Part {
@@ -69,6 +73,7 @@ pub(crate) fn fleet(residents: usize, seed: u64) -> Vec<SimDevice> {
                             home,
                             seed,
                             routine: None,
+                            relay: None,
                         }),
                         rng,
                         battery,
@@ -86,9 +91,39 @@ pub(crate) struct Sensor {
     home: usize,
     seed: u64,
     routine: Option<(i64, Routine)>,
+    /// The smart plug's relay as last commanded (`true` closed, `false` open). `None` until the
+    /// first command: the resident then works the plug by hand, on while an appliance runs.
+    relay: Option<bool>,
 }
 
 impl Sensor {
+    /// The resources a command may set on this device.
+    pub(crate) fn actuators(&self) -> &'static [&'static str] {
+        match self.part {
+            Part::Plug => &[PLUG_SWITCH],
+            Part::Hub | Part::Motion | Part::Door | Part::Bed => &[],
+        }
+    }
+
+    /// Applies a (verified) command, or explains why it cannot, changing nothing.
+    pub(crate) fn apply_command(&mut self, command: &Command) -> Result<(), String> {
+        match (self.part, command.resource.as_str(), &command.value) {
+            (Part::Plug, PLUG_SWITCH, CommandValue::Bool(on)) => {
+                self.relay = Some(*on);
+                Ok(())
+            }
+            (Part::Plug, PLUG_SWITCH, other) => Err(format!(
+                "{PLUG_SWITCH} takes a bool (true for on, false for off), not {other:?}"
+            )),
+            (Part::Plug, resource, _) => Err(format!(
+                "a smart plug has no resource {resource:?}; it accepts only {PLUG_SWITCH:?}"
+            )),
+            (Part::Hub | Part::Motion | Part::Door | Part::Bed, resource, _) => Err(format!(
+                "this device has no actuators, so it cannot set {resource:?}"
+            )),
+        }
+    }
+
     pub(crate) fn sample(&mut self, now: f64, rng: &mut SmallRng) -> Vec<Measurement> {
         let t = local_time(now, SANTANDER_UTC_OFFSET);
         if self.routine.as_ref().is_none_or(|(day, _)| *day != t.day) {
@@ -123,11 +158,17 @@ impl Sensor {
             Part::Door => vec![Measurement::boolean("open", now, r.door_open(h))],
             Part::Bed => vec![Measurement::boolean("occupied", now, r.in_bed(h))],
             Part::Plug => {
-                let load = match r.appliance(h) {
+                // What the appliances would draw; the noise is drawn whatever the relay does, so
+                // that switching the plug does not shift the rest of the device's noise stream.
+                let demand = match r.appliance(h) {
                     Appliance::Cooker => 1000.0 + 120.0 * gauss(rng),
                     Appliance::Tv => 95.0 + 6.0 * gauss(rng),
                     Appliance::Off => 0.0,
                 };
+                // A commanded relay decides; before any command the resident switches by hand.
+                // An open relay cuts the load, but the plug still measures the grid.
+                let on = self.relay.unwrap_or(demand > 0.0);
+                let load = if on { demand.max(0.0) } else { 0.0 };
                 // Every home is on the same grid, so voltage and frequency drift together; a
                 // cooker pulls the voltage at the socket down a little.
                 let grid = weather(self.seed ^ 0x6121D, now / 600.0);
@@ -137,8 +178,8 @@ impl Sensor {
                 vec![
                     number("voltage", "V", now, voltage.clamp(227.0, 233.0), 1),
                     number("frequency", "Hz", now, frequency.clamp(49.95, 50.05), 3),
-                    Measurement::boolean("on", now, load > 0.0),
-                    number("power", "W", now, load.max(0.0), 1),
+                    Measurement::boolean("on", now, on),
+                    number("power", "W", now, load, 1),
                 ]
             }
         }
@@ -270,6 +311,16 @@ mod tests {
     use super::*;
     use crate::tests::{at_local, DAY, MONDAY};
     use crate::{pilot_fleet, SimConfig};
+
+    trait WithTarget {
+        fn with_target(self, target: &str) -> Self;
+    }
+    impl WithTarget for Command {
+        fn with_target(mut self, target: &str) -> Self {
+            self.target = target.into();
+            self
+        }
+    }
 
     /// One home's five devices sampled together every 15 s for a week, as (local hour, device
     /// index, measurements).
@@ -418,6 +469,168 @@ mod tests {
             .iter()
             .all(|d| (43.45..43.48).contains(&d.location.lat)
                 && (-3.84..-3.78).contains(&d.location.lon)));
+    }
+
+    fn kit_device(suffix: &str) -> SimDevice {
+        pilot_fleet(&SimConfig::default(), Pilot::Home)
+            .into_iter()
+            .find(|d| d.id == format!("home-001-{suffix}"))
+            .unwrap()
+    }
+
+    fn command(target: &str, resource: &str, value: CommandValue) -> Command {
+        Command {
+            target: target.into(),
+            resource: resource.into(),
+            value,
+            command_id: 1,
+            issued_at: 1_750_000_000,
+            expires_at: 1_750_000_060,
+        }
+    }
+
+    fn switch(on: bool) -> Command {
+        command("home-001-plug", PLUG_SWITCH, CommandValue::Bool(on))
+    }
+
+    fn number_of(ms: &[Measurement], name: &str) -> f64 {
+        ms.iter()
+            .find(|m| m.name == name)
+            .and_then(|m| m.as_f64())
+            .unwrap_or_else(|| panic!("{name} missing from {ms:?}"))
+    }
+
+    /// Times (every 5 minutes over a day) at which the uncommanded plug reports on, and off.
+    fn on_and_off_times(plug: &SimDevice) -> (Vec<f64>, Vec<f64>) {
+        let mut probe = plug.clone();
+        (0..288)
+            .map(|i| MONDAY + i as f64 * 300.0)
+            .partition(|now| flag(&probe.sample(*now), "on"))
+    }
+
+    #[test]
+    fn only_the_plug_has_an_actuator() {
+        for d in pilot_fleet(&SimConfig::default(), crate::Pilot::Home) {
+            let expected: &[&str] = if d.kind == "smart-plug" {
+                &["plug/switch"]
+            } else {
+                &[]
+            };
+            assert_eq!(d.actuators(), expected, "{}", d.id);
+        }
+        for pilot in [crate::Pilot::Park, crate::Pilot::Truck] {
+            assert!(pilot_fleet(&SimConfig::default(), pilot)
+                .iter()
+                .all(|d| d.actuators().is_empty()));
+        }
+    }
+
+    #[test]
+    fn switching_the_plug_off_cuts_the_load_but_not_the_grid_readings() {
+        let plug = kit_device("plug");
+        let (on_times, off_times) = on_and_off_times(&plug);
+        assert!(!on_times.is_empty() && !off_times.is_empty());
+        let mut switched = plug.clone();
+        switched.apply_command(&switch(false)).unwrap();
+        for now in on_times.iter().chain(&off_times) {
+            let ms = switched.sample(*now);
+            assert!(!flag(&ms, "on"), "at {now}");
+            assert_eq!(number_of(&ms, "power"), 0.0, "at {now}");
+            assert!((227.0..=233.0).contains(&number_of(&ms, "voltage")));
+            assert!((49.95..=50.05).contains(&number_of(&ms, "frequency")));
+        }
+        // Switched back on, the appliances draw power again when the routine runs them, and the
+        // relay reports closed even when nothing draws.
+        switched.apply_command(&switch(true)).unwrap();
+        for now in &on_times {
+            let ms = switched.sample(*now);
+            assert!(flag(&ms, "on") && number_of(&ms, "power") > 0.0, "at {now}");
+        }
+        for now in &off_times {
+            let ms = switched.sample(*now);
+            assert!(
+                flag(&ms, "on") && number_of(&ms, "power") == 0.0,
+                "at {now}"
+            );
+        }
+        // The state holds across days until the next command.
+        assert!(flag(&switched.sample(MONDAY + 3.0 * DAY), "on"));
+    }
+
+    #[test]
+    fn switching_keeps_the_noise_stream() {
+        let plug = kit_device("plug");
+        let (mut free, mut switched) = (plug.clone(), plug);
+        switched.apply_command(&switch(false)).unwrap();
+        for i in 0..500 {
+            let now = MONDAY + i as f64 * 173.0;
+            let (a, b) = (free.sample(now), switched.sample(now));
+            assert_eq!(number_of(&a, "frequency"), number_of(&b, "frequency"));
+        }
+    }
+
+    #[test]
+    fn commands_the_device_cannot_act_on_change_nothing() {
+        let plug = kit_device("plug");
+        let (on_times, _) = on_and_off_times(&plug);
+        let refused = [
+            (
+                "home-001-plug",
+                command("home-001-plug", PLUG_SWITCH, CommandValue::Integer(0)),
+                "takes a bool",
+            ),
+            (
+                "home-001-plug",
+                command(
+                    "home-001-plug",
+                    PLUG_SWITCH,
+                    CommandValue::Text("off".into()),
+                ),
+                "takes a bool",
+            ),
+            (
+                "home-001-plug",
+                command("home-001-plug", "plug/dimmer", CommandValue::Bool(false)),
+                "no resource",
+            ),
+            (
+                "home-001-plug",
+                switch(false).with_target("home-002-plug"),
+                "not",
+            ),
+            (
+                "home-001-hub",
+                command("home-001-hub", PLUG_SWITCH, CommandValue::Bool(false)),
+                "no actuators",
+            ),
+            (
+                "home-001-bed",
+                command("home-001-bed", PLUG_SWITCH, CommandValue::Bool(false)),
+                "no actuators",
+            ),
+        ];
+        for (id, cmd, why) in refused {
+            let mut d = kit_device(id.trim_start_matches("home-001-"));
+            let untouched = d.clone();
+            let err = d.apply_command(&cmd).unwrap_err();
+            assert!(err.contains(why), "{id}: {err}");
+            let times = if id.ends_with("plug") {
+                &on_times
+            } else {
+                &on_times[..3]
+            };
+            let (mut a, mut b) = (d, untouched);
+            for now in times {
+                assert_eq!(a.sample(*now), b.sample(*now), "{id} changed by {cmd:?}");
+            }
+        }
+        for pilot in [crate::Pilot::Park, crate::Pilot::Truck] {
+            for mut d in pilot_fleet(&SimConfig::default(), pilot) {
+                let cmd = command(&d.id, PLUG_SWITCH, CommandValue::Bool(false));
+                let err = d.apply_command(&cmd).unwrap_err();
+                assert!(err.contains("no actuators") && err.contains(&d.id), "{err}");
+            }
+        }
     }
 
     #[test]

@@ -6,10 +6,16 @@
 //! that is deterministic for a given [`SimConfig::seed`]. It must never do networking, I/O or
 //! signing (the caller seals readings with `msec-device` and sends them), and the people counter
 //! must never let a MAC address, or a hash of one, leave the device: it reports a count only.
+//!
+//! Actuators: the home kit's smart plug has a relay that [`SimDevice::apply_command`] switches
+//! ([`PLUG_SWITCH`]). Verifying a command (signature, expiry, replay) is the caller's job, with
+//! `msec_device::CommandVerifier`; the model only acts on what it is handed.
 
 mod home;
 mod park;
 mod truck;
+
+pub use home::PLUG_SWITCH;
 
 use msec_envelope::Measurement;
 use rand::rngs::SmallRng;
@@ -157,6 +163,40 @@ impl SimDevice {
             out.push(number("battery", "%EL", now, battery.advance(elapsed), 1));
         }
         out
+    }
+
+    /// The resources an actuator command may set on this device, e.g. [`PLUG_SWITCH`] on a
+    /// smart plug; empty for a device that only measures.
+    pub fn actuators(&self) -> &'static [&'static str] {
+        match &self.model {
+            Model::Home(sensor) => sensor.actuators(),
+            Model::Environment(_) | Model::PeopleCounter(_) | Model::Truck(_) => &[],
+        }
+    }
+
+    /// Acts on a command that the caller has already verified (`msec_device::CommandVerifier`):
+    /// on a smart plug, [`PLUG_SWITCH`] with a bool value closes (`true`) or opens the relay,
+    /// and every later [`sample`](SimDevice::sample) reports it: `on` follows the relay, and an
+    /// open relay reports 0 W while voltage and frequency are still measured. The state holds
+    /// until the next command. A command for another device, another resource or with another
+    /// value type is refused with the reason, and changes nothing.
+    pub fn apply_command(&mut self, command: &msec_device::Command) -> Result<(), String> {
+        if command.target != self.id {
+            return Err(format!(
+                "command is for device {:?}, not {:?}",
+                command.target, self.id
+            ));
+        }
+        let refused = |e: String| format!("{} ({}): {e}", self.id, self.kind);
+        match &mut self.model {
+            Model::Home(sensor) => sensor.apply_command(command).map_err(refused),
+            Model::Environment(_) | Model::PeopleCounter(_) | Model::Truck(_) => {
+                Err(refused(format!(
+                    "this device has no actuators, so it cannot set {:?}",
+                    command.resource
+                )))
+            }
+        }
     }
 }
 

@@ -349,64 +349,101 @@ impl crate::Store {
         &mut self,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<AuditScan, StoreError> {
-        let stored: Vec<(i64, String, String, Vec<u8>)> = self.db.query(
-            "SELECT idx, kind, ref, hash FROM log_leaves ORDER BY idx",
-            &[],
-            |r| Ok((r.i64(0)?, r.text(1)?, r.text(2)?, r.bytes(3)?)),
-        )?;
+        use std::collections::HashSet;
+        let stored: Vec<(i64, Hash)> =
+            self.db
+                .query("SELECT idx, hash FROM log_leaves ORDER BY idx", &[], |r| {
+                    Ok((r.i64(0)?, r.bytes(1)?.try_into().unwrap_or([0; 32])))
+                })?;
         let total = stored.len() as u64;
+        // A leaf's bytes name its record (kind and id are fields), so a record is intact exactly
+        // when its re-derived leaf hash is in the log: matching hashes needs no record ids, and
+        // ids are only looked up for what fails to match.
+        let mut derived: HashSet<Hash> = HashSet::with_capacity(stored.len());
         let mut scan = AuditScan::default();
-        let mut derived: std::collections::HashMap<(RecordKind, String), Hash> =
-            std::collections::HashMap::with_capacity(stored.len());
         for kind in RecordKind::ALL {
             let sql = select(kind).replace("{WHERE}", "");
-            let rows = self.db.query(&sql, &[], |r| leaf_of(kind, r))?;
-            let hashes = hash_parallel(&rows);
-            for ((reference, _), h) in rows.into_iter().zip(hashes) {
-                derived.insert((kind, reference), h);
-            }
-            progress(derived.len() as u64 / 2, total);
+            // Hashed as each row arrives: the leaf bytes (ciphertexts included) never pile up.
+            let hashes = self
+                .db
+                .query(&sql, &[], |r| Ok(leaf_hash(&leaf_of(kind, r)?.1)))?;
+            scan.records += hashes.len() as u64;
+            derived.extend(hashes);
+            progress(scan.records / 2, total);
         }
-        scan.records = derived.len() as u64;
-        for (i, (idx, kind, reference, hash)) in stored.into_iter().enumerate() {
-            let record = format!("{kind}:{reference}");
-            let hash: Hash = hash.as_slice().try_into().unwrap_or([0; 32]);
+        let mut unmatched = Vec::new();
+        for (i, (idx, hash)) in stored.into_iter().enumerate() {
             if idx != i as i64 {
                 scan.findings.push(Finding {
                     kind: FindingKind::LogRewritten,
-                    record: record.clone(),
+                    record: self.leaf_name(idx)?,
                     detail: format!("log position {i} holds leaf index {idx}"),
                 });
             }
-            match RecordKind::from_name(&kind).and_then(|k| derived.remove(&(k, reference))) {
-                Some(d) if d == hash => {}
-                Some(_) => scan.findings.push(Finding {
-                    kind: FindingKind::Modified,
-                    record,
-                    detail: format!("stored bytes or metadata differ from log leaf {idx}"),
-                }),
-                None => scan.findings.push(Finding {
-                    kind: FindingKind::Deleted,
-                    record,
-                    detail: format!("log leaf {idx} has no record"),
-                }),
+            if !derived.remove(&hash) {
+                unmatched.push(idx);
             }
             scan.leaves.push(hash);
             if i % 65536 == 0 {
                 progress(total / 2 + i as u64 / 2, total);
             }
         }
-        let mut unlogged: Vec<_> = derived.into_keys().collect();
-        unlogged.sort_by(|a, b| (a.0.code(), &a.1).cmp(&(b.0.code(), &b.1)));
-        for (kind, reference) in unlogged {
-            scan.findings.push(Finding {
-                kind: FindingKind::Inserted,
-                record: format!("{}:{reference}", kind.name()),
-                detail: "no log leaf commits to this record".into(),
-            });
+        if !unmatched.is_empty() || !derived.is_empty() {
+            // Name the records whose leaves are missing from the log (modified or inserted).
+            let mut leftover: HashSet<String> = HashSet::new();
+            for kind in RecordKind::ALL {
+                let sql = select(kind).replace("{WHERE}", "");
+                for (reference, leaf) in self.db.query(&sql, &[], |r| leaf_of(kind, r))? {
+                    if derived.contains(&leaf_hash(&leaf)) {
+                        leftover.insert(format!("{}:{reference}", kind.name()));
+                    }
+                }
+            }
+            for idx in unmatched {
+                let record = self.leaf_name(idx)?;
+                let (kind, detail) = if leftover.remove(&record) {
+                    (
+                        FindingKind::Modified,
+                        format!("stored bytes or metadata differ from log leaf {idx}"),
+                    )
+                } else {
+                    (
+                        FindingKind::Deleted,
+                        format!("log leaf {idx} has no record"),
+                    )
+                };
+                scan.findings.push(Finding {
+                    kind,
+                    record,
+                    detail,
+                });
+            }
+            let mut inserted: Vec<String> = leftover.into_iter().collect();
+            inserted.sort();
+            for record in inserted {
+                scan.findings.push(Finding {
+                    kind: FindingKind::Inserted,
+                    record,
+                    detail: "no log leaf commits to this record".into(),
+                });
+            }
         }
         progress(total, total);
         Ok(scan)
+    }
+
+    /// `kind:reference` of the leaf at `idx`, as the log says.
+    fn leaf_name(&mut self, idx: i64) -> Result<String, StoreError> {
+        Ok(self
+            .db
+            .query(
+                "SELECT kind, ref FROM log_leaves WHERE idx = $1",
+                &[P::I64(idx)],
+                |r| Ok(format!("{}:{}", r.text(0)?, r.text(1)?)),
+            )?
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| format!("leaf {idx}")))
     }
 
     /// The leaf bytes re-derived from a record as stored now, and the record's log index.
@@ -531,25 +568,6 @@ impl crate::Store {
             |r| Ok(r.i64(0)? as u64),
         )
     }
-}
-
-/// Leaf hashes of many records, over the available cores (audits hash every stored byte).
-fn hash_parallel(rows: &[(String, Vec<u8>)]) -> Vec<Hash> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if rows.len() < 4096 || threads == 1 {
-        return rows.iter().map(|(_, l)| leaf_hash(l)).collect();
-    }
-    let chunk = rows.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let parts: Vec<_> = rows
-            .chunks(chunk)
-            .map(|c| s.spawn(move || c.iter().map(|(_, l)| leaf_hash(l)).collect::<Vec<_>>()))
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|p| p.join().expect("hashing never panics"))
-            .collect()
-    })
 }
 
 #[cfg(test)]
