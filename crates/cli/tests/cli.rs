@@ -77,6 +77,27 @@ fn http_send(addr: &str, method: &str, path: &str, headers: &str, body: &[u8]) -
     out
 }
 
+/// Logs in over the API; returns the header lines a browser would send with changes (the
+/// session cookie and the CSRF token).
+fn login(http: &str, user: &str, password: &str) -> String {
+    let body = serde_json::json!({ "user": user, "password": password }).to_string();
+    let r = http_send(http, "POST", "/api/v1/login", "", body.as_bytes());
+    assert!(r.starts_with("HTTP/1.1 200"), "login as {user}: {r}");
+    let cookie = r
+        .split("set-cookie: ")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(r.split_once("\r\n\r\n").unwrap().1).unwrap();
+    format!(
+        "Cookie: {cookie}\r\nX-CSRF-Token: {}\r\n",
+        json["csrf"].as_str().unwrap()
+    )
+}
+
 /// Creates a user with the given password (through --password-stdin, as a script would).
 fn add_user(dir: &str, id: &str, tenant: &str, role: &str, password: &str) {
     let mut child = msec()
@@ -1091,28 +1112,7 @@ fn caregiver_sees_only_granted_data_and_revocation_stops_live_data_in_chromium()
     });
 
     // The resident logs in and authorises the caregiver for her bed sensor only.
-    let login = http_send(
-        &http,
-        "POST",
-        "/api/v1/login",
-        "",
-        br#"{"user":"resident-001","password":"resident password 001"}"#,
-    );
-    assert!(login.starts_with("HTTP/1.1 200"), "{login}");
-    let cookie = login
-        .split("set-cookie: ")
-        .nth(1)
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let csrf = serde_json::from_str::<serde_json::Value>(login.split_once("\r\n\r\n").unwrap().1)
-        .unwrap()["csrf"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let resident = format!("Cookie: {cookie}\r\nX-CSRF-Token: {csrf}\r\n");
+    let resident = login(&http, "resident-001", "resident password 001");
     // Not beyond her own data: refused, and recorded.
     let r = http_send(
         &http,
@@ -1245,27 +1245,7 @@ fn actuator_command_round_trips_to_a_simulated_plug() {
         });
     }
     // A citizen may not act on a resident's plug: refused and recorded; the plug is untouched.
-    let login = http_send(
-        &http,
-        "POST",
-        "/api/v1/login",
-        "",
-        br#"{"user":"citizen-1","password":"citizen password 001"}"#,
-    );
-    let cookie = login
-        .split("set-cookie: ")
-        .nth(1)
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let csrf = serde_json::from_str::<serde_json::Value>(login.split_once("\r\n\r\n").unwrap().1)
-        .unwrap()["csrf"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let citizen = format!("Cookie: {cookie}\r\nX-CSRF-Token: {csrf}\r\n");
+    let citizen = login(&http, "citizen-1", "citizen password 001");
     let r = http_send(
         &http,
         "POST",

@@ -22,15 +22,45 @@ pub enum CheckpointError {
     NotSigned(String),
 }
 
-/// A log's signing key with its signed-note name.
-pub struct NoteKey {
+/// An Ed25519 signing key with its signed-note name: the common part of log and witness keys.
+struct NamedKey {
     name: String,
     key: SigningKey,
 }
 
-fn key_hash(name: &str, public: &[u8; 32]) -> [u8; 4] {
-    typed_key_hash(name, ED25519, public)
+impl NamedKey {
+    fn new(name: &str, seed: [u8; 32]) -> Result<NamedKey, CheckpointError> {
+        if !valid_name(name) {
+            return Err(CheckpointError::BadKey(
+                "a key name is non-empty, without spaces or '+'",
+            ));
+        }
+        Ok(NamedKey {
+            name: name.to_string(),
+            key: SigningKey::from_bytes(&seed),
+        })
+    }
+    fn public(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+    fn hash(&self, kind: u8) -> [u8; 4] {
+        typed_key_hash(&self.name, kind, &self.public())
+    }
+    /// `name+hash+base64(kind || public key)`.
+    fn verifier_key(&self, kind: u8) -> String {
+        let mut raw = vec![kind];
+        raw.extend_from_slice(&self.public());
+        format!(
+            "{}+{}+{}",
+            self.name,
+            hex8(&self.hash(kind)),
+            B64.encode(raw)
+        )
+    }
 }
+
+/// A log's signing key with its signed-note name.
+pub struct NoteKey(NamedKey);
 
 fn typed_key_hash(name: &str, kind: u8, public: &[u8; 32]) -> [u8; 4] {
     let mut h = Sha256::new();
@@ -51,30 +81,14 @@ fn valid_name(name: &str) -> bool {
 impl NoteKey {
     /// `name` is how signatures are labelled, by convention the log's origin.
     pub fn new(name: &str, seed: [u8; 32]) -> Result<NoteKey, CheckpointError> {
-        if !valid_name(name) {
-            return Err(CheckpointError::BadKey(
-                "a key name is non-empty, without spaces or '+'",
-            ));
-        }
-        Ok(NoteKey {
-            name: name.to_string(),
-            key: SigningKey::from_bytes(&seed),
-        })
+        NamedKey::new(name, seed).map(NoteKey)
     }
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
     /// The public verifier key in signed-note text form: `name+hash+base64(0x01 || key)`.
     pub fn verifier_key(&self) -> String {
-        let public = self.key.verifying_key().to_bytes();
-        let mut raw = vec![ED25519];
-        raw.extend_from_slice(&public);
-        format!(
-            "{}+{}+{}",
-            self.name,
-            hex8(&key_hash(&self.name, &public)),
-            B64.encode(raw)
-        )
+        self.0.verifier_key(ED25519)
     }
 }
 
@@ -111,11 +125,10 @@ impl Checkpoint {
     /// The body followed by a blank line and one signature line.
     pub fn sign(&self, key: &NoteKey) -> String {
         let body = self.body();
-        let sig = key.key.sign(body.as_bytes());
-        let public = key.key.verifying_key().to_bytes();
-        let mut raw = key_hash(&key.name, &public).to_vec();
+        let sig = key.0.key.sign(body.as_bytes());
+        let mut raw = key.0.hash(ED25519).to_vec();
         raw.extend_from_slice(&sig.to_bytes());
-        format!("{body}\n\u{2014} {} {}\n", key.name, B64.encode(raw))
+        format!("{body}\n\u{2014} {} {}\n", key.0.name, B64.encode(raw))
     }
 
     /// Parses a signed checkpoint and checks it carries a valid signature by `verifier_key`.
@@ -271,47 +284,28 @@ impl VKey {
 }
 
 /// A witness's cosigning key (tlog-cosignature/v1, Ed25519) with its name.
-pub struct CosignerKey {
-    name: String,
-    key: SigningKey,
-}
+pub struct CosignerKey(NamedKey);
 
 impl CosignerKey {
     pub fn new(name: &str, seed: [u8; 32]) -> Result<CosignerKey, CheckpointError> {
-        if !valid_name(name) {
-            return Err(CheckpointError::BadKey(
-                "a key name is non-empty, without spaces or '+'",
-            ));
-        }
-        Ok(CosignerKey {
-            name: name.to_string(),
-            key: SigningKey::from_bytes(&seed),
-        })
+        NamedKey::new(name, seed).map(CosignerKey)
     }
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
     /// `name+hash+base64(0x04 || public key)`.
     pub fn verifier_key(&self) -> String {
-        let public = self.key.verifying_key().to_bytes();
-        let mut raw = vec![COSIGNATURE_V1];
-        raw.extend_from_slice(&public);
-        format!(
-            "{}+{}+{}",
-            self.name,
-            hex8(&typed_key_hash(&self.name, COSIGNATURE_V1, &public)),
-            B64.encode(raw)
-        )
+        self.0.verifier_key(COSIGNATURE_V1)
     }
     /// The cosignature line (ending in a newline) over `checkpoint` at `time` (Unix seconds).
     pub fn cosign(&self, checkpoint: &Checkpoint, time: u64) -> String {
         let sig = self
+            .0
             .key
             .sign(cosigned_message(&checkpoint.body(), time).as_bytes());
-        let public = self.key.verifying_key().to_bytes();
-        let mut raw = typed_key_hash(&self.name, COSIGNATURE_V1, &public).to_vec();
+        let mut raw = self.0.hash(COSIGNATURE_V1).to_vec();
         raw.extend_from_slice(&time.to_be_bytes());
         raw.extend_from_slice(&sig.to_bytes());
-        format!("\u{2014} {} {}\n", self.name, B64.encode(raw))
+        format!("\u{2014} {} {}\n", self.0.name, B64.encode(raw))
     }
 }

@@ -7,19 +7,7 @@ use msec_store::*;
 use msec_vault::MemoryKeys;
 use std::sync::Arc;
 
-fn raw(url: &str, sql: &str) {
-    if url.starts_with("postgres") {
-        postgres::Client::connect(url, postgres::NoTls)
-            .unwrap()
-            .batch_execute(sql)
-            .unwrap();
-    } else {
-        rusqlite::Connection::open(url)
-            .unwrap()
-            .execute_batch(sql)
-            .unwrap();
-    }
-}
+use msec_testkit::raw_sql as raw;
 
 fn add_readings(s: &mut Store, from: i64, to: i64) {
     s.commit(&Batch {

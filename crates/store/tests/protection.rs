@@ -10,19 +10,7 @@ const SECRET_PLACE: &str = "Calle Falsa 123";
 const SECRET_VALUE: &str = "36.6123";
 const SECRET_ENVELOPE: &[u8] = b"ENVELOPE-MARKER";
 
-fn raw(url: &str, sql: &str) {
-    if url.starts_with("postgres") {
-        postgres::Client::connect(url, postgres::NoTls)
-            .unwrap()
-            .batch_execute(sql)
-            .unwrap();
-    } else {
-        rusqlite::Connection::open(url)
-            .unwrap()
-            .execute_batch(sql)
-            .unwrap();
-    }
-}
+use msec_testkit::raw_sql as raw;
 
 /// Every byte an attacker with the database (files or a dump) would get.
 fn stolen_bytes(url: &str) -> Vec<u8> {

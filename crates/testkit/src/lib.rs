@@ -89,3 +89,19 @@ pub fn test_keys() -> std::sync::Arc<msec_vault::MemoryKeys> {
     KEYS.get_or_init(|| std::sync::Arc::new(msec_vault::MemoryKeys::new()))
         .clone()
 }
+
+/// Runs SQL directly against a test database (a `postgres://` URL or a SQLite path), bypassing
+/// msec: how tests play an attacker with database access.
+pub fn raw_sql(url: &str, sql: &str) {
+    if url.starts_with("postgres") {
+        postgres::Client::connect(url, postgres::NoTls)
+            .expect("connect for raw SQL")
+            .batch_execute(sql)
+            .expect("raw SQL");
+    } else {
+        rusqlite::Connection::open(url.strip_prefix("sqlite:").unwrap_or(url))
+            .expect("open for raw SQL")
+            .execute_batch(sql)
+            .expect("raw SQL");
+    }
+}
