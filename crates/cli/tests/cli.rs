@@ -857,6 +857,21 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
     checkpoint_covering(&http, 10);
     let (ok, out, err) = witness(&dir);
     assert!(ok && out.contains("cosigned"), "second round: {out}{err}");
+    // A split view: the log shows this witness a tree other than the one it cosigned (played
+    // here by changing the root the witness remembers). It refuses and raises the alarm.
+    let state = format!("{dir}/witness-key.state");
+    let remembered = std::fs::read_to_string(&state).unwrap();
+    let root = serde_json::from_str::<serde_json::Value>(&remembered).unwrap()["root"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(&state, remembered.replace(&root, &"ab".repeat(32))).unwrap();
+    let (ok, _, err) = witness(&dir);
+    assert!(
+        !ok && err.contains("split_view") && err.contains("REFUSING"),
+        "{err}"
+    );
+    std::fs::write(&state, remembered).unwrap();
 
     // Offline verification against the checkpoint saved earlier.
     let (ok, out, err) = run(&[
