@@ -188,6 +188,7 @@ fn main() -> std::process::ExitCode {
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Serve { platform } => {
+            let interrupted = platform::interrupts();
             let settings = platform.resolve()?;
             let p = platform::Platform::start(&settings).await?;
             let admin = platform::first_admin(&settings).await?;
@@ -197,11 +198,12 @@ async fn run(command: Command) -> Result<()> {
             );
             platform::announce_admin(admin);
             println!("Press Ctrl-C to stop.");
-            platform::interrupted().await;
+            interrupted.await;
             eprintln!("stopping: finishing in-flight readings…");
             p.shutdown().await
         }
         Command::Demo { platform, sim } => {
+            let interrupted = platform::interrupts();
             let settings = platform.resolve()?;
             std::fs::create_dir_all(&settings.data_dir)?;
             // Register the simulated devices before ingest loads its registry, so that not one
@@ -251,7 +253,7 @@ async fn run(command: Command) -> Result<()> {
             platform::announce_admin(admin);
             println!("  Press Ctrl-C to stop.");
             println!();
-            platform::interrupted().await;
+            interrupted.await;
             eprintln!("stopping: simulators first, then in-flight readings…");
             let _ = stop.send(true);
             let _ = sims.await;
@@ -262,6 +264,7 @@ async fn run(command: Command) -> Result<()> {
             platform,
             sim,
         } => {
+            let interrupted = platform::interrupts();
             let settings = platform.resolve()?;
             std::fs::create_dir_all(&settings.data_dir)?;
             let pilots = if pilots.is_empty() {
@@ -288,7 +291,7 @@ async fn run(command: Command) -> Result<()> {
             );
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
-                platform::interrupted().await;
+                interrupted.await;
                 let _ = stop.send(true);
             });
             // Commands are accepted when the platform's command key is at hand (same data

@@ -249,24 +249,29 @@ impl Platform {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn interrupted() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Starts catching Ctrl-C and SIGTERM at once, so that a signal arriving while the platform is
+/// still starting is not fatal, and returns a future that resolves on the first of them.
+pub fn interrupts() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => Box::pin(async move {
+                tokio::select! {
+                    _ = int.recv() => {},
+                    _ = term.recv() => {},
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+            }),
+            _ => Box::pin(async {
+                let _ = tokio::signal::ctrl_c().await;
+            }),
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    Box::pin(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
