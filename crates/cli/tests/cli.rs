@@ -1196,6 +1196,30 @@ fn caregiver_sees_only_granted_data_and_revocation_stops_live_data_in_chromium()
         "browser check failed (ready {ready}, live {live}, revoked {revoked}):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Exports follow the same rules: the resident takes out her own data, the caregiver cannot.
+    let own = http_send(
+        &http,
+        "GET",
+        "/api/v1/subjects/resident-001/export",
+        &resident,
+        b"",
+    );
+    assert!(
+        own.starts_with("HTTP/1.1 200") && own.contains("\"bed-x\""),
+        "{own}"
+    );
+    let ana = login(&http, "caregiver-ana", "caregiver password ana");
+    let r = http_send(
+        &http,
+        "GET",
+        "/api/v1/subjects/resident-001/export",
+        &ana,
+        b"",
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("security_event_id"),
+        "{r}"
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod db;
 mod grants;
 mod log;
 mod problem;
+mod subjects;
 
 pub use auth::authorize;
 pub use commands::Commander;
@@ -83,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices/{id}/readings", get(device_readings))
         .route("/api/v1/devices/{id}/commands", post(commands::send))
         .route("/api/v1/commands/key", get(commands::key))
+        .route("/api/v1/subjects/{subject}/export", get(subjects::export))
         .route("/api/v1/readings", post(post_reading))
         .route("/api/v1/security-events", get(security_events))
         .route("/api/v1/stats", get(stats))

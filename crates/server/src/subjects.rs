@@ -1,0 +1,41 @@
+//! Data-subject exports over HTTP (GDPR articles 15 and 20): everything held about a subject,
+//! decrypted, with the log position of each record (proofs: `/api/v1/log/proof`). Allowed to
+//! whoever may `read` the subject's data: the resident, their operators, administrators.
+
+use crate::{auth, AppState, Problem};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use msec_policy::Action;
+use std::net::SocketAddr;
+
+pub(crate) async fn export(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(subject): Path<String>,
+) -> Result<Response, Problem> {
+    let p = auth::caller(&s, &headers, peer, false).await?;
+    let lookup = subject.clone();
+    // The subject's tenant: the tenant of its devices, or of the user it is.
+    let tenant =
+        s.db.call(move |db| {
+            let from_devices = db
+                .devices()?
+                .into_iter()
+                .find(|d| d.owner == lookup)
+                .map(|d| d.tenant);
+            Ok(from_devices.or(db.user(&lookup)?.map(|u| u.tenant)))
+        })
+        .await?
+        .ok_or_else(|| {
+            Problem::not_found(format!(
+                "nothing is held about subject {:?}",
+                msec_ingest::bounded(&subject, 64)
+            ))
+        })?;
+    auth::authorize(&s, &p, Action::Read, &format!("{tenant}/{subject}"), peer).await?;
+    let export = s.db.call(move |db| db.export_subject(&subject)).await?;
+    Ok(Json(export).into_response())
+}
