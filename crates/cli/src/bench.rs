@@ -690,6 +690,7 @@ fn audit_bench(records: u64, sha: f64) -> Result<()> {
             notary.size(),
             start.elapsed().as_secs_f64() * 1000.0
         );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let start = Instant::now();
         let report = msec_notary::audit(&mut store, &vkey, &[], &[], 0, &mut |_, _| {})?;
         let audit_rate = rate(report.records, start);
@@ -698,7 +699,7 @@ fn audit_bench(records: u64, sha: f64) -> Result<()> {
             "the scratch database audited with findings"
         );
         println!(
-            "ledger    audit (re-derive + compare + root), SQLite: {audit_rate:>10.0} records/s ({:.2} x raw SHA-256 of 40 B)",
+            "ledger    audit (re-derive + compare + root), SQLite, {cores} cores: {audit_rate:>10.0} records/s ({:.2} x raw SHA-256 of 40 B on one core)",
             audit_rate / sha
         );
         // Checkpoint latency: a commit, then the publisher's next tick (the server ticks every

@@ -75,7 +75,7 @@ impl Tree {
         Tree::default()
     }
     /// Rebuilds a tree from stored leaf hashes (in log order).
-    pub fn from_leaf_hashes(leaves: Vec<Hash>) -> Tree {
+    pub fn from_leaf_hashes(leaves: impl IntoIterator<Item = Hash>) -> Tree {
         let mut t = Tree::new();
         for leaf in leaves {
             t.push_hash(leaf);

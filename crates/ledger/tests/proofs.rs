@@ -139,7 +139,7 @@ fn every_consistency_proof_verifies_and_tampering_fails() {
                                 *t.leaf(i).unwrap()
                             }
                         })
-                        .collect(),
+                        .collect::<Vec<_>>(),
                 );
                 let forked_old = forked.root(old).unwrap();
                 assert!(!verify_consistency(

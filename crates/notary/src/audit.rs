@@ -3,7 +3,7 @@
 //! one kept outside the database, and any a user saved).
 
 use crate::{NotaryError, Witness};
-use msec_ledger::{Checkpoint, Tree};
+use msec_ledger::Checkpoint;
 use msec_store::{Finding, FindingKind, Store};
 
 /// A checkpoint the auditor trusts more than the database: where it came from, and its note.
@@ -41,8 +41,8 @@ pub fn audit(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<AuditReport, NotaryError> {
     let scan = store.audit_scan(progress)?;
-    let leaves = scan.leaves.len() as u64;
-    let tree = Tree::from_leaf_hashes(scan.leaves);
+    let tree = scan.tree;
+    let leaves = tree.size();
     let mut findings = scan.findings;
     let mut against: Vec<TrustedCheckpoint> = trusted.to_vec();
 

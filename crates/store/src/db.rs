@@ -107,6 +107,14 @@ pub(crate) trait Row {
     fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError>;
     fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError>;
     fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError>;
+    // Borrowed forms, for scans that only hash what they read (an audit touches every record).
+    fn str_ref(&self, i: usize) -> Result<&str, StoreError>;
+    fn opt_str_ref(&self, i: usize) -> Result<Option<&str>, StoreError>;
+    fn bytes_ref(&self, i: usize) -> Result<&[u8], StoreError>;
+}
+
+fn column_type(i: usize, e: rusqlite::types::FromSqlError) -> StoreError {
+    StoreError::Backend(format!("column {i}: {e}"))
 }
 
 impl Row for rusqlite::Row<'_> {
@@ -130,6 +138,17 @@ impl Row for rusqlite::Row<'_> {
     }
     fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.get(i)?)
+    }
+    fn str_ref(&self, i: usize) -> Result<&str, StoreError> {
+        self.get_ref(i)?.as_str().map_err(|e| column_type(i, e))
+    }
+    fn opt_str_ref(&self, i: usize) -> Result<Option<&str>, StoreError> {
+        self.get_ref(i)?
+            .as_str_or_null()
+            .map_err(|e| column_type(i, e))
+    }
+    fn bytes_ref(&self, i: usize) -> Result<&[u8], StoreError> {
+        self.get_ref(i)?.as_blob().map_err(|e| column_type(i, e))
     }
 }
 
@@ -155,6 +174,15 @@ impl Row for postgres::Row {
     fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.try_get(i)?)
     }
+    fn str_ref(&self, i: usize) -> Result<&str, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_str_ref(&self, i: usize) -> Result<Option<&str>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn bytes_ref(&self, i: usize) -> Result<&[u8], StoreError> {
+        Ok(self.try_get(i)?)
+    }
 }
 
 pub(crate) enum Db {
@@ -167,6 +195,20 @@ fn sqlite_sql(sql: &str) -> String {
 }
 
 impl Db {
+    /// `postgres://…` or `postgresql://…`; anything else is a SQLite path, optionally prefixed
+    /// `sqlite:` or `sqlite://`.
+    pub(crate) fn open(url: &str) -> Result<Db, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Db::postgres(url)
+        } else {
+            let path = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url);
+            Db::sqlite(Path::new(path))
+        }
+    }
+
     pub(crate) fn sqlite(path: &Path) -> Result<Db, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)

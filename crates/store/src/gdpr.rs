@@ -4,7 +4,6 @@
 use crate::db::P;
 use crate::log::{RecordId, RecordKind};
 use crate::{now_ms, Device, ReadingQuery, Store, StoreError, StoredReading};
-use msec_ledger::leaf_hash;
 use serde::Serialize;
 
 /// Who consented to what, when, and when it was withdrawn.
@@ -89,7 +88,7 @@ impl Store {
                 .copied()
                 .ok_or_else(|| StoreError::Backend("INSERT returned no id".into()))?;
             let leaf = crate::log::consent_leaf(id, subject, grantee, purpose, given);
-            crate::log::append(&mut s.db, &[(RecordId::new(RecordKind::Consent, id.to_string()), leaf_hash(&leaf))])?;
+            crate::log::append(&mut s.db, &[(RecordId::new(RecordKind::Consent, id.to_string()), leaf.hash())])?;
             Ok(Consent {
                 id,
                 subject: subject.into(),

@@ -15,7 +15,6 @@ mod schema;
 
 use db::{Db, Row, SealedReading, P};
 use keys::Keys;
-use msec_ledger::leaf_hash;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -180,6 +179,9 @@ pub struct Counts {
 pub struct Store {
     db: Db,
     keys: Keys,
+    /// Where `db` came from, so a scan can open more connections (may hold a password: never
+    /// shown, see `redact`).
+    url: String,
 }
 
 /// The personal fields of a device, sealed under its owner's data key.
@@ -224,18 +226,10 @@ impl Store {
     /// path on SQLite, then applies any pending schema migrations. `keys` provides the
     /// key-encryption key that protects every subject's data key.
     pub fn open(url: &str, keys: Arc<dyn KekProvider>) -> Result<Store, StoreError> {
-        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Db::postgres(url)?
-        } else {
-            let path = url
-                .strip_prefix("sqlite://")
-                .or_else(|| url.strip_prefix("sqlite:"))
-                .unwrap_or(url);
-            Db::sqlite(std::path::Path::new(path))?
-        };
         let mut store = Store {
-            db,
+            db: Db::open(url)?,
             keys: Keys::new(keys)?,
+            url: url.to_string(),
         };
         schema::migrate(&mut store.db)?;
         store.keys.check_matches(&mut store.db)?;
@@ -320,7 +314,7 @@ impl Store {
             let leaf = log::device_leaf(&d.id, &d.tenant, &d.owner, &d.kind, &d.public_key, now, &sealed);
             log::append(
                 &mut s.db,
-                &[(RecordId::new(RecordKind::Device, d.id.clone()), leaf_hash(&leaf))],
+                &[(RecordId::new(RecordKind::Device, d.id.clone()), leaf.hash())],
             )
         })?;
         self.device(&d.id)?
@@ -422,7 +416,7 @@ impl Store {
             &mut self.db,
             &[(
                 RecordId::new(RecordKind::Admin, id.to_string()),
-                leaf_hash(&leaf),
+                leaf.hash(),
             )],
         )?;
         Ok(id)
@@ -481,7 +475,7 @@ impl Store {
                     RecordKind::Reading,
                     format!("{}/{}", r.device_id, r.sequence),
                 ),
-                leaf_hash(&leaf),
+                leaf.hash(),
             ));
         }
         let mut ids = Vec::with_capacity(batch.events.len());
@@ -509,7 +503,7 @@ impl Store {
                 );
                 leaves.push((
                     RecordId::new(RecordKind::Event, id.to_string()),
-                    leaf_hash(&leaf),
+                    leaf.hash(),
                 ));
                 ids.push(id);
             }

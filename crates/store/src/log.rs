@@ -7,7 +7,8 @@
 
 use crate::db::{Db, Row, P};
 use crate::StoreError;
-use msec_ledger::{encode_leaf, leaf_hash, Field, Hash};
+use msec_ledger::{encode_leaf, hash_leaf, leaf_hash, Field, Hash, Tree};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The kinds of logged records, with their leaf kind byte and name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -120,78 +121,95 @@ fn filter(kind: RecordKind) -> &'static str {
     }
 }
 
-/// (reference, leaf bytes) of one row of `select(kind)`.
-fn leaf_of(kind: RecordKind, r: &dyn Row) -> Result<(String, Vec<u8>), StoreError> {
+/// A record's leaf before encoding: its kind and its fields in the order `docs/ledger.md` lists.
+pub(crate) struct Leaf<'a, const N: usize>(RecordKind, [Field<'a>; N]);
+
+impl<const N: usize> Leaf<'_, N> {
+    fn with<T>(&self, make: fn(u8, &[Field]) -> T) -> T {
+        make(self.0.code(), &self.1)
+    }
+    pub(crate) fn hash(&self) -> Hash {
+        self.with(hash_leaf)
+    }
+}
+
+/// The leaf of one row of `select(kind)`, as bytes (`encode_leaf`) or only its hash
+/// (`hash_leaf`). Reads the row in place: nothing is copied out of it.
+fn row_leaf<T>(
+    kind: RecordKind,
+    r: &dyn Row,
+    make: fn(u8, &[Field]) -> T,
+) -> Result<T, StoreError> {
     Ok(match kind {
-        RecordKind::Reading => {
-            let (device, seq) = (r.text(0)?, r.i64(1)?);
-            let leaf = reading_leaf(
-                &device,
-                seq,
-                r.i64(2)?,
-                r.i64(3)?,
-                &r.bytes(4)?,
-                &r.bytes(5)?,
-            );
-            (format!("{device}/{seq}"), leaf)
-        }
-        RecordKind::Device => {
-            let id = r.text(0)?;
-            let leaf = device_leaf(
-                &id,
-                &r.text(1)?,
-                &r.text(2)?,
-                &r.text(3)?,
-                &r.bytes(4)?,
-                r.i64(5)?,
-                &r.bytes(6)?,
-            );
-            (id, leaf)
-        }
-        RecordKind::Event => {
-            let id = r.i64(0)?;
-            let device = r.opt_text(3)?;
-            let leaf = event_leaf(
-                id,
-                r.i64(1)?,
-                &r.text(2)?,
-                device.as_deref(),
-                &r.text(4)?,
-                &r.text(5)?,
-            );
-            (id.to_string(), leaf)
-        }
-        RecordKind::Admin => {
-            let id = r.i64(0)?;
-            let leaf = admin_leaf(
-                id,
-                r.i64(1)?,
-                &r.text(2)?,
-                &r.text(3)?,
-                &r.text(4)?,
-                &r.text(5)?,
-            );
-            (id.to_string(), leaf)
-        }
-        RecordKind::Consent => {
-            let id = r.i64(0)?;
-            let leaf = consent_leaf(id, &r.text(1)?, &r.text(2)?, &r.text(3)?, r.i64(4)?);
-            (id.to_string(), leaf)
-        }
+        RecordKind::Reading => reading_leaf(
+            r.str_ref(0)?,
+            r.i64(1)?,
+            r.i64(2)?,
+            r.i64(3)?,
+            r.bytes_ref(4)?,
+            r.bytes_ref(5)?,
+        )
+        .with(make),
+        RecordKind::Device => device_leaf(
+            r.str_ref(0)?,
+            r.str_ref(1)?,
+            r.str_ref(2)?,
+            r.str_ref(3)?,
+            r.bytes_ref(4)?,
+            r.i64(5)?,
+            r.bytes_ref(6)?,
+        )
+        .with(make),
+        RecordKind::Event => event_leaf(
+            r.i64(0)?,
+            r.i64(1)?,
+            r.str_ref(2)?,
+            r.opt_str_ref(3)?,
+            r.str_ref(4)?,
+            r.str_ref(5)?,
+        )
+        .with(make),
+        RecordKind::Admin => admin_leaf(
+            r.i64(0)?,
+            r.i64(1)?,
+            r.str_ref(2)?,
+            r.str_ref(3)?,
+            r.str_ref(4)?,
+            r.str_ref(5)?,
+        )
+        .with(make),
+        RecordKind::Consent => consent_leaf(
+            r.i64(0)?,
+            r.str_ref(1)?,
+            r.str_ref(2)?,
+            r.str_ref(3)?,
+            r.i64(4)?,
+        )
+        .with(make),
     })
 }
 
-pub(crate) fn reading_leaf(
-    device: &str,
+/// `kind:reference` of one row of `select(kind)`.
+fn row_name(kind: RecordKind, r: &dyn Row) -> Result<String, StoreError> {
+    let reference = match kind {
+        RecordKind::Reading => format!("{}/{}", r.str_ref(0)?, r.i64(1)?),
+        RecordKind::Device => r.text(0)?,
+        _ => r.i64(0)?.to_string(),
+    };
+    Ok(format!("{}:{reference}", kind.name()))
+}
+
+pub(crate) fn reading_leaf<'a>(
+    device: &'a str,
     sequence: i64,
     issued_at: i64,
     received_ms: i64,
-    digest: &[u8],
-    sealed: &[u8],
-) -> Vec<u8> {
-    encode_leaf(
-        RecordKind::Reading.code(),
-        &[
+    digest: &'a [u8],
+    sealed: &'a [u8],
+) -> Leaf<'a, 6> {
+    Leaf(
+        RecordKind::Reading,
+        [
             Field::Text(device),
             Field::Int(sequence),
             Field::Int(issued_at),
@@ -202,18 +220,18 @@ pub(crate) fn reading_leaf(
     )
 }
 
-pub(crate) fn device_leaf(
-    id: &str,
-    tenant: &str,
-    owner: &str,
-    kind: &str,
-    public_key: &[u8],
+pub(crate) fn device_leaf<'a>(
+    id: &'a str,
+    tenant: &'a str,
+    owner: &'a str,
+    kind: &'a str,
+    public_key: &'a [u8],
     created_ms: i64,
-    profile: &[u8],
-) -> Vec<u8> {
-    encode_leaf(
-        RecordKind::Device.code(),
-        &[
+    profile: &'a [u8],
+) -> Leaf<'a, 7> {
+    Leaf(
+        RecordKind::Device,
+        [
             Field::Text(id),
             Field::Text(tenant),
             Field::Text(owner),
@@ -225,17 +243,17 @@ pub(crate) fn device_leaf(
     )
 }
 
-pub(crate) fn event_leaf(
+pub(crate) fn event_leaf<'a>(
     id: i64,
     at_ms: i64,
-    reason: &str,
-    device: Option<&str>,
-    source: &str,
-    detail: &str,
-) -> Vec<u8> {
-    encode_leaf(
-        RecordKind::Event.code(),
-        &[
+    reason: &'a str,
+    device: Option<&'a str>,
+    source: &'a str,
+    detail: &'a str,
+) -> Leaf<'a, 6> {
+    Leaf(
+        RecordKind::Event,
+        [
             Field::Int(id),
             Field::Int(at_ms),
             Field::Text(reason),
@@ -246,17 +264,17 @@ pub(crate) fn event_leaf(
     )
 }
 
-pub(crate) fn admin_leaf(
+pub(crate) fn admin_leaf<'a>(
     id: i64,
     at_ms: i64,
-    actor: &str,
-    action: &str,
-    target: &str,
-    detail: &str,
-) -> Vec<u8> {
-    encode_leaf(
-        RecordKind::Admin.code(),
-        &[
+    actor: &'a str,
+    action: &'a str,
+    target: &'a str,
+    detail: &'a str,
+) -> Leaf<'a, 6> {
+    Leaf(
+        RecordKind::Admin,
+        [
             Field::Int(id),
             Field::Int(at_ms),
             Field::Text(actor),
@@ -267,16 +285,16 @@ pub(crate) fn admin_leaf(
     )
 }
 
-pub(crate) fn consent_leaf(
+pub(crate) fn consent_leaf<'a>(
     id: i64,
-    subject: &str,
-    grantee: &str,
-    purpose: &str,
+    subject: &'a str,
+    grantee: &'a str,
+    purpose: &'a str,
     given_ms: i64,
-) -> Vec<u8> {
-    encode_leaf(
-        RecordKind::Consent.code(),
-        &[
+) -> Leaf<'a, 5> {
+    Leaf(
+        RecordKind::Consent,
+        [
             Field::Int(id),
             Field::Text(subject),
             Field::Text(grantee),
@@ -311,8 +329,8 @@ pub(crate) fn append(db: &mut Db, leaves: &[(RecordId, Hash)]) -> Result<(), Sto
 /// What an audit scan of the records found, before the log itself is checked.
 #[derive(Debug, Default)]
 pub struct AuditScan {
-    /// Stored leaf hashes, in log order.
-    pub leaves: Vec<Hash>,
+    /// The log as stored, rebuilt from its leaf hashes.
+    pub tree: Tree,
     /// Records checked.
     pub records: u64,
     pub findings: Vec<Finding>,
@@ -342,94 +360,237 @@ pub struct Finding {
     pub detail: String,
 }
 
+/// Re-derives the leaf hashes of one share of the records on a connection of its own, sorted.
+/// `readings` is the filter (a WHERE clause over `$1` and `$2`) that picks the share's
+/// readings; the small tables all go to share 0.
+fn derive_share(
+    url: &str,
+    share: usize,
+    readings: (&str, [i64; 2]),
+    done: &AtomicU64,
+) -> Result<Vec<Hash>, StoreError> {
+    let mut db = Db::open(url)?;
+    let mut hashes = Vec::new();
+    let seen = std::cell::Cell::new(0u64);
+    for kind in RecordKind::ALL {
+        let count = |r: &dyn Row| {
+            // Counted locally and published in steps: a shared counter bumped per row would
+            // bounce its cache line between the cores for every record.
+            seen.set(seen.get() + 1);
+            if seen.get().is_multiple_of(4096) {
+                done.fetch_add(4096, Ordering::Relaxed);
+            }
+            row_leaf(kind, r, hash_leaf)
+        };
+        if kind == RecordKind::Reading {
+            let (filter, [a, b]) = readings;
+            let sql = select(kind).replace("{WHERE}", filter);
+            hashes.extend(db.query(&sql, &[P::I64(a), P::I64(b)], count)?);
+        } else if share == 0 {
+            hashes.extend(db.query(&select(kind).replace("{WHERE}", ""), &[], count)?);
+        }
+    }
+    hashes.sort_unstable();
+    Ok(hashes)
+}
+
+/// How the readings are shared out among `n` connections, as a filter and its parameters per
+/// share; together the shares cover every row, whatever its values.
+fn reading_shares(db: &mut Db, n: usize) -> Result<Vec<(&'static str, [i64; 2])>, StoreError> {
+    if db.engine() == "postgres" {
+        // No usable row order to split on: each connection takes a residue of the sequence.
+        let filter = "WHERE COALESCE(((sequence % $1) + $1) % $1, 0) = $2";
+        return Ok((0..n as i64).map(|k| (filter, [n as i64, k])).collect());
+    }
+    // Ranges of SQLite's rowid, so that each connection reads only its part of the table.
+    let (lo, hi) = db
+        .query("SELECT MIN(rowid), MAX(rowid) FROM readings", &[], |r| {
+            Ok((r.opt_i64(0)?.unwrap_or(0), r.opt_i64(1)?.unwrap_or(0)))
+        })?
+        .first()
+        .copied()
+        .unwrap_or((0, 0));
+    let step = ((hi as i128 - lo as i128 + 1) / n as i128).max(1);
+    let bound =
+        |k: usize| (lo as i128 + step * k as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+    Ok((0..n)
+        .map(|k| {
+            let from = if k == 0 { i64::MIN } else { bound(k) };
+            let to = if k + 1 == n {
+                i64::MAX
+            } else {
+                bound(k + 1) - 1
+            };
+            ("WHERE rowid BETWEEN $1 AND $2", [from, to])
+        })
+        .collect())
+}
+
 impl crate::Store {
     /// Re-derives the leaf of every stored record and compares it with the log. Calls
     /// `progress(done, total)` as it goes.
+    ///
+    /// The records are hashed on one connection per core while this thread reads the log and
+    /// rebuilds its tree. The connections see the database at slightly different moments, so
+    /// with a platform writing meanwhile a record can look unlogged or a leaf orphaned; every
+    /// such candidate is checked again on its own before it becomes a finding.
     pub fn audit_scan(
         &mut self,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<AuditScan, StoreError> {
-        use std::collections::HashSet;
-        let stored: Vec<(i64, Hash)> =
-            self.db
-                .query("SELECT idx, hash FROM log_leaves ORDER BY idx", &[], |r| {
-                    Ok((r.i64(0)?, r.bytes(1)?.try_into().unwrap_or([0; 32])))
+        let total = self
+            .db
+            .query(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM log_leaves",
+                &[],
+                |r| r.i64(0),
+            )?
+            .first()
+            .map_or(0, |&n| n as u64);
+        progress(0, total);
+        let cores = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        let shares = reading_shares(&mut self.db, cores)?;
+        let done = AtomicU64::new(0);
+        let url = &self.url;
+        let db = &mut self.db;
+        let (tree, misplaced, by_hash, mut derived) = std::thread::scope(|scope| {
+            let workers: Vec<_> = shares
+                .into_iter()
+                .enumerate()
+                .map(|(share, filter)| {
+                    let done = &done;
+                    scope.spawn(move || derive_share(url, share, filter, done))
+                })
+                .collect();
+            // In table order, sorted here only if need be: leaves are written in index order,
+            // and walking the index instead costs a lookup per leaf on SQLite.
+            let mut stored: Vec<(i64, Hash)> =
+                db.query("SELECT idx, hash FROM log_leaves", &[], |r| {
+                    // A hash of the wrong length matches nothing, and so is reported.
+                    Ok((r.i64(0)?, r.bytes_ref(1)?.try_into().unwrap_or([0; 32])))
                 })?;
-        let total = stored.len() as u64;
-        // A leaf's bytes name its record (kind and id are fields), so a record is intact exactly
-        // when its re-derived leaf hash is in the log: matching hashes needs no record ids, and
-        // ids are only looked up for what fails to match.
-        let mut derived: HashSet<Hash> = HashSet::with_capacity(stored.len());
-        let mut scan = AuditScan::default();
-        for kind in RecordKind::ALL {
-            let sql = select(kind).replace("{WHERE}", "");
-            // Hashed as each row arrives: the leaf bytes (ciphertexts included) never pile up.
-            let hashes = self
-                .db
-                .query(&sql, &[], |r| Ok(leaf_hash(&leaf_of(kind, r)?.1)))?;
-            scan.records += hashes.len() as u64;
-            derived.extend(hashes);
-            progress(scan.records / 2, total);
-        }
-        let mut unmatched = Vec::new();
-        for (i, (idx, hash)) in stored.into_iter().enumerate() {
-            if idx != i as i64 {
-                scan.findings.push(Finding {
-                    kind: FindingKind::LogRewritten,
-                    record: self.leaf_name(idx)?,
-                    detail: format!("log position {i} holds leaf index {idx}"),
-                });
+            if !stored.is_sorted_by_key(|&(idx, _)| idx) {
+                stored.sort_unstable_by_key(|&(idx, _)| idx);
             }
-            if !derived.remove(&hash) {
+            let tree = Tree::from_leaf_hashes(stored.iter().map(|&(_, h)| h));
+            let misplaced: Vec<(usize, i64)> = (stored.iter().enumerate())
+                .filter(|&(i, &(idx, _))| idx != i as i64)
+                .map(|(i, &(idx, _))| (i, idx))
+                .collect();
+            // Matching by sorting rather than hashing into a set keeps the cost the same
+            // whatever hashes a tampered database holds.
+            let mut by_hash: Vec<(Hash, i64)> = stored.into_iter().map(|(i, h)| (h, i)).collect();
+            by_hash.sort_unstable();
+            let mut derived = Vec::with_capacity(by_hash.len());
+            for worker in workers {
+                while !worker.is_finished() {
+                    progress(done.load(Ordering::Relaxed), total);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                let share = worker
+                    .join()
+                    .map_err(|_| StoreError::Backend("an audit worker panicked".into()))??;
+                derived.extend(share);
+            }
+            Ok::<_, StoreError>((tree, misplaced, by_hash, derived))
+        })?;
+        let mut scan = AuditScan {
+            tree,
+            records: derived.len() as u64,
+            findings: Vec::new(),
+        };
+        for (i, idx) in misplaced {
+            scan.findings.push(Finding {
+                kind: FindingKind::LogRewritten,
+                record: self.leaf_name(idx)?,
+                detail: format!("log position {i} holds leaf index {idx}"),
+            });
+        }
+        // The shares are sorted runs, which this sort merges in linear time.
+        derived.sort();
+        let (mut unmatched, mut leftover) = (Vec::new(), std::collections::HashSet::new());
+        let mut d = derived.into_iter().peekable();
+        for (hash, idx) in by_hash {
+            while d
+                .next_if(|x| *x < hash)
+                .map(|x| leftover.insert(x))
+                .is_some()
+            {}
+            if d.next_if_eq(&hash).is_none() {
                 unmatched.push(idx);
             }
-            scan.leaves.push(hash);
-            if i % 65536 == 0 {
-                progress(total / 2 + i as u64 / 2, total);
-            }
         }
-        if !unmatched.is_empty() || !derived.is_empty() {
-            // Name the records whose leaves are missing from the log (modified or inserted).
-            let mut leftover: HashSet<String> = HashSet::new();
-            for kind in RecordKind::ALL {
-                let sql = select(kind).replace("{WHERE}", "");
-                for (reference, leaf) in self.db.query(&sql, &[], |r| leaf_of(kind, r))? {
-                    if derived.contains(&leaf_hash(&leaf)) {
-                        leftover.insert(format!("{}:{reference}", kind.name()));
-                    }
-                }
+        leftover.extend(d);
+        if !unmatched.is_empty() || !leftover.is_empty() {
+            self.name_findings(unmatched, leftover, &mut scan.findings)?;
+        }
+        progress(total, total);
+        Ok(scan)
+    }
+
+    /// Turns leaves without a matching record and records without a matching leaf into named
+    /// findings, dropping those that a fresh look finds consistent (written during the scan).
+    fn name_findings(
+        &mut self,
+        unmatched: Vec<i64>,
+        leftover: std::collections::HashSet<Hash>,
+        findings: &mut Vec<Finding>,
+    ) -> Result<(), StoreError> {
+        let mut unlogged = std::collections::BTreeSet::new();
+        for kind in RecordKind::ALL {
+            let sql = select(kind).replace("{WHERE}", "");
+            let rows = self.db.query(&sql, &[], |r| {
+                Ok((row_name(kind, r)?, row_leaf(kind, r, hash_leaf)?))
+            })?;
+            unlogged.extend(
+                rows.into_iter()
+                    .filter(|(_, hash)| leftover.contains(hash))
+                    .map(|(name, _)| name),
+            );
+        }
+        for idx in unmatched {
+            let record = self.leaf_name(idx)?;
+            let modified = unlogged.remove(&record);
+            if self.consistent_now(&record)? {
+                continue;
             }
-            for idx in unmatched {
-                let record = self.leaf_name(idx)?;
-                let (kind, detail) = if leftover.remove(&record) {
-                    (
-                        FindingKind::Modified,
-                        format!("stored bytes or metadata differ from log leaf {idx}"),
-                    )
-                } else {
-                    (
-                        FindingKind::Deleted,
-                        format!("log leaf {idx} has no record"),
-                    )
-                };
-                scan.findings.push(Finding {
-                    kind,
+            findings.push(if modified {
+                Finding {
+                    kind: FindingKind::Modified,
+                    detail: format!("stored bytes or metadata differ from log leaf {idx}"),
                     record,
-                    detail,
-                });
-            }
-            let mut inserted: Vec<String> = leftover.into_iter().collect();
-            inserted.sort();
-            for record in inserted {
-                scan.findings.push(Finding {
+                }
+            } else {
+                Finding {
+                    kind: FindingKind::Deleted,
+                    detail: format!("log leaf {idx} has no record"),
+                    record,
+                }
+            });
+        }
+        for record in unlogged {
+            if !self.consistent_now(&record)? {
+                findings.push(Finding {
                     kind: FindingKind::Inserted,
                     record,
                     detail: "no log leaf commits to this record".into(),
                 });
             }
         }
-        progress(total, total);
-        Ok(scan)
+        Ok(())
+    }
+
+    /// Whether the record named `kind:reference` exists and its leaf is in the log right now.
+    fn consistent_now(&mut self, record: &str) -> Result<bool, StoreError> {
+        let Ok(id) = record.parse::<RecordId>() else {
+            return Ok(false);
+        };
+        let Some((idx, leaf)) = self.record_leaf(&id)? else {
+            return Ok(false);
+        };
+        Ok(self.leaf_hashes(idx, 1)?.first() == Some(&leaf_hash(&leaf)))
     }
 
     /// `kind:reference` of the leaf at `idx`, as the log says.
@@ -458,22 +619,23 @@ impl crate::Store {
                     .and_then(|(d, s)| Some((d, s.parse::<i64>().ok()?)))
                     .ok_or_else(|| StoreError::NotFound(format!("record {id}")))?;
                 self.db.query(&sql, &[P::Text(device), P::I64(seq)], |r| {
-                    leaf_of(id.kind, r)
+                    row_leaf(id.kind, r, encode_leaf)
                 })?
             }
-            RecordKind::Device => self
-                .db
-                .query(&sql, &[P::Text(&id.reference)], |r| leaf_of(id.kind, r))?,
+            RecordKind::Device => self.db.query(&sql, &[P::Text(&id.reference)], |r| {
+                row_leaf(id.kind, r, encode_leaf)
+            })?,
             _ => {
                 let n: i64 = id
                     .reference
                     .parse()
                     .map_err(|_| StoreError::NotFound(format!("record {id}")))?;
-                self.db.query(&sql, &[P::I64(n)], |r| leaf_of(id.kind, r))?
+                self.db
+                    .query(&sql, &[P::I64(n)], |r| row_leaf(id.kind, r, encode_leaf))?
             }
         };
         Ok(match (index, rows.into_iter().next()) {
-            (Some(i), Some((_, leaf))) => Some((i, leaf)),
+            (Some(i), Some(leaf)) => Some((i, leaf)),
             _ => None,
         })
     }
@@ -575,7 +737,8 @@ mod tests {
     /// docs/ledger.md shows this leaf byte for byte; keep the two in step.
     #[test]
     fn documented_leaf_example_is_current() {
-        let leaf = super::admin_leaf(1, 1_700_000_000_000, "cli", "device.revoke", "park-1", "");
+        let leaf = super::admin_leaf(1, 1_700_000_000_000, "cli", "device.revoke", "park-1", "")
+            .with(msec_ledger::encode_leaf);
         let doc = include_str!("../../../docs/ledger.md");
         assert!(
             doc.contains(&hex::encode(&leaf)),

@@ -158,7 +158,7 @@ fn protection(url: &str) {
 
     // 2. A clean database audits clean; KEK rotation keeps everything readable.
     assert_eq!(findings(&mut s), vec![]);
-    let before_rotation = s.audit_scan(&mut |_, _| {}).unwrap().leaves.len();
+    let before_rotation = s.audit_scan(&mut |_, _| {}).unwrap().tree.size();
     s.rotate_keys("test").unwrap();
     assert_eq!(
         s.readings(
@@ -173,7 +173,7 @@ fn protection(url: &str) {
         8
     );
     assert_eq!(
-        s.audit_scan(&mut |_, _| {}).unwrap().leaves.len(),
+        s.audit_scan(&mut |_, _| {}).unwrap().tree.size(),
         before_rotation + 1,
         "rotation is logged"
     );
@@ -277,6 +277,8 @@ fn protection(url: &str) {
               UPDATE readings SET sequence = -6 WHERE device_id = 'park-1' AND sequence = 6;
               UPDATE readings SET sequence = 6 WHERE device_id = 'park-1' AND sequence = 7;
               UPDATE readings SET sequence = 7 WHERE device_id = 'park-1' AND sequence = -6;
+              INSERT INTO readings (device_id, sequence, issued_at, received_ms, digest, sealed)
+                  SELECT device_id, -9223372036854775808, issued_at, received_ms, digest, sealed FROM readings WHERE device_id = 'park-1' AND sequence = 8;
               UPDATE security_events SET detail = 'nothing happened';");
     let event = findings(&mut s)
         .into_iter()
@@ -288,6 +290,10 @@ fn protection(url: &str) {
         vec![
             (FindingKind::Modified, "device:park-1".to_string()),
             (FindingKind::Modified, event),
+            (
+                FindingKind::Inserted,
+                "reading:park-1/-9223372036854775808".into()
+            ),
             (FindingKind::Modified, "reading:park-1/1".into()),
             (FindingKind::Modified, "reading:park-1/3".into()),
             (FindingKind::Deleted, "reading:park-1/4".into()),
@@ -296,6 +302,46 @@ fn protection(url: &str) {
             (FindingKind::Inserted, "reading:park-1/99".into()),
         ]
     );
+}
+
+/// An audit of a database the platform keeps writing to reports nothing: records committed
+/// while the scan runs are neither "inserted" nor their leaves "deleted".
+fn audit_while_writing(url: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let keys: Arc<dyn KekProvider> = Arc::new(MemoryKeys::new());
+    let mut s = Store::open(url, keys.clone()).unwrap();
+    s.register_device(&new_device("busy-1", "santander", 3, "Busy", "Plaza"))
+        .unwrap();
+    let batch = |from: i64| Batch {
+        readings: (from..from + 50).map(|i| reading("busy-1", i)).collect(),
+        ..Default::default()
+    };
+    for from in (1..2000).step_by(50) {
+        s.commit(&batch(from)).unwrap();
+    }
+    let stop = AtomicBool::new(false);
+    let written = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut w = Store::open(url, keys.clone()).unwrap();
+            let mut next = 2001;
+            while !stop.load(Ordering::Relaxed) {
+                w.commit(&batch(next)).unwrap();
+                next += 50;
+            }
+            next - 2001
+        });
+        // Asserted after the writer stopped, so that a failure cannot leave it running.
+        let audits: Vec<_> = (0..5).map(|_| findings(&mut s)).collect();
+        stop.store(true, Ordering::Relaxed);
+        (writer.join().unwrap(), audits)
+    });
+    let (written, audits) = written;
+    assert!(audits.iter().all(|f| f.is_empty()), "{audits:?}");
+    assert!(
+        written > 0,
+        "the writer never got to write during the audits"
+    );
+    assert_eq!(findings(&mut s), vec![]);
 }
 
 fn key_row(url: &str, subject: &str) -> (String, Vec<u8>) {
@@ -347,5 +393,20 @@ fn sqlite_protection() {
 fn postgres_protection() {
     if let Some(url) = msec_testkit::postgres_url() {
         protection(&url);
+    }
+}
+
+#[test]
+fn sqlite_audit_while_writing() {
+    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-busy-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    audit_while_writing(dir.join("msec.db").to_str().unwrap());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn postgres_audit_while_writing() {
+    if let Some(url) = msec_testkit::postgres_url() {
+        audit_while_writing(&url);
     }
 }
