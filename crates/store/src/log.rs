@@ -426,12 +426,38 @@ fn reading_shares(db: &mut Db, n: usize) -> Result<Vec<(&'static str, [i64; 2])>
         .collect())
 }
 
+/// What the audit needs of the log itself: its tree, the positions that hold another index
+/// (position, index), and the leaf hashes with their indices sorted by hash.
+type LogScan = (Tree, Vec<(usize, i64)>, Vec<(Hash, i64)>);
+
+fn read_log(db: &mut Db) -> Result<LogScan, StoreError> {
+    // In table order, sorted here only if need be: leaves are written in index order, and
+    // walking the index instead costs a lookup per leaf on SQLite.
+    let mut stored: Vec<(i64, Hash)> = db.query("SELECT idx, hash FROM log_leaves", &[], |r| {
+        // A hash of the wrong length matches nothing, and so is reported.
+        Ok((r.i64(0)?, r.bytes_ref(1)?.try_into().unwrap_or([0; 32])))
+    })?;
+    if !stored.is_sorted_by_key(|&(idx, _)| idx) {
+        stored.sort_unstable_by_key(|&(idx, _)| idx);
+    }
+    let tree = Tree::from_leaf_hashes(stored.iter().map(|&(_, h)| h));
+    let misplaced = (stored.iter().enumerate())
+        .filter(|&(i, &(idx, _))| idx != i as i64)
+        .map(|(i, &(idx, _))| (i, idx))
+        .collect();
+    // Matching by sorting rather than hashing into a set keeps the cost the same whatever
+    // hashes a tampered database holds.
+    let mut by_hash: Vec<(Hash, i64)> = stored.into_iter().map(|(i, h)| (h, i)).collect();
+    by_hash.sort_unstable();
+    Ok((tree, misplaced, by_hash))
+}
+
 impl crate::Store {
     /// Re-derives the leaf of every stored record and compares it with the log. Calls
     /// `progress(done, total)` as it goes.
     ///
-    /// The records are hashed on one connection per core while this thread reads the log and
-    /// rebuilds its tree. The connections see the database at slightly different moments, so
+    /// The records are hashed on one connection per core while another thread reads the log
+    /// and rebuilds its tree. The connections see the database at slightly different moments, so
     /// with a platform writing meanwhile a record can look unlogged or a leaf orphaned; every
     /// such candidate is checked again on its own before it becomes a finding.
     pub fn audit_scan(
@@ -464,35 +490,17 @@ impl crate::Store {
                     scope.spawn(move || derive_share(url, share, filter, done))
                 })
                 .collect();
-            // In table order, sorted here only if need be: leaves are written in index order,
-            // and walking the index instead costs a lookup per leaf on SQLite.
-            let mut stored: Vec<(i64, Hash)> =
-                db.query("SELECT idx, hash FROM log_leaves", &[], |r| {
-                    // A hash of the wrong length matches nothing, and so is reported.
-                    Ok((r.i64(0)?, r.bytes_ref(1)?.try_into().unwrap_or([0; 32])))
-                })?;
-            if !stored.is_sorted_by_key(|&(idx, _)| idx) {
-                stored.sort_unstable_by_key(|&(idx, _)| idx);
+            let log = scope.spawn(move || read_log(db));
+            // This thread only reports progress until every scan is done.
+            while !(log.is_finished() && workers.iter().all(|w| w.is_finished())) {
+                progress(done.load(Ordering::Relaxed), total);
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            let tree = Tree::from_leaf_hashes(stored.iter().map(|&(_, h)| h));
-            let misplaced: Vec<(usize, i64)> = (stored.iter().enumerate())
-                .filter(|&(i, &(idx, _))| idx != i as i64)
-                .map(|(i, &(idx, _))| (i, idx))
-                .collect();
-            // Matching by sorting rather than hashing into a set keeps the cost the same
-            // whatever hashes a tampered database holds.
-            let mut by_hash: Vec<(Hash, i64)> = stored.into_iter().map(|(i, h)| (h, i)).collect();
-            by_hash.sort_unstable();
+            let panicked = || StoreError::Backend("an audit thread panicked".into());
+            let (tree, misplaced, by_hash) = log.join().map_err(|_| panicked())??;
             let mut derived = Vec::with_capacity(by_hash.len());
             for worker in workers {
-                while !worker.is_finished() {
-                    progress(done.load(Ordering::Relaxed), total);
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                let share = worker
-                    .join()
-                    .map_err(|_| StoreError::Backend("an audit worker panicked".into()))??;
-                derived.extend(share);
+                derived.extend(worker.join().map_err(|_| panicked())??);
             }
             Ok::<_, StoreError>((tree, misplaced, by_hash, derived))
         })?;
