@@ -282,6 +282,7 @@ async fn publish(url: &str, messages: Vec<(String, Vec<u8>)>, clients: usize) ->
 async fn throughput(platform: &Platform, messages: Vec<(String, Vec<u8>)>) -> Result<f64> {
     let n = messages.len() as u64;
     let base = platform.ingest.metrics().accepted.load(Relaxed);
+    let batches = platform.ingest.metrics().batches.load(Relaxed);
     let start = Instant::now();
     let url = platform.broker_url.clone();
     let publisher = tokio::spawn(async move { publish(&url, messages, 2).await });
@@ -301,7 +302,11 @@ async fn throughput(platform: &Platform, messages: Vec<(String, Vec<u8>)>) -> Re
             );
         }
         if last_report.elapsed() >= Duration::from_secs(2) {
-            eprintln!("    {done}/{n} committed");
+            let commits = platform.ingest.metrics().batches.load(Relaxed) - batches;
+            eprintln!(
+                "    {done}/{n} committed, {:.0} per commit",
+                done as f64 / commits.max(1) as f64
+            );
             last_report = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -7,7 +7,7 @@ use msec_store::{
 };
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 
 /// How often registry changes made by other processes (the CLI) are picked up.
@@ -23,6 +23,8 @@ pub(crate) struct Writer {
     live: broadcast::Sender<Live>,
     last_sequence: HashMap<String, i64>,
     refreshed_ms: i64,
+    /// Lives as long as the writer.
+    _checkpoints: Option<msec_store::WalCheckpointer>,
 }
 
 enum Pending {
@@ -32,18 +34,20 @@ enum Pending {
 
 impl Writer {
     pub(crate) fn new(
-        store: Store,
+        mut store: Store,
         devices: &[Device],
         config: crate::Config,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         live: broadcast::Sender<Live>,
-    ) -> Writer {
+    ) -> Result<Writer, msec_store::StoreError> {
+        // A commit must never wait for the WAL to be copied into the database file.
+        let checkpoints = store.checkpoint_in_background()?;
         let last_sequence = devices
             .iter()
             .filter_map(|d| Some((d.id.clone(), d.last_sequence?)))
             .collect();
-        Writer {
+        Ok(Writer {
             store,
             config,
             registry,
@@ -51,12 +55,23 @@ impl Writer {
             live,
             last_sequence,
             refreshed_ms: msec_store::now_ms(),
-        }
+            _checkpoints: checkpoints,
+        })
     }
 
     pub(crate) fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         let max = self.config.batch_max.max(1);
+        let mut last_start: Option<Instant> = None;
         while let Some(first) = jobs.blocking_recv() {
+            // Group commit: an idle writer commits at once; a busy one waits out the interval
+            // and takes everything that queued up meanwhile.
+            if let Some(wait) = last_start
+                .map(|t| t + self.config.commit_interval)
+                .and_then(|due| due.checked_duration_since(Instant::now()))
+            {
+                std::thread::sleep(wait);
+            }
+            last_start = Some(Instant::now());
             let mut batch = vec![first];
             while batch.len() < max {
                 match jobs.try_recv() {

@@ -5,6 +5,7 @@
 use msec_ledger::Hash;
 
 use crate::log::RecordId;
+use crate::DeviceUpdate;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +57,6 @@ impl From<postgres::Error> for StoreError {
 pub(crate) enum P<'a> {
     I64(i64),
     OptI64(Option<i64>),
-    OptF64(Option<f64>),
     Text(&'a str),
     OptText(Option<&'a str>),
     Bytes(&'a [u8]),
@@ -67,7 +67,6 @@ impl rusqlite::ToSql for P<'_> {
         match self {
             P::I64(v) => v.to_sql(),
             P::OptI64(v) => v.to_sql(),
-            P::OptF64(v) => v.to_sql(),
             P::Text(v) => v.to_sql(),
             P::OptText(v) => v.to_sql(),
             P::Bytes(v) => v.to_sql(),
@@ -84,7 +83,6 @@ impl postgres::types::ToSql for P<'_> {
         match self {
             P::I64(v) => v.to_sql(ty, out),
             P::OptI64(v) => v.to_sql(ty, out),
-            P::OptF64(v) => v.to_sql(ty, out),
             P::Text(v) => v.to_sql(ty, out),
             P::OptText(v) => v.to_sql(ty, out),
             P::Bytes(v) => v.to_sql(ty, out),
@@ -187,7 +185,66 @@ impl Row for postgres::Row {
 
 pub(crate) enum Db {
     Sqlite(rusqlite::Connection),
-    Postgres(Box<postgres::Client>),
+    Postgres(Box<Pg>),
+}
+
+/// A PostgreSQL connection that prepares each statement once. Unprepared, every statement
+/// costs two round trips (parse, then execute), and a commit runs several of them.
+pub(crate) struct Pg {
+    client: postgres::Client,
+    statements: std::collections::HashMap<String, postgres::Statement>,
+}
+
+impl Pg {
+    /// Bounds the cache: some SQL is assembled at run time.
+    const MAX_STATEMENTS: usize = 256;
+
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        if self.statements.len() >= Self::MAX_STATEMENTS {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+
+    fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let result = self
+            .statement(sql)
+            .and_then(|s| self.client.execute(&s, params));
+        self.forget_on_error(result)
+    }
+
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, StoreError> {
+        let result = self
+            .statement(sql)
+            .and_then(|s| self.client.query(&s, params));
+        self.forget_on_error(result)
+    }
+
+    /// A prepared statement outlives schema changes made by other connections (a newer msec
+    /// migrating); after any error the next attempt prepares afresh.
+    fn forget_on_error<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, StoreError> {
+        if result.is_err() {
+            self.statements.clear();
+        }
+        Ok(result?)
+    }
+
+    fn batch_execute(&mut self, sql: &str) -> Result<(), postgres::Error> {
+        self.client.batch_execute(sql)
+    }
 }
 
 fn sqlite_sql(sql: &str) -> String {
@@ -233,7 +290,28 @@ impl Db {
                 .unwrap_or_default();
             StoreError::Open(format!("PostgreSQL at {}: {e}{detail}", redact(url)))
         })?;
-        Ok(Db::Postgres(Box::new(client)))
+        Ok(Db::Postgres(Box::new(Pg {
+            client,
+            statements: Default::default(),
+        })))
+    }
+
+    /// SQLite: stops this connection's commits from copying the write-ahead log into the
+    /// database file (see [`crate::WalCheckpointer`]). Nothing to do on PostgreSQL.
+    pub(crate) fn leave_checkpoints_to_others(&mut self) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(c) => Ok(c.execute_batch("PRAGMA wal_autocheckpoint = 0")?),
+            Db::Postgres(_) => Ok(()),
+        }
+    }
+
+    /// SQLite: copies what it can of the write-ahead log into the database file, without
+    /// waiting for or blocking anyone (a PASSIVE checkpoint).
+    pub(crate) fn checkpoint_wal(&mut self) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(c) => Ok(c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)")?),
+            Db::Postgres(_) => Ok(()),
+        }
     }
 
     pub(crate) fn engine(&self) -> &'static str {
@@ -375,6 +453,47 @@ impl Db {
                     .filter(|(_, r)| done.contains(&(r.device_id.clone(), r.sequence)))
                     .map(|(i, _)| i)
                     .collect())
+            }
+        }
+    }
+
+    /// Records what a batch of accepted readings taught about their devices. One statement on
+    /// PostgreSQL: a batch touches up to every device of a city, and a round trip per device
+    /// would put their count into every commit's latency.
+    pub(crate) fn update_devices(&mut self, updates: &[DeviceUpdate]) -> Result<(), StoreError> {
+        const SQLITE: &str = "UPDATE devices SET last_seen_ms = ?2, last_sequence = ?3, \
+             battery = COALESCE(?4, battery), link = COALESCE(?5, link) WHERE id = ?1";
+        if updates.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Db::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(SQLITE)?;
+                for u in updates {
+                    stmt.execute(rusqlite::params![
+                        u.device_id,
+                        u.last_seen_ms,
+                        u.last_sequence,
+                        u.battery,
+                        u.link
+                    ])?;
+                }
+                Ok(())
+            }
+            Db::Postgres(c) => {
+                let ids: Vec<&str> = updates.iter().map(|u| u.device_id.as_str()).collect();
+                let seen: Vec<i64> = updates.iter().map(|u| u.last_seen_ms).collect();
+                let seqs: Vec<i64> = updates.iter().map(|u| u.last_sequence).collect();
+                let battery: Vec<Option<f64>> = updates.iter().map(|u| u.battery).collect();
+                let link: Vec<Option<f64>> = updates.iter().map(|u| u.link).collect();
+                c.execute(
+                    "UPDATE devices AS d SET last_seen_ms = u.seen, last_sequence = u.seq, \
+                     battery = COALESCE(u.battery, d.battery), link = COALESCE(u.link, d.link) \
+                     FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::float8[]) \
+                     AS u(id, seen, seq, battery, link) WHERE d.id = u.id",
+                    &[&ids, &seen, &seqs, &battery, &link],
+                )?;
+                Ok(())
             }
         }
     }

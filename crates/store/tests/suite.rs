@@ -106,6 +106,39 @@ fn suite(url: &str) {
         (d1.last_seen_ms, d1.last_sequence, d1.battery),
         (Some(99), Some(5), Some(80.0))
     );
+    // Several devices in one batch; a reading without battery keeps the last known level.
+    s.commit(&Batch {
+        devices: vec![
+            DeviceUpdate {
+                device_id: "d1".into(),
+                last_seen_ms: 120,
+                last_sequence: 6,
+                battery: None,
+                link: Some(55.0),
+            },
+            DeviceUpdate {
+                device_id: "d2".into(),
+                last_seen_ms: 121,
+                last_sequence: 1,
+                battery: Some(12.5),
+                link: None,
+            },
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let (d1, d2) = (
+        s.device("d1").unwrap().unwrap(),
+        s.device("d2").unwrap().unwrap(),
+    );
+    assert_eq!(
+        (d1.last_seen_ms, d1.last_sequence, d1.battery, d1.link),
+        (Some(120), Some(6), Some(80.0), Some(55.0))
+    );
+    assert_eq!(
+        (d2.last_seen_ms, d2.last_sequence, d2.battery, d2.link),
+        (Some(121), Some(1), Some(12.5), None)
+    );
     assert_eq!(s.counts().unwrap().readings, 5);
     assert_eq!(s.reading_digest("d1", 3).unwrap().unwrap(), vec![3u8; 32]);
     assert!(s.reading_digest("d1", 9).unwrap().is_none());
@@ -251,4 +284,61 @@ fn unreachable_database_is_a_clear_error() {
         msg.contains("PostgreSQL") && !msg.contains("secret"),
         "{msg}"
     );
+}
+
+/// Ingest's commits leave copying the SQLite log into the database file to a thread of its
+/// own: a commit that crosses the usual 1,000-page mark copies nothing, and the checkpointer
+/// does copy.
+#[test]
+fn sqlite_checkpoints_run_beside_the_writer() {
+    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-store-"));
+    let path = dir.join("msec.db");
+    let mut s = Store::open(path.to_str().unwrap(), Arc::new(MemoryKeys::new())).unwrap();
+    s.register_device(&device("d1", 1)).unwrap();
+    let size = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+    // Started and stopped at once: what remains is a writer that never checkpoints.
+    drop(
+        s.checkpoint_in_background()
+            .unwrap()
+            .expect("SQLite has a checkpointer"),
+    );
+    let before = size("msec.db");
+    let mut seq = 0;
+    while size("msec.db-wal") < 6 << 20 {
+        let batch = Batch {
+            readings: (0..200)
+                .map(|_| {
+                    seq += 1;
+                    reading("d1", seq)
+                })
+                .collect(),
+            ..Default::default()
+        };
+        s.commit(&batch).unwrap();
+    }
+    assert_eq!(
+        size("msec.db"),
+        before,
+        "a commit copied the log into the database file"
+    );
+
+    let checkpoints = s.checkpoint_in_background().unwrap().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while size("msec.db") < before + (2 << 20) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the checkpointer copied nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Writing goes on while it runs, and everything stays readable.
+    s.commit(&Batch {
+        readings: vec![reading("d1", seq + 1)],
+        ..Default::default()
+    })
+    .unwrap();
+    drop(checkpoints);
+    assert_eq!(s.counts().unwrap().readings, seq + 1);
+    drop(s);
+    std::fs::remove_dir_all(dir).ok();
 }
