@@ -42,7 +42,8 @@ impl Writer {
         live: broadcast::Sender<Live>,
     ) -> Result<Writer, msec_store::StoreError> {
         // A commit must never wait for the WAL to be copied into the database file.
-        let checkpoints = store.checkpoint_in_background()?;
+        let checkpoints =
+            store.checkpoint_in_background(msec_store::WalCheckpointer::LOG_LIMIT_BYTES)?;
         let last_sequence = devices
             .iter()
             .filter_map(|d| Some((d.id.clone(), d.last_sequence?)))

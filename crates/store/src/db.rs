@@ -305,13 +305,31 @@ impl Db {
         }
     }
 
-    /// SQLite: copies what it can of the write-ahead log into the database file, without
-    /// waiting for or blocking anyone (a PASSIVE checkpoint).
-    pub(crate) fn checkpoint_wal(&mut self) -> Result<(), StoreError> {
-        match self {
-            Db::Sqlite(c) => Ok(c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)")?),
-            Db::Postgres(_) => Ok(()),
-        }
+    /// SQLite: copies the write-ahead log into the database file; returns the log's size in
+    /// bytes, or `None` when readers of older snapshots kept it from finishing. A PASSIVE
+    /// checkpoint copies what it can without waiting for or blocking anyone, but never lets the
+    /// log start over while commits keep arriving. A RESTART one (`restart` is how long it may
+    /// wait for readers) holds off commits until it has copied the rest, so the next commit
+    /// writes the log from its start again, reusing the file.
+    pub(crate) fn checkpoint_wal(
+        &mut self,
+        restart: Option<std::time::Duration>,
+    ) -> Result<Option<u64>, StoreError> {
+        let Db::Sqlite(c) = self else {
+            return Ok(Some(0));
+        };
+        let sql = match restart {
+            None => "PRAGMA wal_checkpoint(PASSIVE)",
+            Some(wait) => {
+                c.busy_timeout(wait)?;
+                "PRAGMA wal_checkpoint(RESTART)"
+            }
+        };
+        let page: u64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        // Columns: busy (1 if it gave up waiting), pages in the log, pages copied.
+        let (busy, pages) =
+            c.query_row(sql, [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        Ok((busy == 0).then(|| page * pages.max(0) as u64))
     }
 
     pub(crate) fn engine(&self) -> &'static str {

@@ -298,7 +298,7 @@ fn sqlite_checkpoints_run_beside_the_writer() {
     let size = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
     // Started and stopped at once: what remains is a writer that never checkpoints.
     drop(
-        s.checkpoint_in_background()
+        s.checkpoint_in_background(WalCheckpointer::LOG_LIMIT_BYTES)
             .unwrap()
             .expect("SQLite has a checkpointer"),
     );
@@ -322,7 +322,10 @@ fn sqlite_checkpoints_run_beside_the_writer() {
         "a commit copied the log into the database file"
     );
 
-    let checkpoints = s.checkpoint_in_background().unwrap().unwrap();
+    let checkpoints = s
+        .checkpoint_in_background(WalCheckpointer::LOG_LIMIT_BYTES)
+        .unwrap()
+        .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while size("msec.db") < before + (2 << 20) {
         assert!(
@@ -339,6 +342,55 @@ fn sqlite_checkpoints_run_beside_the_writer() {
     .unwrap();
     drop(checkpoints);
     assert_eq!(s.counts().unwrap().readings, seq + 1);
+    drop(s);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Under steady writes a passive checkpoint never catches up, so without more the log grows
+/// for as long as ingest runs. The checkpointer starts it over once it passes its limit, while
+/// the writer keeps committing at the ingest writer's pace.
+#[test]
+fn sqlite_log_stays_bounded_under_steady_writes() {
+    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-store-"));
+    let path = dir.join("msec.db");
+    let mut s = Store::open(path.to_str().unwrap(), Arc::new(MemoryKeys::new())).unwrap();
+    s.register_device(&device("d1", 1)).unwrap();
+    let wal = || std::fs::metadata(dir.join("msec.db-wal")).map_or(0, |m| m.len());
+    let limit = 1 << 20;
+    let checkpoints = s.checkpoint_in_background(limit).unwrap().unwrap();
+    let (mut seq, mut largest, mut rewritten) = (0, 0, 0);
+    // Goes on until 20 commits were written over the log's start again, or fails after 60 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while rewritten < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log never started over (largest {largest} bytes)"
+        );
+        let before = wal();
+        s.commit(&Batch {
+            readings: (0..50)
+                .map(|_| {
+                    seq += 1;
+                    reading("d1", seq)
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .unwrap();
+        // A log that started over is rewritten from its first page: the file stops growing.
+        let after = wal();
+        if after <= before && before > limit {
+            rewritten += 1;
+        }
+        largest = largest.max(after);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    drop(checkpoints);
+    assert!(
+        largest < 4 * limit,
+        "the log reached {largest} bytes with a limit of {limit}"
+    );
+    assert_eq!(s.counts().unwrap().readings, seq);
     drop(s);
     std::fs::remove_dir_all(dir).ok();
 }
