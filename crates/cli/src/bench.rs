@@ -230,11 +230,20 @@ impl Fleet {
 async fn publish(url: &str, messages: Vec<(String, Vec<u8>)>, clients: usize) -> Result<()> {
     let cfg =
         msec_ingest::MqttConfig::from_url(url, "bench", "bench").map_err(anyhow::Error::msg)?;
-    let chunk = messages.len().div_ceil(clients.max(1)).max(1);
+    // Each device publishes through one connection, as a real device does, so its readings
+    // reach the broker in sequence order; devices are spread over the connections. (Cutting the
+    // list in halves instead split a device whenever the cut fell inside its readings, and its
+    // later half, arriving first, made the earlier one replays.)
+    let clients = clients.max(1);
+    let mut parts: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); clients];
+    let mut client_of: HashMap<String, usize> = HashMap::new();
+    for (topic, payload) in messages {
+        let next = client_of.len() % clients;
+        let c = *client_of.entry(topic.clone()).or_insert(next);
+        parts[c].push((topic, payload));
+    }
     let mut tasks = Vec::new();
-    let mut messages = messages.into_iter();
-    for c in 0..clients {
-        let part: Vec<_> = messages.by_ref().take(chunk).collect();
+    for (c, part) in parts.into_iter().enumerate() {
         let mut opts = MqttOptions::new(
             format!("msec-bench-pub-{}-{c}", std::process::id()),
             cfg.host.clone(),
@@ -278,9 +287,39 @@ async fn publish(url: &str, messages: Vec<(String, Vec<u8>)>, clients: usize) ->
     Ok(())
 }
 
-/// Throughput: readings/s from first publish until all are committed.
-async fn throughput(platform: &Platform, messages: Vec<(String, Vec<u8>)>) -> Result<f64> {
+/// Busy and total CPU time of the whole machine so far, in clock ticks, from Linux's
+/// `/proc/stat`; `None` elsewhere. Machine-wide on purpose: the broker and the database may be
+/// processes of their own.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    // "cpu  user nice system idle iowait irq softirq steal guest guest_nice"; guest time is
+    // already inside user, and iowait is idle time spent waiting for a disk.
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((total - idle, total))
+}
+
+/// The share of the machine's CPU time that was busy since `start` (a [`cpu_ticks`] reading).
+fn cpu_busy_since(start: Option<(u64, u64)>) -> Option<f64> {
+    let ((busy0, total0), (busy1, total1)) = (start?, cpu_ticks()?);
+    (total1 > total0).then(|| (busy1 - busy0) as f64 / (total1 - total0) as f64)
+}
+
+/// Throughput: readings/s from first publish until all are committed, and how busy the
+/// machine's cores were meanwhile (idle cores mean something other than CPU holds it back).
+async fn throughput(
+    platform: &Platform,
+    messages: Vec<(String, Vec<u8>)>,
+) -> Result<(f64, Option<f64>)> {
     let n = messages.len() as u64;
+    let cpu = cpu_ticks();
     let base = platform.ingest.metrics().accepted.load(Relaxed);
     let batches = platform.ingest.metrics().batches.load(Relaxed);
     let start = Instant::now();
@@ -312,8 +351,9 @@ async fn throughput(platform: &Platform, messages: Vec<(String, Vec<u8>)>) -> Re
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
+    let busy = cpu_busy_since(cpu);
     publisher.await??;
-    Ok(rate)
+    Ok((rate, busy))
 }
 
 /// Latency at a fixed rate: signing on the device to the durable commit.
@@ -390,14 +430,14 @@ async fn latency(
     Ok((pct(0.50), pct(0.99), lat.len()))
 }
 
-/// Raw broker baseline: the same payloads published and received through the broker, QoS 1
-/// both ways, no msec in between.
+/// Raw broker baseline: the same payloads on the same topics (under a root of its own),
+/// published and received through the broker, QoS 1 both ways, no msec in between.
 async fn raw_broker_rate(url: &str, messages: Vec<(String, Vec<u8>)>) -> Result<f64> {
     let root = format!("rawbench{}", std::process::id());
     let n = messages.len();
     let messages: Vec<_> = messages
         .into_iter()
-        .map(|(_, p)| (format!("{root}/x"), p))
+        .map(|(topic, p)| (format!("{root}/{topic}"), p))
         .collect();
     let cfg =
         msec_ingest::MqttConfig::from_url(url, "bench", "bench").map_err(anyhow::Error::msg)?;
@@ -506,6 +546,8 @@ async fn drop_schema(base: &str, schema: String) {
 
 struct Run {
     throughput: f64,
+    /// Share of the machine's CPU time busy during the throughput phase.
+    busy: Option<f64>,
     p50: f64,
     p99: f64,
     samples: usize,
@@ -525,12 +567,13 @@ async fn run_mode(
         eprintln!("  signing {n} readings…");
         let messages = fleet.sign(n, &settings.topic_root);
         eprintln!("  publishing and ingesting…");
-        let throughput = throughput(&platform, messages).await?;
+        let (throughput, busy) = throughput(&platform, messages).await?;
         eprintln!("  latency run: {rate} readings/s for {secs} s…");
         let (p50, p99, samples) =
             latency(&platform, &mut fleet, &settings.topic_root, rate, secs).await?;
         Ok(Run {
             throughput,
+            busy,
             p50,
             p99,
             samples,
@@ -539,6 +582,20 @@ async fn run_mode(
     .await;
     platform.shutdown().await?;
     result
+}
+
+impl Run {
+    /// The result line's tail, after the mode and its throughput ratio.
+    fn summary(&self, rate: u32) -> String {
+        let cpu = self
+            .busy
+            .map(|b| format!("; CPU {:.0} % busy", b * 100.0))
+            .unwrap_or_default();
+        format!(
+            "latency at {rate} /s: p50 {:.2} ms, p99 {:.2} ms ({} samples){cpu}",
+            self.p50, self.p99, self.samples
+        )
+    }
 }
 
 fn rate(n: u64, start: Instant) -> f64 {
@@ -923,8 +980,10 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let e = e?;
     println!(
-        "embedded  rumqttd + SQLite: {:>10.0} readings/s ({:.2} x raw verify); latency at {} /s: p50 {:.2} ms, p99 {:.2} ms ({} samples)",
-        e.throughput, e.throughput / verify, latency_rate, e.p50, e.p99, e.samples
+        "embedded  rumqttd + SQLite: {:>10.0} readings/s ({:.2} x raw verify); {}",
+        e.throughput,
+        e.throughput / verify,
+        e.summary(latency_rate)
     );
     if embedded_only {
         return Ok(());
@@ -972,8 +1031,10 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         raw
     );
     println!(
-        "mosquitto Mosquitto + PostgreSQL: {:>10.0} readings/s ({:.2} x raw Mosquitto); latency at {} /s: p50 {:.2} ms, p99 {:.2} ms ({} samples)",
-        p.throughput, p.throughput / raw, latency_rate, p.p50, p.p99, p.samples
+        "mosquitto Mosquitto + PostgreSQL: {:>10.0} readings/s ({:.2} x raw Mosquitto); {}",
+        p.throughput,
+        p.throughput / raw,
+        p.summary(latency_rate)
     );
     Ok(())
 }

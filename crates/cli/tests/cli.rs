@@ -464,6 +464,77 @@ fn bench_ledger_prints_figures_with_a_baseline() {
 }
 
 #[test]
+fn bench_ingest_prints_rates_latencies_and_both_baselines() {
+    // Production mode runs its own Mosquitto, configured as docs/operations.md says: the shared
+    // one keeps Mosquitto's default of 1,000 queued messages per client and drops the rest.
+    let mosquitto = std::process::Command::new("mosquitto")
+        .arg("-h")
+        .output()
+        .is_ok();
+    if !mosquitto {
+        msec_testkit::missing(
+            "msec bench ingest in production mode",
+            "no mosquitto executable on PATH (Debian: apt install mosquitto)",
+        );
+    }
+    let postgres = std::env::var("MSEC_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| msec_testkit::DEFAULT_DATABASE_URL.into());
+    let mut args = vec![
+        "bench",
+        "ingest",
+        "--readings",
+        "3000",
+        "--devices",
+        "10",
+        "--latency-rate",
+        "500",
+        "--latency-secs",
+        "1",
+        "--postgres",
+        &postgres,
+    ];
+    if !mosquitto {
+        args.push("--embedded-only");
+    }
+    let (ok, out, err) = run(&args);
+    assert!(ok, "{err}");
+    let line = |prefix: &str| {
+        out.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{out}"))
+            .to_string()
+    };
+    let rate = |line: &str, after: &str| -> f64 {
+        let rest = &line[line.find(after).unwrap() + after.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    assert!(rate(&line("baseline  raw Ed25519"), ":") > 0.0);
+    let embedded = line("embedded  rumqttd + SQLite");
+    assert!(rate(&embedded, "SQLite:") > 0.0, "{embedded}");
+    for part in ["x raw verify", "p50 ", "p99 ", "(500 samples)"] {
+        assert!(embedded.contains(part), "missing {part:?} in {embedded}");
+    }
+    if cfg!(target_os = "linux") {
+        assert!(embedded.contains("% busy"), "{embedded}");
+    }
+    if !mosquitto {
+        return;
+    }
+    if out.contains("SKIPPED production mode") {
+        msec_testkit::missing("PostgreSQL", &format!("msec bench ingest said: {out}"));
+        return;
+    }
+    assert!(rate(&line("baseline  raw Mosquitto"), "payloads:") > 0.0);
+    let production = line("mosquitto Mosquitto + PostgreSQL");
+    for part in ["x raw Mosquitto", "p99 ", "(500 samples)"] {
+        assert!(
+            production.contains(part),
+            "missing {part:?} in {production}"
+        );
+    }
+}
+
+#[test]
 fn bench_policy_prints_figures_with_a_baseline() {
     let (ok, out, err) = run(&["bench", "policy", "--decisions", "2000"]);
     assert!(ok, "{err}");
