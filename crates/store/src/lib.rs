@@ -285,9 +285,10 @@ impl Store {
                     // Under steady ingest a passive checkpoint never catches up with the
                     // writer, so the log would grow without end (630 MB after 125,000
                     // readings). The passive pass has just copied nearly all of it, so a
-                    // restarting pass right after holds the writer off only briefly. (TRUNCATE, which also frees the file, was
-                    // tried: with the file regrown after every pass, p50 at 5,000 readings/s
-                    // went from 6 to 277 ms in `msec bench ingest`.)
+                    // restarting pass right after holds the writer off only briefly.
+                    // (TRUNCATE, which also frees the file, was tried: with the file regrown
+                    // after every pass, p50 at 5,000 readings/s went from 6 to 277 ms in one
+                    // run of `msec bench ingest`.)
                     let pass = other.checkpoint_wal(None).and_then(|size| match size {
                         Some(bytes) if bytes > log_limit => {
                             let start = std::time::Instant::now();
