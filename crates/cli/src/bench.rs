@@ -233,7 +233,7 @@ async fn publish(url: &str, messages: Vec<(String, Vec<u8>)>, clients: usize) ->
     // Each device publishes through one connection, as a real device does, so its readings
     // reach the broker in sequence order; devices are spread over the connections. (Cutting the
     // list in halves instead split a device whenever the cut fell inside its readings, and its
-    // later half, arriving first, made the earlier one replays.)
+    // later half, arriving first, made the earlier ones replays.)
     let clients = clients.max(1);
     let mut parts: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); clients];
     let mut client_of: HashMap<String, usize> = HashMap::new();
