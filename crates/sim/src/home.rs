@@ -28,45 +28,26 @@ enum Part {
     Plug,
 }
 
-/// One device of a resident's kit.
-struct KitPart {
-    part: Part,
-    suffix: &'static str,
-    kind: &'static str,
-    name: &'static str,
-    /// Sampling interval in seconds.
-    secs: u64,
-    /// Battery drain in %/day; `None` for a device without a battery.
-    drain: Option<f64>,
-}
-
-const fn kit_part(
-    part: Part,
-    suffix: &'static str,
-    kind: &'static str,
-    name: &'static str,
-    secs: u64,
-    drain: Option<f64>,
-) -> KitPart {
-    KitPart {
-        part,
-        suffix,
-        kind,
-        name,
-        secs,
-        drain,
-    }
-}
+/// One device of a resident's kit: part, id suffix, kind, name, sampling interval in seconds,
+/// battery drain in %/day (`None`: no battery).
+type KitPart = (
+    Part,
+    &'static str,
+    &'static str,
+    &'static str,
+    u64,
+    Option<f64>,
+);
 
 /// The hub is mains powered and keeps its backup battery charged (negative drain); the plug is
 /// in the wall and has no battery to report.
 #[rustfmt::skip]
 const KIT: [KitPart; 5] = [
-    kit_part(Part::Hub,    "hub",    "gateway-hub",   "Gateway hub",                30, Some(-5.0)),
-    kit_part(Part::Motion, "motion", "motion-sensor", "Motion sensor, hallway",     15, Some(0.15)),
-    kit_part(Part::Door,   "door",   "door-sensor",   "Front door sensor",          15, Some(0.1)),
-    kit_part(Part::Bed,    "bed",    "bed-sensor",    "Bed occupancy sensor",       15, Some(0.1)),
-    kit_part(Part::Plug,   "plug",   "smart-plug",    "Smart plug, kitchen and TV", 15, None),
+    (Part::Hub,    "hub",    "gateway-hub",   "Gateway hub",                30, Some(-5.0)),
+    (Part::Motion, "motion", "motion-sensor", "Motion sensor, hallway",     15, Some(0.15)),
+    (Part::Door,   "door",   "door-sensor",   "Front door sensor",          15, Some(0.1)),
+    (Part::Bed,    "bed",    "bed-sensor",    "Bed occupancy sensor",       15, Some(0.1)),
+    (Part::Plug,   "plug",   "smart-plug",    "Smart plug, kitchen and TV", 15, None),
 ];
 
 pub(crate) fn fleet(residents: usize, seed: u64) -> Vec<SimDevice> {
@@ -80,15 +61,8 @@ pub(crate) fn fleet(residents: usize, seed: u64) -> Vec<SimDevice> {
                 lon: place.random_range(-3.835..-3.790),
                 label: format!("Home {home:03}"),
             };
-            KIT.iter().map(
-                move |&KitPart {
-                          part,
-                          suffix,
-                          kind,
-                          name,
-                          secs,
-                          drain,
-                      }| {
+            KIT.iter()
+                .map(move |&(part, suffix, kind, name, secs, drain)| {
                     let id = format!("{prefix}-{suffix}");
                     let mut rng = device_rng(seed, &id);
                     let battery = drain.map(|drain_per_day| Battery {
@@ -115,8 +89,7 @@ pub(crate) fn fleet(residents: usize, seed: u64) -> Vec<SimDevice> {
                         battery,
                         last_sample: None,
                     }
-                },
-            )
+                })
         })
         .collect()
 }
