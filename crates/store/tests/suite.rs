@@ -305,16 +305,7 @@ fn sqlite_checkpoints_run_beside_the_writer() {
     let before = size("msec.db");
     let mut seq = 0;
     while size("msec.db-wal") < 6 << 20 {
-        let batch = Batch {
-            readings: (0..200)
-                .map(|_| {
-                    seq += 1;
-                    reading("d1", seq)
-                })
-                .collect(),
-            ..Default::default()
-        };
-        s.commit(&batch).unwrap();
+        s.commit(&next_readings("d1", &mut seq, 200)).unwrap();
     }
     assert_eq!(
         size("msec.db"),
@@ -346,6 +337,19 @@ fn sqlite_checkpoints_run_beside_the_writer() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// A batch of `n` readings of `device`, with the sequence numbers after `*seq`.
+fn next_readings(device: &str, seq: &mut i64, n: usize) -> Batch {
+    Batch {
+        readings: (0..n)
+            .map(|_| {
+                *seq += 1;
+                reading(device, *seq)
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// Under steady writes a passive checkpoint never catches up, so without more the log grows
 /// for as long as ingest runs. The checkpointer starts it over once it passes its limit, while
 /// the writer keeps committing at the ingest writer's pace.
@@ -367,16 +371,7 @@ fn sqlite_log_stays_bounded_under_steady_writes() {
             "the log never started over (largest {largest} bytes)"
         );
         let before = wal();
-        s.commit(&Batch {
-            readings: (0..50)
-                .map(|_| {
-                    seq += 1;
-                    reading("d1", seq)
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .unwrap();
+        s.commit(&next_readings("d1", &mut seq, 50)).unwrap();
         // A log that started over is rewritten from its first page: the file stops growing.
         let after = wal();
         if after <= before && before > limit {
