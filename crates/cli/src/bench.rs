@@ -22,6 +22,8 @@ pub enum BenchCommand {
     /// Prints accepted readings/s from device signing through the broker to a durable commit,
     /// end-to-end latency (p50, p99) at a fixed rate, and two same-run baselines: raw Ed25519
     /// verification on all cores, and raw Mosquitto publish->subscribe of the same payloads.
+    /// On Linux it also prints how busy the machine's cores were while readings flowed: idle
+    /// cores mean something other than CPU (a broker's window, the disk) holds ingest back.
     Ingest(IngestArgs),
     /// Transparency-log throughput on one core: appends, inclusion and consistency proofs
     /// (generated and verified), with raw SHA-256 of leaf-sized inputs as the baseline.
