@@ -194,8 +194,55 @@ impl WalCheckpointer {
     const EVERY: std::time::Duration = std::time::Duration::from_millis(200);
     /// Longest a restarting checkpoint waits for readers, holding off commits meanwhile.
     const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+    /// How long restarts pause after one gave up waiting for a reader.
+    const AFTER_GIVING_UP: std::time::Duration = std::time::Duration::from_secs(5);
     /// The log size past which the ingest writer's checkpointer starts the log over.
     pub const LOG_LIMIT_BYTES: u64 = 64 << 20;
+}
+
+/// The checkpoint thread (see [`Store::checkpoint_in_background`]), until `stopped` closes.
+fn checkpoint_loop(mut db: Db, stopped: std::sync::mpsc::Receiver<()>, log_limit: u64) {
+    use std::time::Instant;
+    let mut failing = false;
+    let mut next_restart = Instant::now();
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stopped.recv_timeout(WalCheckpointer::EVERY)
+    {
+        // Under steady ingest a passive checkpoint never catches up with the writer, so the
+        // log would grow without end (630 MB after 125,000 readings). The passive pass has just
+        // copied nearly all of it, so a restarting pass right after holds the writer off only
+        // briefly. (TRUNCATE, which also frees the file, was tried: with the file regrown after
+        // every pass, p50 at 5,000 readings/s went from 6 to 277 ms in one run of `msec bench
+        // ingest`.) A restart must also wait for every reader, and holds commits off while it
+        // waits; after one gave up, the next waits a while, or a long reader (an export) would
+        // cost the writer that wait on every pass.
+        let pass = match db.checkpoint_wal(None) {
+            Ok(Some(bytes)) if bytes > log_limit && Instant::now() >= next_restart => {
+                let start = Instant::now();
+                let done = db.checkpoint_wal(Some(WalCheckpointer::MAX_WAIT));
+                let started_over = matches!(done, Ok(Some(_)));
+                if !started_over {
+                    next_restart = Instant::now() + WalCheckpointer::AFTER_GIVING_UP;
+                }
+                tracing::debug!(
+                    bytes,
+                    ms = start.elapsed().as_secs_f64() * 1e3,
+                    started_over,
+                    "restarting checkpoint of the SQLite log"
+                );
+                done
+            }
+            pass => pass,
+        };
+        match pass {
+            Ok(_) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::error!(error = %e, "cannot checkpoint the SQLite log; it grows until this succeeds");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 impl Drop for WalCheckpointer {
@@ -272,47 +319,12 @@ impl Store {
         if self.engine() != "sqlite" {
             return Ok(None);
         }
-        let mut other = Db::open(&self.url)?;
+        let other = Db::open(&self.url)?;
         self.db.leave_checkpoints_to_others()?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("msec-checkpoint".into())
-            .spawn(move || {
-                let mut failing = false;
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(WalCheckpointer::EVERY)
-                {
-                    // Under steady ingest a passive checkpoint never catches up with the
-                    // writer, so the log would grow without end (630 MB after 125,000
-                    // readings). The passive pass has just copied nearly all of it, so a
-                    // restarting pass right after holds the writer off only briefly.
-                    // (TRUNCATE, which also frees the file, was tried: with the file regrown
-                    // after every pass, p50 at 5,000 readings/s went from 6 to 277 ms in one
-                    // run of `msec bench ingest`.)
-                    let pass = other.checkpoint_wal(None).and_then(|size| match size {
-                        Some(bytes) if bytes > log_limit => {
-                            let start = std::time::Instant::now();
-                            let done = other.checkpoint_wal(Some(WalCheckpointer::MAX_WAIT));
-                            tracing::debug!(
-                                bytes,
-                                ms = start.elapsed().as_secs_f64() * 1e3,
-                                started_over = matches!(done, Ok(Some(_))),
-                                "restarting checkpoint of the SQLite log"
-                            );
-                            done
-                        }
-                        _ => Ok(size),
-                    });
-                    match pass {
-                        Ok(_) => failing = false,
-                        Err(e) if !failing => {
-                            failing = true;
-                            tracing::error!(error = %e, "cannot checkpoint the SQLite log; it grows until this succeeds");
-                        }
-                        Err(_) => {}
-                    }
-                }
-            })
+            .spawn(move || checkpoint_loop(other, stopped, log_limit))
             .map_err(|e| StoreError::Backend(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Some(WalCheckpointer {
             stop: Some(stop),

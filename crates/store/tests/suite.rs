@@ -389,3 +389,56 @@ fn sqlite_log_stays_bounded_under_steady_writes() {
     drop(s);
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A reader in the middle of a long query keeps the log from starting over, and a restarting
+/// checkpoint holds commits off while it waits for that reader. It gives up after a short wait
+/// and then leaves the writer alone for a while, instead of stalling a commit on every pass for
+/// as long as the reader lasts; once the reader is done, the log starts over again.
+#[test]
+fn sqlite_long_reader_does_not_stall_the_writer() {
+    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-store-"));
+    let path = dir.join("msec.db");
+    let mut s = Store::open(path.to_str().unwrap(), Arc::new(MemoryKeys::new())).unwrap();
+    s.register_device(&device("d1", 1)).unwrap();
+    let wal = || std::fs::metadata(dir.join("msec.db-wal")).map_or(0, |m| m.len());
+    let limit = 256 << 10;
+    let mut seq = 0;
+    // Past the limit before the checkpointer starts, so it tries to restart on every pass.
+    while wal() <= limit {
+        s.commit(&next_readings("d1", &mut seq, 50)).unwrap();
+    }
+    let reader = rusqlite::Connection::open(&path).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT COUNT(*) FROM readings;")
+        .unwrap();
+    let checkpoints = s.checkpoint_in_background(limit).unwrap().unwrap();
+    let (mut slow, started) = (0, std::time::Instant::now());
+    while started.elapsed() < std::time::Duration::from_secs(2) {
+        let t = std::time::Instant::now();
+        s.commit(&next_readings("d1", &mut seq, 10)).unwrap();
+        if t.elapsed() > std::time::Duration::from_millis(40) {
+            slow += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // One pass every 200 ms: about ten held commits in 2 s without the pause after giving up.
+    assert!(slow <= 3, "{slow} commits were held off in 2 s");
+    reader.execute_batch("COMMIT").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let before = wal();
+        s.commit(&next_readings("d1", &mut seq, 10)).unwrap();
+        if wal() <= before && before > limit {
+            break; // written over the log's start again
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log did not start over after the reader finished"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    drop(checkpoints);
+    assert_eq!(s.counts().unwrap().readings, seq);
+    drop(s);
+    std::fs::remove_dir_all(dir).ok();
+}
