@@ -291,11 +291,8 @@ fn unreachable_database_is_a_clear_error() {
 /// does copy.
 #[test]
 fn sqlite_checkpoints_run_beside_the_writer() {
-    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-store-"));
-    let path = dir.join("msec.db");
-    let mut s = Store::open(path.to_str().unwrap(), Arc::new(MemoryKeys::new())).unwrap();
-    s.register_device(&device("d1", 1)).unwrap();
-    let size = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+    let (mut s, dir) = sqlite_with_device();
+    let size = |name: &str| file_len(&dir.join(name));
     // Started and stopped at once: what remains is a writer that never checkpoints.
     drop(
         s.checkpoint_in_background(WalCheckpointer::LOG_LIMIT_BYTES)
@@ -337,6 +334,20 @@ fn sqlite_checkpoints_run_beside_the_writer() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// A fresh SQLite store holding device "d1", in a directory of its own (returned, so a test
+/// can look at the database's files).
+fn sqlite_with_device() -> (Store, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-store-"));
+    let path = dir.join("msec.db");
+    let mut s = Store::open(path.to_str().unwrap(), Arc::new(MemoryKeys::new())).unwrap();
+    s.register_device(&device("d1", 1)).unwrap();
+    (s, dir)
+}
+
+fn file_len(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
 /// A batch of `n` readings of `device`, with the sequence numbers after `*seq`.
 fn next_readings(device: &str, seq: &mut i64, n: usize) -> Batch {
     Batch {
@@ -355,11 +366,8 @@ fn next_readings(device: &str, seq: &mut i64, n: usize) -> Batch {
 /// the writer keeps committing at the ingest writer's pace.
 #[test]
 fn sqlite_log_stays_bounded_under_steady_writes() {
-    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-store-"));
-    let path = dir.join("msec.db");
-    let mut s = Store::open(path.to_str().unwrap(), Arc::new(MemoryKeys::new())).unwrap();
-    s.register_device(&device("d1", 1)).unwrap();
-    let wal = || std::fs::metadata(dir.join("msec.db-wal")).map_or(0, |m| m.len());
+    let (mut s, dir) = sqlite_with_device();
+    let wal = || file_len(&dir.join("msec.db-wal"));
     let limit = 1 << 20;
     let checkpoints = s.checkpoint_in_background(limit).unwrap().unwrap();
     let (mut seq, mut largest, mut rewritten) = (0, 0, 0);
@@ -396,18 +404,15 @@ fn sqlite_log_stays_bounded_under_steady_writes() {
 /// as long as the reader lasts; once the reader is done, the log starts over again.
 #[test]
 fn sqlite_long_reader_does_not_stall_the_writer() {
-    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-store-"));
-    let path = dir.join("msec.db");
-    let mut s = Store::open(path.to_str().unwrap(), Arc::new(MemoryKeys::new())).unwrap();
-    s.register_device(&device("d1", 1)).unwrap();
-    let wal = || std::fs::metadata(dir.join("msec.db-wal")).map_or(0, |m| m.len());
+    let (mut s, dir) = sqlite_with_device();
+    let wal = || file_len(&dir.join("msec.db-wal"));
     let limit = 256 << 10;
     let mut seq = 0;
     // Past the limit before the checkpointer starts, so it tries to restart on every pass.
     while wal() <= limit {
         s.commit(&next_readings("d1", &mut seq, 50)).unwrap();
     }
-    let reader = rusqlite::Connection::open(&path).unwrap();
+    let reader = rusqlite::Connection::open(dir.join("msec.db")).unwrap();
     reader
         .execute_batch("BEGIN; SELECT COUNT(*) FROM readings;")
         .unwrap();
