@@ -22,8 +22,10 @@ pub enum BenchCommand {
     /// Prints accepted readings/s from device signing through the broker to a durable commit,
     /// end-to-end latency (p50, p99) at a fixed rate, and two same-run baselines: raw Ed25519
     /// verification on all cores, and raw Mosquitto publish->subscribe of the same payloads.
-    /// On Linux it also prints how busy the machine's cores were while readings flowed: idle
-    /// cores mean something other than CPU (a broker's window, the disk) holds ingest back.
+    /// On Linux it also prints how busy the machine's cores were while readings flowed (idle
+    /// cores mean something other than CPU, such as a broker's window or the disk, holds ingest
+    /// back) and what that comes to in core time per reading, everything on the machine
+    /// included, beside the core time of one raw verification.
     Ingest(IngestArgs),
     /// Transparency-log throughput on one core: appends, inclusion and consistency proofs
     /// (generated and verified), with raw SHA-256 of leaf-sized inputs as the baseline.
@@ -98,10 +100,17 @@ fn machine() -> String {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    format!("{cores} cores, {cpu}")
+    format!("{} cores, {cpu}", cores())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Microseconds of one core's time per item, when `busy` (a share of all cores) handled `rate`
+/// items per second: the figure that compares across machines with different core counts.
+fn core_micros(busy: f64, rate: f64) -> f64 {
+    busy * cores() as f64 * 1e6 / rate
 }
 
 /// Raw Ed25519 verifications per second on all cores, over messages as long as our envelopes.
@@ -112,9 +121,7 @@ fn raw_verify_rate(msg_len: usize, count: usize) -> f64 {
     let vk = key.verifying_key();
     let msgs: Vec<Vec<u8>> = (0..1000).map(|i| vec![i as u8; msg_len]).collect();
     let sigs: Vec<_> = msgs.iter().map(|m| key.sign(m)).collect();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let threads = cores();
     let per = count / threads;
     let start = Instant::now();
     std::thread::scope(|s| {
@@ -591,7 +598,13 @@ impl Run {
     fn summary(&self, rate: u32) -> String {
         let cpu = self
             .busy
-            .map(|b| format!("; CPU {:.0} % busy", b * 100.0))
+            .map(|b| {
+                format!(
+                    "; CPU {:.0} % busy, {:.0} µs of core time per reading",
+                    b * 100.0,
+                    core_micros(b, self.throughput)
+                )
+            })
             .unwrap_or_default();
         format!(
             "latency at {rate} /s: p50 {:.2} ms, p99 {:.2} ms ({} samples){cpu}",
@@ -756,7 +769,7 @@ fn audit_bench(records: u64, sha: f64) -> Result<()> {
             notary.size(),
             start.elapsed().as_secs_f64() * 1000.0
         );
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = cores();
         let start = Instant::now();
         let report = msec_notary::audit(&mut store, &vkey, &[], &[], 0, &mut |_, _| {})?;
         let audit_rate = rate(report.records, start);
@@ -962,7 +975,10 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let len = sample.len();
     eprintln!("baseline: raw Ed25519 verification…");
     let verify = tokio::task::spawn_blocking(move || raw_verify_rate(len, 200_000)).await?;
-    println!("baseline  raw Ed25519 verify (all cores, {len} B messages): {verify:>10.0} /s");
+    println!(
+        "baseline  raw Ed25519 verify (all cores, {len} B messages): {verify:>10.0} /s; {:.1} µs of core time each",
+        core_micros(1.0, verify)
+    );
 
     let dir = std::env::temp_dir().join(format!("msec-bench-{}", std::process::id()));
     let embedded = Settings {

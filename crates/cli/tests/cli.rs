@@ -508,14 +508,20 @@ fn bench_ingest_prints_rates_latencies_and_both_baselines() {
         let rest = &line[line.find(after).unwrap() + after.len()..];
         rest.split_whitespace().next().unwrap().parse().unwrap()
     };
-    assert!(rate(&line("baseline  raw Ed25519"), ":") > 0.0);
+    let verify = line("baseline  raw Ed25519");
+    assert!(rate(&verify, ":") > 0.0);
+    assert!(rate(&verify, "/s;") > 0.0, "{verify}");
     let embedded = line("embedded  rumqttd + SQLite");
     assert!(rate(&embedded, "SQLite:") > 0.0, "{embedded}");
     for part in ["x raw verify", "p50 ", "p99 ", "(500 samples)"] {
         assert!(embedded.contains(part), "missing {part:?} in {embedded}");
     }
     if cfg!(target_os = "linux") {
-        assert!(embedded.contains("% busy"), "{embedded}");
+        let per_reading = rate(&embedded, "% busy,");
+        assert!(
+            per_reading > 0.0 && embedded.contains("µs of core time per reading"),
+            "{embedded}"
+        );
     }
     if !mosquitto {
         return;
