@@ -194,8 +194,10 @@ impl Platform {
                 .context("cannot start ingest")?;
         let db = msec_server::DbHandle::start(open_store(s).await?)?;
         let (stop, stopped) = watch::channel(false);
-        let mqtt = MqttConfig::from_url(&broker_url, &consumer_id(&s.topic_root), &s.topic_root)
-            .map_err(anyhow::Error::msg)?;
+        let mut mqtt =
+            MqttConfig::from_url(&broker_url, &consumer_id(&s.topic_root), &s.topic_root)
+                .map_err(anyhow::Error::msg)?;
+        mqtt.drain_on_stop = matches!(s.broker, Broker::Embedded(_));
         let consumer = tokio::spawn(msec_ingest::run_mqtt(ingest.clone(), mqtt, stopped.clone()));
         let state = msec_server::AppState {
             db,

@@ -5,7 +5,9 @@
 
 use crate::{Checked, Ingest, Pending, Source};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -20,6 +22,10 @@ pub struct MqttConfig {
     pub topic_root: String,
     /// Most readings received but not yet acknowledged.
     pub inflight: u16,
+    /// On a stop, keep consuming until the broker has nothing left for us. For a broker inside
+    /// this process: it has acknowledged those readings to their devices, and its queue dies
+    /// with the process. An external broker keeps them for the next start instead.
+    pub drain_on_stop: bool,
 }
 
 impl MqttConfig {
@@ -49,6 +55,7 @@ impl MqttConfig {
             client_id: client_id.to_string(),
             topic_root: topic_root.to_string(),
             inflight: 1000,
+            drain_on_stop: false,
         })
     }
 
@@ -56,6 +63,14 @@ impl MqttConfig {
         format!("{}/v1/+/+/readings", self.topic_root)
     }
 }
+
+/// After a stop with [`MqttConfig::drain_on_stop`], the broker has nothing left for us once
+/// everything received is acknowledged and nothing new came for this long (over loopback it
+/// sends within a millisecond of an acknowledgement freeing the window).
+const DRAINED_AFTER: Duration = Duration::from_millis(250);
+/// The longest a stop waits for the broker to drain; devices that keep publishing would
+/// otherwise hold it forever.
+const DRAIN_AT_MOST: Duration = Duration::from_secs(10);
 
 /// Consumes readings until `stop` turns true, then acknowledges what was committed and
 /// disconnects. Broker outages are retried every second, with the error logged.
@@ -76,16 +91,40 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
     // The queues are unbounded on purpose: the event loop must never wait on them, or it stops
     // sending the very PUBACKs that would drain them (a deadlock seen with Mosquitto). What is
     // in flight is bounded by the broker's per-client inflight limit instead.
-    let (queue, checking) = mpsc::unbounded_channel::<(rumqttc::Publish, JoinHandle<Checked>)>();
-    let (to_ack, pending) = mpsc::unbounded_channel::<(rumqttc::Publish, Pending)>();
+    let (queue, checking) =
+        mpsc::unbounded_channel::<(rumqttc::Publish, JoinHandle<Checked>, Unsettled)>();
+    let (to_ack, pending) = mpsc::unbounded_channel::<(rumqttc::Publish, Pending, Unsettled)>();
     let forwarder = tokio::spawn(forward_in_order(ingest.clone(), checking, to_ack));
+    let unacked = Arc::new(AtomicUsize::new(0));
     let acker = tokio::spawn(ack_in_order(client.clone(), pending));
     let filter = cfg.filter();
     let mut broker_down = false;
+    let mut draining_since: Option<Instant> = None;
     loop {
+        if draining_since.is_some_and(|t| t.elapsed() >= DRAIN_AT_MOST) {
+            tracing::warn!(
+                unacknowledged = unacked.load(Ordering::Acquire),
+                "stopped before the embedded broker was drained; the readings it still holds are lost"
+            );
+            break;
+        }
         let event = tokio::select! {
             e = events.poll() => e,
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait_for(|s| *s), if draining_since.is_none() => {
+                if !cfg.drain_on_stop || broker_down {
+                    break;
+                }
+                tracing::info!("stopping: taking the readings still queued in the embedded broker");
+                draining_since = Some(Instant::now());
+                continue;
+            }
+            // Quiet: drained once everything received is settled; until then commits are due.
+            _ = tokio::time::sleep(DRAINED_AFTER), if draining_since.is_some() => {
+                if unacked.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                continue;
+            }
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -100,7 +139,7 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
                 let topic = publish.topic.clone();
                 let payload = publish.payload.to_vec();
                 let check = tokio::spawn(async move { ingest.check(payload, Source::Mqtt(topic)) });
-                if queue.send((publish, check)).is_err() {
+                if queue.send((publish, check, Unsettled::new(&unacked))).is_err() {
                     break;
                 }
             }
@@ -140,13 +179,13 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
 
 async fn forward_in_order(
     ingest: Ingest,
-    mut checking: mpsc::UnboundedReceiver<(rumqttc::Publish, JoinHandle<Checked>)>,
-    to_ack: mpsc::UnboundedSender<(rumqttc::Publish, Pending)>,
+    mut checking: mpsc::UnboundedReceiver<(rumqttc::Publish, JoinHandle<Checked>, Unsettled)>,
+    to_ack: mpsc::UnboundedSender<(rumqttc::Publish, Pending, Unsettled)>,
 ) {
-    while let Some((publish, check)) = checking.recv().await {
+    while let Some((publish, check, unsettled)) = checking.recv().await {
         let Ok(checked) = check.await else { continue }; // a panicked check is never acknowledged
         let pending = ingest.enqueue(checked).await;
-        if to_ack.send((publish, pending)).is_err() {
+        if to_ack.send((publish, pending, unsettled)).is_err() {
             break;
         }
     }
@@ -155,9 +194,11 @@ async fn forward_in_order(
 /// Acknowledges in arrival order (MQTT requires PUBACKs in order), and only after commit.
 async fn ack_in_order(
     client: AsyncClient,
-    mut pending: mpsc::UnboundedReceiver<(rumqttc::Publish, Pending)>,
+    mut pending: mpsc::UnboundedReceiver<(rumqttc::Publish, Pending, Unsettled)>,
 ) {
-    while let Some((publish, result)) = pending.recv().await {
+    // Each reading counts as settled once this loop is done with it, acknowledged or left
+    // for redelivery.
+    while let Some((publish, result, _unsettled)) = pending.recv().await {
         match result.outcome().await {
             Ok(_) => {}
             // A rejection is final and already recorded as a security event: acknowledge it
@@ -174,5 +215,22 @@ async fn ack_in_order(
         if let Err(e) = client.ack(&publish).await {
             tracing::error!(error = %e, "cannot acknowledge a reading; the broker will redeliver it");
         }
+    }
+}
+
+/// Travels with a received reading through the stages and counts it as outstanding until
+/// dropped, wherever its handling ends; a drain waits for the count to reach zero.
+struct Unsettled(Arc<AtomicUsize>);
+
+impl Unsettled {
+    fn new(count: &Arc<AtomicUsize>) -> Unsettled {
+        count.fetch_add(1, Ordering::AcqRel);
+        Unsettled(count.clone())
+    }
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -504,3 +504,59 @@ async fn wide_inflight_window_does_not_stall_the_consumer() {
         "the consumer did not stop: its event loop is blocked"
     );
 }
+
+/// The embedded broker acknowledges a reading to its device on receipt and keeps its queue in
+/// memory, so a stop must not leave readings in it: with `drain_on_stop`, a consumer stopped
+/// while thousands are still queued takes them all before it exits. Without it (the setting
+/// for an external broker, which keeps its queue) the same stop leaves most of them behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_drains_the_embedded_broker() {
+    let broker_url = embedded();
+    for drain in [true, false] {
+        let db_url = sqlite_url();
+        let key = DeviceKey::generate().unwrap();
+        sync(|| {
+            register(
+                &mut Store::open(&db_url, msec_testkit::test_keys()).unwrap(),
+                "dev-d",
+                &key,
+            )
+        });
+        let root = msec_testkit::unique("t");
+        let mut cfg =
+            MqttConfig::from_url(&broker_url, &msec_testkit::unique("msec-ingest-"), &root)
+                .unwrap();
+        cfg.drain_on_stop = drain;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let consumer = tokio::spawn(run_mqtt(start(&db_url), cfg.clone(), stopped));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let topic = readings_topic(&root, "santander", "dev-d");
+        let mut d = Device::new("dev-d", key, 1);
+        let now = unix_now();
+        let total = 3_000;
+        let msgs: Vec<_> = (0..total)
+            .map(|i| (topic.clone(), d.seal(&temp(now, i as f64), now)))
+            .collect();
+        // Hold the database's write lock so that nothing commits before the stop and the
+        // broker is sure to hold a backlog then, however fast this machine is.
+        let lock = rusqlite::Connection::open(&db_url).unwrap();
+        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+        // Every reading is acknowledged by the broker once this returns.
+        publish_all(&cfg, msgs, Duration::ZERO).await;
+        let stored_at_stop = count_readings(&db_url);
+        stop.send(true).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        lock.execute_batch("ROLLBACK").unwrap();
+        tokio::time::timeout(Duration::from_secs(30), consumer)
+            .await
+            .expect("the consumer stops")
+            .unwrap();
+        let stored = count_readings(&db_url);
+        assert_eq!(stored_at_stop, 0);
+        if drain {
+            assert_eq!(stored, total, "acknowledged readings left in the embedded broker");
+        } else {
+            assert!(stored < total, "without a drain the stop should not wait ({stored})");
+        }
+    }
+}
