@@ -72,7 +72,8 @@ const DRAINED_AFTER: Duration = Duration::from_millis(250);
 /// otherwise hold it forever.
 const DRAIN_AT_MOST: Duration = Duration::from_secs(10);
 
-/// Consumes readings until `stop` turns true, then acknowledges what was committed and
+/// Consumes readings until `stop` turns true (with [`MqttConfig::drain_on_stop`], until the
+/// broker has nothing more for us as well), then acknowledges what was committed and
 /// disconnects. Broker outages are retried every second, with the error logged.
 pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver<bool>) {
     let mut options = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
