@@ -155,7 +155,9 @@ fn init_logging() {
         // driver logs every server NOTICE ("relation already exists, skipping" on each start)
         // at info.
         .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("info,rumqttd=off,rumqttd::segments=warn,postgres=warn")
+            tracing_subscriber::EnvFilter::new(
+                "info,rumqttd=off,rumqttd::segments=warn,postgres=warn",
+            )
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

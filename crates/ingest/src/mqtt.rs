@@ -140,7 +140,10 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
                 let topic = publish.topic.clone();
                 let payload = publish.payload.to_vec();
                 let check = tokio::spawn(async move { ingest.check(payload, Source::Mqtt(topic)) });
-                if queue.send((publish, check, Unsettled::new(&unacked))).is_err() {
+                if queue
+                    .send((publish, check, Unsettled::new(&unacked)))
+                    .is_err()
+                {
                     break;
                 }
             }

@@ -554,9 +554,15 @@ async fn stop_drains_the_embedded_broker() {
         let stored = count_readings(&db_url);
         assert_eq!(stored_at_stop, 0);
         if drain {
-            assert_eq!(stored, total, "acknowledged readings left in the embedded broker");
+            assert_eq!(
+                stored, total,
+                "acknowledged readings left in the embedded broker"
+            );
         } else {
-            assert!(stored < total, "without a drain the stop should not wait ({stored})");
+            assert!(
+                stored < total,
+                "without a drain the stop should not wait ({stored})"
+            );
         }
     }
 }
