@@ -4,7 +4,7 @@
 //! same ingest code. This crate only configures and starts the broker; it never inspects
 //! messages.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -67,6 +67,15 @@ pub fn start(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
         source,
     })?;
     drop(probe);
+    if reachable_from_other_hosts(listen) {
+        tracing::warn!(
+            %listen,
+            "the embedded MQTT broker authenticates no client and has no TLS: anyone who can reach \
+             this address can subscribe to every device's readings and publish on any topic. Keep it \
+             on a loopback address, or use --broker with a Mosquitto that has TLS and ACLs \
+             (docs/operations.md)"
+        );
+    }
     let mut broker = rumqttd::Broker::new(config(listen));
     std::thread::Builder::new()
         .name("msec-mqtt-broker".into())
@@ -86,4 +95,46 @@ pub fn start(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     Ok(listen)
+}
+
+/// Whether clients on other machines may reach a broker listening on `listen`: anything but a
+/// loopback address (an IPv4 loopback written as an IPv6-mapped address included).
+fn reachable_from_other_hosts(listen: SocketAddr) -> bool {
+    match listen.ip() {
+        IpAddr::V4(ip) => !ip.is_loopback(),
+        IpAddr::V6(ip) => {
+            !(ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reachable_from_other_hosts;
+
+    #[test]
+    fn only_loopback_listeners_count_as_private() {
+        for private in [
+            "127.0.0.1:1884",
+            "127.8.9.10:1",
+            "[::1]:1884",
+            "[::ffff:127.0.0.1]:1884",
+        ] {
+            assert!(
+                !reachable_from_other_hosts(private.parse().unwrap()),
+                "{private}"
+            );
+        }
+        for public in [
+            "0.0.0.0:1884",
+            "192.168.1.20:1884",
+            "[::]:1884",
+            "[fe80::1]:1884",
+        ] {
+            assert!(
+                reachable_from_other_hosts(public.parse().unwrap()),
+                "{public}"
+            );
+        }
+    }
 }

@@ -26,7 +26,8 @@ pub struct PlatformArgs {
     /// HTTP API and dashboard listen address [default: 127.0.0.1:8080]
     #[arg(long, env = "MSEC_HTTP", value_name = "ADDR")]
     pub http: Option<SocketAddr>,
-    /// Listen address of the embedded MQTT broker [default: 127.0.0.1:1884]
+    /// Listen address of the embedded MQTT broker [default: 127.0.0.1:1884]. It authenticates no
+    /// client: beyond loopback, anyone who reaches it can read every reading (msec warns)
     #[arg(
         long,
         env = "MSEC_MQTT",
