@@ -199,7 +199,19 @@ pub fn seal(
     issued_at: i64,
     measurements: &[Measurement],
 ) -> Vec<u8> {
-    let public = key.verifying_key().to_bytes();
+    let protected = protected_header(&key.verifying_key().to_bytes(), sequence, issued_at).build();
+    let sign1 = CoseSign1Builder::new()
+        .protected(protected)
+        .payload(senml::encode(measurements))
+        .create_signature(b"", |data| key.sign(data).to_bytes().to_vec())
+        .build();
+    // Serialising a structure we just built cannot fail; an empty result would be rejected by
+    // every receiver, which is the safe failure.
+    sign1.to_tagged_vec().unwrap_or_default()
+}
+
+/// The protected header of section 3 of docs/protocol.md.
+fn protected_header(public: &[u8; 32], sequence: u64, issued_at: i64) -> coset::HeaderBuilder {
     let claims = Cbor::Map(vec![
         (
             Cbor::Integer(CLAIM_IAT.into()),
@@ -210,20 +222,11 @@ pub fn seal(
             Cbor::Bytes(sequence.to_be_bytes().to_vec()),
         ),
     ]);
-    let protected = coset::HeaderBuilder::new()
+    coset::HeaderBuilder::new()
         .algorithm(iana::Algorithm::EdDSA)
-        .key_id(key_id(&public).to_vec())
+        .key_id(key_id(public).to_vec())
         .content_format(iana::CoapContentFormat::SenmlCbor)
         .value(HEADER_CWT_CLAIMS, claims)
-        .build();
-    let sign1 = CoseSign1Builder::new()
-        .protected(protected)
-        .payload(senml::encode(measurements))
-        .create_signature(b"", |data| key.sign(data).to_bytes().to_vec())
-        .build();
-    // Serialising a structure we just built cannot fail; an empty result would be rejected by
-    // every receiver, which is the safe failure.
-    sign1.to_tagged_vec().unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -289,6 +292,100 @@ mod tests {
         assert!(registrable_key(&off_curve).is_err());
     }
 
+    /// An envelope with `header`, signed correctly by `sign` (which gets the Sig_structure);
+    /// without a payload, the payload is detached.
+    fn signed(
+        header: coset::Header,
+        payload: Option<Vec<u8>>,
+        sign: impl FnOnce(&[u8]) -> Vec<u8>,
+    ) -> Vec<u8> {
+        let builder = CoseSign1Builder::new().protected(header);
+        match payload {
+            Some(p) => builder.payload(p).create_signature(b"", sign),
+            None => builder.create_detached_signature(b"", &senml::encode(&sample()), sign),
+        }
+        .build()
+        .to_tagged_vec()
+        .unwrap()
+    }
+
+    #[test]
+    fn validly_signed_envelopes_that_break_the_header_rules_are_malformed() {
+        let base = || protected_header(&key().verifying_key().to_bytes(), 1, 1_700_000_000);
+        let payload = || Some(senml::encode(&sample()));
+        let sign = |data: &[u8]| key().sign(data).to_bytes().to_vec();
+        let control = signed(base().build(), payload(), sign);
+        assert!(open(&control, 1 << 16)
+            .unwrap()
+            .verify(&key().verifying_key())
+            .is_ok());
+        let cases = [
+            (
+                "crit",
+                base().add_critical(iana::HeaderParameter::Alg).build(),
+                payload(),
+            ),
+            (
+                "alg",
+                base().algorithm(iana::Algorithm::ES256).build(),
+                payload(),
+            ),
+            (
+                "content type",
+                base()
+                    .content_format(iana::CoapContentFormat::SenmlJson)
+                    .build(),
+                payload(),
+            ),
+            ("detached payload", base().build(), None),
+        ];
+        for (what, header, payload) in cases {
+            let bytes = signed(header, payload, sign);
+            let err = open(&bytes, 1 << 16).err();
+            assert_eq!(
+                err.map(|e| e.reason()),
+                Some("malformed_envelope"),
+                "{what} was not refused"
+            );
+        }
+    }
+
+    /// The key holder can make a signature with the identity as R and S = k·a: the cofactorless
+    /// equation [S]B = R + [k]A holds, so a lax verifier accepts it, but R has small order and
+    /// RFC 8032 verifiers that check it, as msec does, refuse it.
+    #[test]
+    fn signatures_only_lax_verifiers_accept_are_bad_signatures() {
+        use sha2::Digest;
+        let key = key();
+        let public = key.verifying_key();
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut lax_accepts = false;
+        let bytes = signed(
+            protected_header(&public.to_bytes(), 1, 1_700_000_000).build(),
+            Some(senml::encode(&sample())),
+            |data| {
+                let hash: [u8; 64] = sha2::Sha512::new()
+                    .chain_update(identity)
+                    .chain_update(public.to_bytes())
+                    .chain_update(data)
+                    .finalize()
+                    .into();
+                let k = curve25519_dalek::Scalar::from_bytes_mod_order_wide(&hash);
+                let sig = [identity, (k * key.to_scalar()).to_bytes()].concat();
+                let parsed = Signature::from_slice(&sig).unwrap();
+                lax_accepts = ed25519_dalek::Verifier::verify(&public, data, &parsed).is_ok();
+                sig
+            },
+        );
+        assert!(
+            lax_accepts,
+            "the forged signature should fool a lax verifier"
+        );
+        let err = open(&bytes, 1 << 16).unwrap().verify(&public).unwrap_err();
+        assert_eq!(err.reason(), "bad_signature");
+    }
+
     #[test]
     fn oversized_is_rejected_before_parsing() {
         let err = open(&[0u8; 100], 99).unwrap_err();
@@ -297,7 +394,7 @@ mod tests {
 
     #[test]
     fn garbage_never_panics() {
-        // A cheap deterministic sweep; the cargo-fuzz target covers this more deeply.
+        // A cheap deterministic sweep; tests/mutation_fuzz.rs covers this more deeply.
         let mut state = 0x2545F4914F6CDD1Du64;
         for len in 0..512usize {
             let bytes: Vec<u8> = (0..len)

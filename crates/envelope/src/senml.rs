@@ -223,12 +223,18 @@ pub fn decode(bytes: &[u8], now: f64) -> Result<Vec<Measurement>, SenmlError> {
         if !valid_name(&name) {
             return Err(err("missing or invalid name"));
         }
+        // Two finite numbers can add up to infinity.
+        let resolved = |sum: f64| {
+            sum.is_finite()
+                .then_some(sum)
+                .ok_or_else(|| err("value out of range"))
+        };
         let value = match value.ok_or_else(|| err("no value"))? {
-            Value::Number(v) => Value::Number(bv + v),
-            Value::Sum(v) => Value::Sum(bs + v),
+            Value::Number(v) => Value::Number(resolved(bv + v)?),
+            Value::Sum(v) => Value::Sum(resolved(bs + v)?),
             other => other,
         };
-        let unit = u.or_else(|| bu.clone());
+        let unit = u.or_else(|| bu.clone()).filter(|u| !u.is_empty());
         if matches!(value, Value::Number(_) | Value::Sum(_)) && unit.is_none() {
             return Err(err("numeric value without a unit"));
         }
@@ -325,6 +331,24 @@ mod tests {
                 (int(N), Cbor::Text("t".into())),
                 (int(U), Cbor::Text("W".into())),
                 (int(V), Cbor::Float(f64::NAN)),
+            ])]),
+            Cbor::Array(vec![Cbor::Map(vec![
+                (int(N), Cbor::Text("t".into())),
+                (int(U), Cbor::Text(String::new())),
+                (int(V), int(1)),
+            ])]), // empty unit
+            // Finite base value and value whose sum is not.
+            Cbor::Array(vec![Cbor::Map(vec![
+                (int(N), Cbor::Text("t".into())),
+                (int(U), Cbor::Text("W".into())),
+                (int(BV), Cbor::Float(f64::MAX)),
+                (int(V), Cbor::Float(f64::MAX)),
+            ])]),
+            Cbor::Array(vec![Cbor::Map(vec![
+                (int(N), Cbor::Text("t".into())),
+                (int(U), Cbor::Text("Wh".into())),
+                (int(BS), Cbor::Float(-f64::MAX)),
+                (int(S), Cbor::Float(-f64::MAX)),
             ])]),
         ];
         for (i, c) in cases.into_iter().enumerate() {

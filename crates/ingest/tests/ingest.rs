@@ -206,6 +206,40 @@ fn check_rules_outcome(url: &str, ingest: &Ingest) {
     assert_eq!((dev.last_sequence, dev.battery), (Some(107), Some(77.0)));
 }
 
+/// Sequence edge cases: a different reading under the sequence already accepted is a replay,
+/// not a resend; the largest sequence a device may use is 2^63 - 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_edges() {
+    let url = sqlite_url();
+    let key = DeviceKey::generate().unwrap();
+    sync(|| {
+        register(
+            &mut Store::open(&url, msec_testkit::test_keys()).unwrap(),
+            "dev-s",
+            &key,
+        )
+    });
+    let ingest = start(&url);
+    let http = || Source::Http("127.0.0.1:9".into());
+    let now = unix_now();
+    let first = Device::new("dev-s", key.clone(), 100).seal(&temp(now, 1.0), now);
+    assert!(matches!(
+        ingest.submit(first, http()).await,
+        Ok(Outcome::Stored { sequence: 100, .. })
+    ));
+    let same_sequence = Device::new("dev-s", key.clone(), 100).seal(&temp(now, 2.0), now);
+    let err = ingest.submit(same_sequence, http()).await.unwrap_err();
+    assert_eq!(err.reason, "replayed_sequence");
+    let too_big = Device::new("dev-s", key.clone(), 1 << 63).seal(&temp(now, 3.0), now);
+    let err = ingest.submit(too_big, http()).await.unwrap_err();
+    assert_eq!(err.reason, "malformed_envelope");
+    let largest = Device::new("dev-s", key, (1 << 63) - 1).seal(&temp(now, 4.0), now);
+    assert!(matches!(
+        ingest.submit(largest, http()).await,
+        Ok(Outcome::Stored { sequence, .. }) if sequence == (1 << 63) - 1
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_on_sqlite() {
     rules(sqlite_url()).await;
