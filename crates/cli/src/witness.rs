@@ -98,7 +98,12 @@ pub fn run(args: WitnessArgs) -> Result<()> {
     loop {
         if let Err(e) = check_and_cosign(&base, &key, args.log_key.as_deref(), &state_path) {
             if let Some(alarm) = e.downcast_ref::<Alarm>() {
-                let body = serde_json::json!({ "witness": key.name(), "kind": alarm.kind, "detail": alarm.detail });
+                let body = serde_json::json!({
+                    "witness": key.name(),
+                    "kind": alarm.kind,
+                    "detail": alarm.detail,
+                    "signature": key.sign_alarm(alarm.kind, &alarm.detail),
+                });
                 if let Err(report) = post(
                     &format!("{base}/api/v1/log/alarms"),
                     "application/json",

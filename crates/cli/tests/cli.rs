@@ -1085,6 +1085,8 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
                 &http2,
                 "--mqtt",
                 &addr(),
+                "--witness",
+                &vkey,
             ])
             .stdout(Stdio::null())
             .spawn()
@@ -1093,6 +1095,27 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
     wait_until("msec serve after rollback", 30, || {
         http_get(&http2, "/healthz").is_some_and(|b| b.contains("ok"))
     });
+    // A stranger cannot raise the alarm in the witness's name: refused and recorded.
+    let alarms = |reason: &str| {
+        http_get_as(&http2, "/api/v1/security-events", &auth)
+            .unwrap()
+            .matches(&format!("\"reason\":\"{reason}\""))
+            .count()
+    };
+    let raised_before = alarms("witness_alarm");
+    let witness_name = vkey.trim().split('+').next().unwrap();
+    let forged = serde_json::json!({
+        "witness": witness_name,
+        "kind": "rollback",
+        "detail": "false alarm",
+        "signature": format!("{}==", "A".repeat(86)), // 64 zero bytes
+    });
+    let reply = http_post(&http2, "/api/v1/log/alarms", forged.to_string().as_bytes());
+    assert!(reply.starts_with("HTTP/1.1 422"), "{reply}");
+    assert_eq!(
+        (alarms("bad_alarm"), alarms("witness_alarm")),
+        (1, raised_before)
+    );
     let (ok, out, err) = run(&[
         "witness",
         "--log",
@@ -1105,9 +1128,8 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
         !ok && err.contains("rollback") && err.contains("REFUSING"),
         "{out}{err}"
     );
-    assert!(http_get_as(&http2, "/api/v1/security-events", &auth)
-        .unwrap()
-        .contains("witness_alarm"));
+    // The witness's own, signed alarm is recorded.
+    assert_eq!(alarms("witness_alarm"), raised_before + 1);
 }
 
 fn http_get_raw(addr: &str, path: &str, headers: &str) -> String {

@@ -22,9 +22,10 @@ pub const REASONS: &[&str] = &[
     "rate_limited",
     "csrf_failed",
     // About the transparency log: a cosignature that does not verify, a witness reporting a
-    // rollback or split view.
+    // rollback or split view, an alarm no configured witness signed.
     "bad_cosignature",
     "witness_alarm",
+    "bad_alarm",
 ];
 
 #[derive(Debug, Default)]

@@ -256,3 +256,60 @@ fn cosignatures_verify_and_resist_tampering() {
     let moved = format!("{}{prefix} {}\n", cp.sign(&log), B64.encode(raw));
     assert!(Checkpoint::verify_cosignature(&moved, &witness.verifier_key()).is_err());
 }
+
+/// A witness alarm verifies only with the witness's own key, under its own name, and only for
+/// the exact kind and detail it signed.
+#[test]
+fn witness_alarms_are_signed() {
+    let witness = CosignerKey::new("example.org/witness", [9; 32]).unwrap();
+    let vkey = witness.verifier_key();
+    let sig = witness.sign_alarm("rollback", "size 7 after 9");
+    let check =
+        |w: &str, k: &str, d: &str, s: &str| msec_ledger::verify_alarm(&vkey, w, k, d, s).is_ok();
+    assert!(check(
+        "example.org/witness",
+        "rollback",
+        "size 7 after 9",
+        &sig
+    ));
+    assert!(!check(
+        "example.org/witness",
+        "split_view",
+        "size 7 after 9",
+        &sig
+    ));
+    assert!(!check(
+        "example.org/witness",
+        "rollback",
+        "size 8 after 9",
+        &sig
+    ));
+    assert!(!check(
+        "example.org/other",
+        "rollback",
+        "size 7 after 9",
+        &sig
+    ));
+    assert!(!check(
+        "example.org/witness",
+        "rollback",
+        "size 7 after 9",
+        "not base64!"
+    ));
+    let stranger = CosignerKey::new("example.org/witness", [10; 32]).unwrap();
+    let forged = stranger.sign_alarm("rollback", "size 7 after 9");
+    assert!(!check(
+        "example.org/witness",
+        "rollback",
+        "size 7 after 9",
+        &forged
+    ));
+    // Moving text between fields changes what is signed.
+    let shifted = witness.sign_alarm("rollbacksize", " 7 after 9");
+    assert!(!check(
+        "example.org/witness",
+        "rollback",
+        "size 7 after 9",
+        &shifted
+    ));
+}

@@ -314,6 +314,23 @@ impl Notary {
             .map_err(|e| NotaryError::Refused(e.to_string()))
     }
 
+    /// Checks that a configured witness signed this alarm (see `msec_ledger::verify_alarm`).
+    pub fn check_alarm(
+        &self,
+        witness: &str,
+        kind: &str,
+        detail: &str,
+        signature: &str,
+    ) -> Result<(), NotaryError> {
+        let w = self
+            .witnesses
+            .iter()
+            .find(|w| w.name == witness)
+            .ok_or_else(|| NotaryError::Refused("no configured witness has that name".into()))?;
+        msec_ledger::verify_alarm(&w.verifier_key, witness, kind, detail, signature)
+            .map_err(|_| NotaryError::Refused("the alarm's signature does not verify".into()))
+    }
+
     /// Accepts a cosigned checkpoint from a witness: the note must be one this log published
     /// and carry a valid cosignature by a configured witness. Returns the witness name.
     pub fn add_cosignature(&self, note: &str) -> Result<String, NotaryError> {

@@ -164,10 +164,14 @@ struct Alarm {
     witness: String,
     kind: String,
     detail: String,
+    /// By the witness's cosigning key (`CosignerKey::sign_alarm`).
+    signature: String,
 }
 
-/// A witness reports that the log showed it a rollback or a split view. Recorded as a
-/// security event; the alarm's own text is bounded, never trusted.
+/// A configured witness reports that the log showed it a rollback or a split view. Recorded as
+/// a security event once its signature checks out; the alarm's own text is bounded, never
+/// trusted. An alarm nobody configured signed is refused and recorded as `bad_alarm`, so that
+/// a stranger cannot raise false alarms.
 pub(crate) async fn alarm(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -182,6 +186,34 @@ pub(crate) async fn alarm(
     }
     let a: Alarm = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("alarm JSON: {e}")))?;
+    let (witness, kind, detail, signature) = (
+        a.witness.clone(),
+        a.kind.clone(),
+        a.detail.clone(),
+        a.signature.clone(),
+    );
+    if let Err(mut p) = notary(&s, move |n| {
+        n.check_alarm(&witness, &kind, &detail, &signature)
+    })
+    .await
+    {
+        if p.status == StatusCode::UNPROCESSABLE_ENTITY {
+            let event = s
+                .ingest
+                .record_denial(
+                    "bad_alarm",
+                    format!(
+                        "alarm refused ({}) claiming witness {}",
+                        p.detail,
+                        msec_ingest::bounded(&a.witness, 80)
+                    ),
+                    Source::Http(peer.to_string()),
+                )
+                .await;
+            p.extra = json!({ "security_event_id": event });
+        }
+        return Err(p);
+    }
     let detail = format!(
         "witness {} reports {}: {}",
         msec_ingest::bounded(&a.witness, 80),
