@@ -548,15 +548,24 @@ async fn stream(
     };
     let events = futures_util::stream::unfold((rx, state), |(mut rx, mut st)| async move {
         loop {
-            if st.checked.elapsed() > std::time::Duration::from_secs(3) {
+            // Re-check the caller at least every 3 s, also while no event comes, and before
+            // delivering one that arrives later than that: a wait for the next event must not
+            // carry an old check past a logout.
+            let due = st.checked + RECHECK_EVERY;
+            let item = tokio::select! {
+                item = rx.recv() => Some(item),
+                _ = tokio::time::sleep_until(due.into()) => None,
+            };
+            if st.checked.elapsed() >= RECHECK_EVERY {
                 match auth::caller(&st.s, &st.headers, st.peer, false).await {
                     Ok(p) => st.p = p,
                     Err(_) => return None,
                 }
                 st.checked = std::time::Instant::now();
             }
+            let Some(item) = item else { continue };
             let now = msec_store::now_ms();
-            let event = match rx.recv().await {
+            let event = match item {
                 Ok(Live::Reading(r)) => {
                     let Some(resource) = st.resource(&r.device_id).await else {
                         continue;
@@ -594,6 +603,9 @@ async fn stream(
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
+
+/// How long a live stream relies on one check of its session or token.
+const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
 
 struct StreamState {
     s: AppState,

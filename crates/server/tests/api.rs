@@ -443,6 +443,57 @@ async fn live_stream_delivers_readings() {
     .await;
 }
 
+/// A stream outlives neither its session nor the 3 s between checks of it, even when no event
+/// comes along to trigger a check: after a logout and a quiet spell, the next reading is not
+/// delivered on the old session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_stream_stops_after_logout() {
+    let srv = start().await;
+    blocking(move || {
+        let key = DeviceKey::generate().unwrap();
+        let reg = serde_json::json!({"id": "d", "tenant": "t", "kind": "k", "public_key": hex::encode(key.public_key())});
+        assert_eq!(http(srv, "POST", "/api/v1/devices", "application/json", reg.to_string().as_bytes()).status, 201);
+        let anon = Srv { addr: srv.addr, auth: "" };
+        let login = serde_json::json!({"user": "admin", "password": PASSWORD}).to_string();
+        let r = http(anon, "POST", "/api/v1/login", "application/json", login.as_bytes());
+        assert_eq!(r.status, 200, "{}", r.body);
+        let cookie = r.head.split("set-cookie: ").nth(1).unwrap().split(';').next().unwrap().to_string();
+        let csrf = r.json()["csrf"].as_str().unwrap().to_string();
+        let mut sse = TcpStream::connect(srv.addr).unwrap();
+        write!(sse, "GET /api/v1/stream HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut dev = Device::new("d", key, 1);
+        let mut post = |v: f64| {
+            let now = unix_now();
+            let env = dev.seal(&[Measurement::number("co2", "ppm", now, v)], now);
+            assert_eq!(http(srv, "POST", "/api/v1/readings", "application/cose", &env).status, 201);
+        };
+        let read_for = |sse: &mut TcpStream, secs: u64| {
+            sse.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            let mut seen = String::new();
+            let mut buf = [0u8; 4096];
+            while std::time::Instant::now() < until {
+                match sse.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                    Err(_) => {}
+                }
+            }
+            seen
+        };
+        post(1.0);
+        assert!(read_for(&mut sse, 2).contains("event: reading"), "the stream works while logged in");
+        let with_csrf = srv.with(format!("Cookie: {cookie}\r\nX-CSRF-Token: {csrf}\r\n"));
+        assert_eq!(http(with_csrf, "POST", "/api/v1/logout", "text/plain", b"").status, 204);
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        post(2.0);
+        let after = read_for(&mut sse, 2);
+        assert!(!after.contains("event: reading"), "a reading reached a logged-out session: {after}");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_sessions_csrf_tokens_and_lockout() {
     let srv = start().await;
