@@ -416,3 +416,17 @@ impl Ingest {
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    /// Text from the wire goes into logs and events only through `bounded`: no control
+    /// character (a forged log line, a terminal escape) and no more than `max` characters.
+    #[test]
+    fn bounded_cuts_and_neutralises_control_characters() {
+        assert_eq!(
+            super::bounded("ok\nFAKE LOG LINE\u{1b}[2J", 100),
+            "ok?FAKE LOG LINE?[2J"
+        );
+        assert_eq!(super::bounded("ééééé", 3), "ééé");
+    }
+}

@@ -231,3 +231,23 @@ fn postgres_log() {
         std::fs::remove_dir_all(dir).ok();
     }
 }
+
+/// The log's signing key and a witness's cosigning key are written readable by their owner
+/// only: anyone who reads them can sign checkpoints or cosignatures.
+#[cfg(unix)]
+#[test]
+fn key_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-keys-"));
+    let log_key = dir.join("log-key.json");
+    let witness_key = dir.join("witness-key.json");
+    let (_, created) = LogKey::load_or_create(&log_key).unwrap();
+    assert!(created);
+    let (_, created) = load_or_create_cosigner(&witness_key).unwrap();
+    assert!(created);
+    for path in [&log_key, &witness_key] {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is mode {mode:o}", path.display());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -565,6 +565,30 @@ pub(crate) struct SealedReading {
 
 /// A database URL without its password, for error messages and logs.
 pub fn redact(url: &str) -> String {
+    // A password can also come as a query parameter (`?password=…`), which the PostgreSQL
+    // client accepts as well.
+    // The query starts after the user info, whose password may itself hold a '?'.
+    let host_start = url.rfind('@').map_or(0, |at| at + 1);
+    let split = url[host_start..]
+        .find('?')
+        .map(|q| (&url[..host_start + q], &url[host_start + q + 1..]));
+    let (url, query) = match split {
+        Some((base, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => p.to_string(),
+                })
+                .collect();
+            (base, format!("?{}", params.join("&")))
+        }
+        None => (url, String::new()),
+    };
+    redact_userinfo(url) + &query
+}
+
+fn redact_userinfo(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let creds = &url[scheme + 3..at];
@@ -591,6 +615,18 @@ mod tests {
             "postgres://u:***@h/db"
         );
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            super::redact("postgres://u@h/db?sslmode=disable&password=secret"),
+            "postgres://u@h/db?sslmode=disable&password=***"
+        );
+        assert_eq!(
+            super::redact("postgres://u:a@b@h/db?application_name=msec"),
+            "postgres://u:***@h/db?application_name=msec"
+        );
+        assert_eq!(
+            super::redact("postgres://u:pa?ss@h/db"),
+            "postgres://u:***@h/db"
+        );
         assert_eq!(super::redact("/tmp/x.db"), "/tmp/x.db");
     }
 }

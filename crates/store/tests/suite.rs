@@ -447,3 +447,21 @@ fn sqlite_long_reader_does_not_stall_the_writer() {
     drop(s);
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A database written by a newer msec is refused with a clear error, never migrated
+/// "backwards" or used with a schema this build does not understand.
+#[test]
+fn database_from_a_newer_msec_is_refused() {
+    let (s, dir) = sqlite_with_device();
+    drop(s);
+    let path = dir.join("msec.db");
+    msec_testkit::raw_sql(
+        path.to_str().unwrap(),
+        "INSERT INTO msec_schema (version, applied_ms) VALUES (9999, 0)",
+    );
+    let err = Store::open(path.to_str().unwrap(), Arc::new(MemoryKeys::new()))
+        .err()
+        .expect("a newer schema is refused");
+    assert!(err.to_string().contains("newer than this msec"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
