@@ -30,13 +30,15 @@ struct Srv {
     addr: SocketAddr,
     /// Extra request header lines (Authorization, Cookie, X-CSRF-Token), each ending in CRLF.
     auth: &'static str,
+    /// The server's database, for changes a test makes behind its back.
+    db: &'static str,
 }
 
 impl Srv {
     fn with(self, auth: String) -> Srv {
         Srv {
-            addr: self.addr,
             auth: Box::leak(auth.into_boxed_str()),
+            ..self
         }
     }
 }
@@ -126,7 +128,8 @@ async fn start() -> Srv {
         },
         std::future::pending(),
     ));
-    Srv { addr, auth: "" }.with(format!("Authorization: Bearer {token}\r\n"))
+    let db = Box::leak(url.into_boxed_str());
+    Srv { addr, auth: "", db }.with(format!("Authorization: Bearer {token}\r\n"))
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -453,7 +456,7 @@ async fn live_stream_stops_after_logout() {
         let key = DeviceKey::generate().unwrap();
         let reg = serde_json::json!({"id": "d", "tenant": "t", "kind": "k", "public_key": hex::encode(key.public_key())});
         assert_eq!(http(srv, "POST", "/api/v1/devices", "application/json", reg.to_string().as_bytes()).status, 201);
-        let anon = Srv { addr: srv.addr, auth: "" };
+        let anon = Srv { auth: "", ..srv };
         let login = serde_json::json!({"user": "admin", "password": PASSWORD}).to_string();
         let r = http(anon, "POST", "/api/v1/login", "application/json", login.as_bytes());
         assert_eq!(r.status, 200, "{}", r.body);
@@ -494,11 +497,73 @@ async fn live_stream_stops_after_logout() {
     .await;
 }
 
+/// Tokens stop working when revoked or expired, and a session's changes need its own CSRF
+/// token, not another session's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_or_expired_tokens_and_foreign_csrf_tokens_are_refused() {
+    let srv = start().await;
+    blocking(move || {
+        let mut store =
+            Store::open(srv.db, Arc::new(msec_vault::MemoryKeys::new())).unwrap();
+        let mut token = |expires_ms: i64| {
+            let issued = msec_identity::issue_token().unwrap();
+            store
+                .add_token(
+                    &msec_store::NewToken {
+                        id: issued.stored.id.clone(),
+                        principal: "admin".into(),
+                        scopes: vec!["read".into()],
+                        secret_hash: issued.stored.secret_hash,
+                        expires_ms,
+                    },
+                    "test",
+                )
+                .unwrap();
+            (issued.stored.id, srv.with(format!("Authorization: Bearer {}\r\n", issued.text)))
+        };
+        let refused = |as_: Srv| {
+            let r = get(as_, "/api/v1/devices");
+            (r.status, r.json()["type"].as_str().unwrap_or_default().to_string())
+        };
+        let (_, expired) = token(msec_store::now_ms() - 1);
+        assert_eq!(refused(expired), (401, "urn:msec:problem:invalid_token".into()));
+        let (id, live) = token(msec_store::now_ms() + 3_600_000);
+        assert_eq!(get(live, "/api/v1/devices").status, 200);
+        Store::open(srv.db, Arc::new(msec_vault::MemoryKeys::new()))
+            .unwrap()
+            .revoke_token(&id, "test")
+            .unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while get(live, "/api/v1/devices").status == 200 && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(refused(live), (401, "urn:msec:problem:invalid_token".into()));
+
+        let anon = Srv { auth: "", ..srv };
+        let login = serde_json::json!({"user": "admin", "password": PASSWORD}).to_string();
+        let session = || {
+            let r = http(anon, "POST", "/api/v1/login", "application/json", login.as_bytes());
+            assert_eq!(r.status, 200, "{}", r.body);
+            let cookie = r.head.split("set-cookie: ").nth(1).unwrap().split(';').next().unwrap().to_string();
+            (cookie, r.json()["csrf"].as_str().unwrap().to_string())
+        };
+        let ((cookie_a, csrf_a), (_, csrf_b)) = (session(), session());
+        assert_ne!(csrf_a, csrf_b);
+        let reg = serde_json::json!({"id": "c-1", "tenant": "t", "kind": "k", "public_key": hex::encode(DeviceKey::generate().unwrap().public_key())}).to_string();
+        let foreign = srv.with(format!("Cookie: {cookie_a}\r\nX-CSRF-Token: {csrf_b}\r\n"));
+        let r = http(foreign, "POST", "/api/v1/devices", "application/json", reg.as_bytes());
+        assert_eq!((r.status, r.json()["type"].as_str().unwrap()), (403, "urn:msec:problem:csrf_failed"));
+        let own = srv.with(format!("Cookie: {cookie_a}\r\nX-CSRF-Token: {csrf_a}\r\n"));
+        assert_eq!(http(own, "POST", "/api/v1/devices", "application/json", reg.as_bytes()).status, 201);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_sessions_csrf_tokens_and_lockout() {
     let srv = start().await;
     blocking(move || {
-        let anon = Srv { addr: srv.addr, auth: "" };
+        let anon = Srv { auth: "", ..srv };
         let events = |reason: &str| {
             get(srv, "/api/v1/security-events?limit=1000").json()["events"]
                 .as_array()
@@ -511,7 +576,7 @@ async fn login_sessions_csrf_tokens_and_lockout() {
         let r = get(anon, "/api/v1/devices");
         assert_eq!((r.status, r.json()["type"].as_str().unwrap()), (401, "urn:msec:problem:unauthenticated"));
         assert_eq!(events("unauthenticated"), 1);
-        let r = get(Srv { addr: srv.addr, auth: "Authorization: Bearer msec_0123456789abcdef_forged\r\n" }, "/api/v1/devices");
+        let r = get(Srv { auth: "Authorization: Bearer msec_0123456789abcdef_forged\r\n", ..srv }, "/api/v1/devices");
         assert_eq!(r.status, 401);
         assert_eq!(events("invalid_token"), 1);
 
