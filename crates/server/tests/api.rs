@@ -519,15 +519,16 @@ async fn revoked_or_expired_tokens_and_foreign_csrf_tokens_are_refused() {
                     "test",
                 )
                 .unwrap();
-            (issued.stored.id, srv.with(format!("Authorization: Bearer {}\r\n", issued.text)))
+            let as_ = srv.with(format!("Authorization: Bearer {}\r\n", issued.text));
+            (issued.stored.id, issued.text, as_)
         };
         let refused = |as_: Srv| {
             let r = get(as_, "/api/v1/devices");
             (r.status, r.json()["type"].as_str().unwrap_or_default().to_string())
         };
-        let (_, expired) = token(msec_store::now_ms() - 1);
+        let (_, expired_text, expired) = token(msec_store::now_ms() - 1);
         assert_eq!(refused(expired), (401, "urn:msec:problem:invalid_token".into()));
-        let (id, live) = token(msec_store::now_ms() + 3_600_000);
+        let (id, live_text, live) = token(msec_store::now_ms() + 3_600_000);
         assert_eq!(get(live, "/api/v1/devices").status, 200);
         Store::open(srv.db, Arc::new(msec_vault::MemoryKeys::new()))
             .unwrap()
@@ -538,6 +539,14 @@ async fn revoked_or_expired_tokens_and_foreign_csrf_tokens_are_refused() {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         assert_eq!(refused(live), (401, "urn:msec:problem:invalid_token".into()));
+        // The refusals are security events, and none of them holds a token's secret.
+        let events = get(srv, "/api/v1/security-events?limit=1000").body;
+        assert!(events.matches("invalid_token").count() >= 2, "{events}");
+        for text in [&expired_text, &live_text] {
+            // msec_{16 hex digits of id}_{secret}; the secret itself may hold '_'.
+            let secret = &text["msec_".len() + 17..];
+            assert!(secret.len() >= 16 && !events.contains(secret), "a token secret reached the events");
+        }
 
         let anon = Srv { auth: "", ..srv };
         let login = serde_json::json!({"user": "admin", "password": PASSWORD}).to_string();
