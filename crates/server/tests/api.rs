@@ -568,6 +568,69 @@ async fn revoked_or_expired_tokens_and_foreign_csrf_tokens_are_refused() {
     .await;
 }
 
+/// The endpoint table of docs/access-control.md, through HTTP: a caller who is authenticated
+/// but holds no role and no grant (a service account's token with every scope) sees no device
+/// and is refused everything that needs a permission, each refusal one `forbidden` event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_refuse_an_authenticated_caller_without_permissions() {
+    let srv = start().await;
+    blocking(move || {
+        // The token goes in before any device exists: a store opened with other in-memory keys
+        // cannot open the data keys made from then on.
+        let issued = msec_identity::issue_token().unwrap();
+        Store::open(srv.db, Arc::new(msec_vault::MemoryKeys::new()))
+            .unwrap()
+            .add_token(
+                &msec_store::NewToken {
+                    id: issued.stored.id.clone(),
+                    principal: "svc-nobody".into(),
+                    scopes: ["read", "subscribe", "act", "manage", "audit"].map(String::from).to_vec(),
+                    secret_hash: issued.stored.secret_hash,
+                    expires_ms: msec_store::now_ms() + 3_600_000,
+                },
+                "test",
+            )
+            .unwrap();
+        let nobody = srv.with(format!("Authorization: Bearer {}\r\n", issued.text));
+        let key = DeviceKey::generate().unwrap();
+        let reg = serde_json::json!({"id": "p-1", "tenant": "santander", "kind": "k", "public_key": hex::encode(key.public_key())}).to_string();
+        assert_eq!(http(srv, "POST", "/api/v1/devices", "application/json", reg.as_bytes()).status, 201);
+        let forbidden = || {
+            get(srv, "/api/v1/security-events?limit=1000").json()["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["reason"] == "forbidden")
+                .count()
+        };
+        // Authentication alone: an empty device list and the counts.
+        let r = get(nobody, "/api/v1/devices");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(!r.body.contains("p-1"), "{}", r.body);
+        assert_eq!(get(nobody, "/api/v1/stats").status, 200);
+        let other = serde_json::json!({"id": "p-2", "tenant": "santander", "kind": "k", "public_key": hex::encode(DeviceKey::generate().unwrap().public_key())}).to_string();
+        let refused: [(&str, &str, &[u8]); 6] = [
+            ("GET", "/api/v1/devices/p-1", b""),
+            ("GET", "/api/v1/devices/p-1/readings", b""),
+            ("POST", "/api/v1/devices", other.as_bytes()),
+            ("POST", "/api/v1/devices/p-1/revoke", b""),
+            ("GET", "/api/v1/security-events", b""),
+            ("GET", "/metrics", b""),
+        ];
+        for (i, (method, path, body)) in refused.into_iter().enumerate() {
+            let before = forbidden();
+            let r = http(nobody, method, path, "application/json", body);
+            assert_eq!(r.status, 403, "{method} {path}: {}", r.body);
+            assert_eq!(forbidden(), before + 1, "{method} {path}: not one event (case {i})");
+        }
+        // Nothing changed behind the refusals.
+        let d = get(srv, "/api/v1/devices/p-1").json();
+        assert_eq!(d["status"], "active", "{d}");
+        assert_eq!(get(srv, "/api/v1/devices/p-2").status, 404);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_sessions_csrf_tokens_and_lockout() {
     let srv = start().await;
