@@ -48,3 +48,36 @@ impl Throttle {
         self.failures.remove(&format!("user:{user}"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_failures_lock_the_name_and_the_address_for_the_window() {
+        let mut t = Throttle::default();
+        let t0 = 1_000_000;
+        // Guesses at five different names from one address lock the address...
+        for i in 0..MAX_FAILURES {
+            assert!(t.check(&format!("u{i}"), "10.0.0.9", t0).is_ok());
+            t.failed(&format!("u{i}"), "10.0.0.9", t0 + i as i64);
+        }
+        assert_eq!(
+            t.check("someone-else", "10.0.0.9", t0 + 10),
+            Err(t0 + WINDOW_MS)
+        );
+        // ...but not those names from elsewhere, each having failed only once.
+        assert!(t.check("u0", "10.0.0.8", t0 + 10).is_ok());
+        // Five guesses at one name from five addresses lock the name.
+        for i in 0..MAX_FAILURES {
+            t.failed("maria", &format!("10.1.0.{i}"), t0 + i as i64);
+        }
+        assert!(t.check("maria", "10.2.0.1", t0 + 10).is_err());
+        // A right password clears the name's count, not the address's.
+        t.succeeded("u4");
+        assert!(t.check("u4", "10.0.0.9", t0 + 10).is_err());
+        // Once the window has passed since the first failure, all is open again.
+        assert!(t.check("someone-else", "10.0.0.9", t0 + WINDOW_MS).is_ok());
+        assert!(t.check("maria", "10.2.0.1", t0 + WINDOW_MS + 4).is_ok());
+    }
+}

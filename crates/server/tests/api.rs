@@ -631,6 +631,69 @@ async fn endpoints_refuse_an_authenticated_caller_without_permissions() {
     .await;
 }
 
+/// Behind a TLS-terminating proxy the session cookie is `Secure`; the database keeps only a
+/// hash of the session secret, so a copy of it opens no session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_cookie_is_secure_behind_https_and_stored_hashed() {
+    let srv = start().await;
+    blocking(move || {
+        let proxied = Srv {
+            auth: "X-Forwarded-Proto: https\r\n",
+            ..srv
+        };
+        let login = serde_json::json!({"user": "admin", "password": PASSWORD}).to_string();
+        let r = http(
+            proxied,
+            "POST",
+            "/api/v1/login",
+            "application/json",
+            login.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let max_age: i64 = r
+            .headers
+            .split("max-age=")
+            .nth(1)
+            .unwrap()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            r.headers.contains("; secure") && (28_790..=28_800).contains(&max_age),
+            "8 hours: {}",
+            r.headers
+        );
+        let cookie = r
+            .head
+            .split("set-cookie: ")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap();
+        let secret = cookie.split_once('=').unwrap().1;
+        assert!(secret.len() >= 20, "{cookie}");
+        assert_eq!(
+            get(srv.with(format!("Cookie: {cookie}\r\n")), "/api/v1/me").status,
+            200
+        );
+        let mut stored = Vec::new();
+        for suffix in ["", "-wal"] {
+            if let Ok(bytes) = std::fs::read(format!("{}{suffix}", srv.db)) {
+                stored.extend(bytes);
+            }
+        }
+        assert!(!stored.is_empty());
+        assert!(
+            !stored.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the session secret is stored in the clear"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_sessions_csrf_tokens_and_lockout() {
     let srv = start().await;
