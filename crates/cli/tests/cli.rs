@@ -1407,3 +1407,73 @@ fn actuator_command_round_trips_to_a_simulated_plug() {
         "{out}"
     );
 }
+
+/// The first start on an empty database creates `admin` with a random password, shown once;
+/// later starts show none, and there is no default password anywhere.
+#[test]
+fn first_start_creates_an_admin_with_a_password_shown_once() {
+    use std::io::BufRead;
+    let dir = tmp();
+    let start = |dir: &str| {
+        let http = addr();
+        let mut child = msec()
+            .args([
+                "serve",
+                "--data-dir",
+                dir,
+                "--http",
+                &http,
+                "--mqtt",
+                &addr(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let server = Running(child);
+        let mut said = String::new();
+        while !said.contains("Log in") {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => said.push_str(&format!("{line}\n")),
+                Err(_) => panic!("no login hint from msec serve: {said}"),
+            }
+        }
+        wait_until("msec serve", 30, || {
+            http_get(&http, "/healthz").is_some_and(|b| b.contains("ok"))
+        });
+        (server, http, said)
+    };
+    let login = |http: &str, password: &str| {
+        let body = serde_json::json!({"user": "admin", "password": password}).to_string();
+        http_post(http, "/api/v1/login", body.as_bytes())
+    };
+    let (server, http, said) = start(&dir);
+    let password = said
+        .lines()
+        .find(|l| l.contains("with password"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("no password shown: {said}"))
+        .to_string();
+    assert!(password.len() >= 16, "a short password: {password}");
+    assert!(login(&http, &password).starts_with("HTTP/1.1 200"));
+    assert!(login(&http, "admin").starts_with("HTTP/1.1 401"));
+    drop(server);
+    let (_server, http, said) = start(&dir);
+    assert!(
+        !said.contains(&password) && !said.contains("with password"),
+        "{said}"
+    );
+    assert!(login(&http, &password).starts_with("HTTP/1.1 200"));
+    // A second empty data directory gets a different password.
+    let (_other, _, said) = start(&tmp());
+    assert!(
+        said.contains("with password") && !said.contains(&password),
+        "{said}"
+    );
+}
