@@ -918,6 +918,26 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
             "--once",
         ])
     };
+    // A witness told to expect another log's key refuses this one.
+    let w2 = format!("{dir}/w2-key.json");
+    assert!(run(&["witness", "--key", &w2, "--init"]).0);
+    let foreign = msec_notary::LogKey::from_seed("example.org/other-log", [5; 32])
+        .unwrap()
+        .verifier_key();
+    let (ok, out, err) = run(&[
+        "witness",
+        "--log",
+        &format!("http://{http}"),
+        "--key",
+        &w2,
+        "--log-key",
+        &foreign,
+        "--once",
+    ]);
+    assert!(
+        !ok && err.contains("REFUSING") && err.contains("not signed by the pinned log key"),
+        "{out}{err}"
+    );
     let (ok, out, err) = witness(&dir);
     assert!(ok && out.contains("cosigned"), "{out}{err}");
     assert!(http_get(&http, "/api/v1/log/checkpoint")
@@ -976,6 +996,29 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
         &dir,
     ]);
     assert!(ok && out.contains("newest checkpoint"), "{out}");
+    // A record changed in the database fails that check (then is put back).
+    let tamper = |delta: i64| {
+        rusqlite::Connection::open(format!("{dir}/msec.db"))
+            .unwrap()
+            .execute(
+                "UPDATE readings SET received_ms = received_ms + ?1 WHERE device_id = 'bed-7' AND sequence = 2",
+                [delta],
+            )
+            .unwrap()
+    };
+    assert_eq!(tamper(1), 1);
+    let (ok, out, err) = run(&[
+        "log",
+        "verify",
+        "--record",
+        "reading:bed-7/2",
+        "--checkpoint",
+        &saved_file,
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(!ok && err.contains("MODIFIED"), "{out}{err}");
+    tamper(-1);
 
     // Export, then an independent Python verifier re-derives every leaf and checks the proofs.
     let export = format!("{dir}/export.json");
@@ -1102,7 +1145,7 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
             .matches(&format!("\"reason\":\"{reason}\""))
             .count()
     };
-    let raised_before = alarms("witness_alarm");
+    let (raised_before, refused_before) = (alarms("witness_alarm"), alarms("bad_alarm"));
     let witness_name = vkey.trim().split('+').next().unwrap();
     let forged = serde_json::json!({
         "witness": witness_name,
@@ -1114,7 +1157,7 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
     assert!(reply.starts_with("HTTP/1.1 422"), "{reply}");
     assert_eq!(
         (alarms("bad_alarm"), alarms("witness_alarm")),
-        (1, raised_before)
+        (refused_before + 1, raised_before)
     );
     let (ok, out, err) = run(&[
         "witness",
