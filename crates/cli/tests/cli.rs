@@ -1520,3 +1520,78 @@ fn first_start_creates_an_admin_with_a_password_shown_once() {
         "{said}"
     );
 }
+
+/// Secrets never reach the log, even at trace level: a password (right or wrong), an API
+/// token, a session cookie and its CSRF token, all used against a running server.
+#[test]
+fn secrets_stay_out_of_the_log_even_at_trace_level() {
+    let dir = tmp();
+    std::fs::create_dir_all(&dir).unwrap();
+    let auth = admin_auth(&dir);
+    let token = auth.trim().rsplit(' ').next().unwrap().to_string();
+    let token_secret = token["msec_".len() + 17..].to_string();
+    let http = addr();
+    let log = format!("{dir}/serve.log");
+    let server = Running(
+        msec()
+            .env("MSEC_LOG", "trace")
+            .args([
+                "serve",
+                "--data-dir",
+                &dir,
+                "--http",
+                &http,
+                "--mqtt",
+                &addr(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("msec serve", 30, || {
+        http_get(&http, "/healthz").is_some_and(|b| b.contains("ok"))
+    });
+    let login = |password: &str| {
+        let body = serde_json::json!({"user": "ops", "password": password}).to_string();
+        http_post(&http, "/api/v1/login", body.as_bytes())
+    };
+    assert!(login("a wrong guess 4711").starts_with("HTTP/1.1 401"));
+    let ok = login("ops password for tests");
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let cookie = ok
+        .split("set-cookie: ")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = ok
+        .split("\"csrf\":\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let session = format!("Cookie: {cookie}\r\nX-CSRF-Token: {csrf}\r\n");
+    assert!(http_get_raw(&http, "/api/v1/devices", &session).starts_with("HTTP/1.1 200"));
+    assert!(http_get_raw(&http, "/api/v1/devices", &auth).starts_with("HTTP/1.1 200"));
+    let forged = format!("Authorization: Bearer {}x\r\n", &token[..token.len() - 1]);
+    assert!(http_get_raw(&http, "/api/v1/devices", &forged).starts_with("HTTP/1.1 401"));
+    std::thread::sleep(Duration::from_millis(300));
+    drop(server);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.len() > 1000, "trace logging produced little: {text}");
+    let cookie_secret = cookie.split_once('=').unwrap().1;
+    for (what, secret) in [
+        ("right password", "ops password for tests"),
+        ("wrong password", "a wrong guess 4711"),
+        ("token secret", token_secret.as_str()),
+        ("cookie secret", cookie_secret),
+        ("CSRF token", csrf.as_str()),
+    ] {
+        assert!(!text.contains(secret), "the {what} reached the log");
+    }
+}
