@@ -267,6 +267,28 @@ fn protection(url: &str) {
         "{err}"
     );
 
+    // A ciphertext moved to another row does not decrypt there: it is bound to its device and
+    // sequence. (Swapping two rows' sequences moves each ciphertext to the other's place.)
+    let swap = "UPDATE readings SET sequence = -100 WHERE device_id = 'park-1' AND sequence = 1;
+                UPDATE readings SET sequence = 1 WHERE device_id = 'park-1' AND sequence = 2;
+                UPDATE readings SET sequence = 2 WHERE device_id = 'park-1' AND sequence = -100;";
+    let read_two = |s: &mut Store| {
+        s.readings(
+            "park-1",
+            &ReadingQuery {
+                before_sequence: Some(3),
+                limit: 2,
+                ..Default::default()
+            },
+        )
+    };
+    assert_eq!(read_two(&mut s).unwrap().len(), 2);
+    raw(url, swap);
+    let err = read_two(&mut s).unwrap_err();
+    assert!(matches!(err, StoreError::Tampered(_)), "{err}");
+    raw(url, swap);
+    assert_eq!(read_two(&mut s).unwrap().len(), 2);
+
     // 5. Tampering with rows directly in SQL is found, record by record.
     raw(url, "UPDATE readings SET sealed = (SELECT sealed FROM readings WHERE device_id = 'park-1' AND sequence = 2) WHERE device_id = 'park-1' AND sequence = 1;
               UPDATE readings SET issued_at = issued_at + 60 WHERE device_id = 'park-1' AND sequence = 3;
