@@ -690,6 +690,12 @@ async fn session_cookie_is_secure_behind_https_and_stored_hashed() {
             !stored.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "the session secret is stored in the clear"
         );
+        // Once its 8 hours are over (moved into the past here), the session opens nothing.
+        msec_testkit::raw_sql(srv.db, "UPDATE sessions SET expires_ms = 1");
+        assert_eq!(
+            get(srv.with(format!("Cookie: {cookie}\r\n")), "/api/v1/me").status,
+            401
+        );
     })
     .await;
 }
