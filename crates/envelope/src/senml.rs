@@ -358,6 +358,36 @@ mod tests {
     }
 
     #[test]
+    fn record_count_and_name_length_limits() {
+        let record = |name: String| {
+            Cbor::Map(vec![
+                (int(N), Cbor::Text(name)),
+                (int(VB), Cbor::Bool(true)),
+            ])
+        };
+        let pack = |n: usize| {
+            cbor(Cbor::Array(
+                (0..n).map(|i| record(format!("r{i}"))).collect(),
+            ))
+        };
+        assert_eq!(decode(&pack(MAX_RECORDS), 0.0).unwrap().len(), MAX_RECORDS);
+        assert!(matches!(
+            decode(&pack(MAX_RECORDS + 1), 0.0),
+            Err(SenmlError::NotAPack)
+        ));
+        let named = |len: usize| cbor(Cbor::Array(vec![record("n".repeat(len))]));
+        assert!(decode(&named(MAX_NAME_BYTES), 0.0).is_ok());
+        assert!(decode(&named(MAX_NAME_BYTES + 1), 0.0).is_err());
+        // The limit holds for the resolved name: base name and name together.
+        let split = cbor(Cbor::Array(vec![Cbor::Map(vec![
+            (int(BN), Cbor::Text("b".repeat(200))),
+            (int(N), Cbor::Text("n".repeat(56))),
+            (int(VB), Cbor::Bool(true)),
+        ])]));
+        assert!(decode(&split, 0.0).is_err());
+    }
+
+    #[test]
     fn encode_decode_round_trip() {
         let ms = vec![
             Measurement::number("a", "Cel", 1_700_000_000.5, -3.25),
