@@ -139,24 +139,33 @@ pub(crate) async fn cosign(
         Ok(witness) => {
             Ok((StatusCode::CREATED, Json(json!({ "witness": witness }))).into_response())
         }
-        Err(mut p) => {
-            if p.status == StatusCode::UNPROCESSABLE_ENTITY {
-                let event = s
-                    .ingest
-                    .record_denial(
-                        "bad_cosignature",
-                        format!(
-                            "cosignature refused: {}",
-                            msec_ingest::bounded(&p.detail, 200)
-                        ),
-                        Source::Http(peer.to_string()),
-                    )
-                    .await;
-                p.extra = json!({ "security_event_id": event });
-            }
-            Err(p)
+        Err(p) => {
+            let detail = format!(
+                "cosignature refused: {}",
+                msec_ingest::bounded(&p.detail, 200)
+            );
+            Err(record_refusal(&s, p, "bad_cosignature", detail, peer).await)
         }
     }
+}
+
+/// A refusal by the notary (422: the witness side sent something that does not verify) is a
+/// security event; the problem names it. Other failures are the server's, not the caller's.
+async fn record_refusal(
+    s: &AppState,
+    mut p: Problem,
+    reason: &'static str,
+    detail: String,
+    peer: SocketAddr,
+) -> Problem {
+    if p.status == StatusCode::UNPROCESSABLE_ENTITY {
+        let event = s
+            .ingest
+            .record_denial(reason, detail, Source::Http(peer.to_string()))
+            .await;
+        p.extra = json!({ "security_event_id": event });
+    }
+    p
 }
 
 #[derive(serde::Deserialize)]
@@ -192,27 +201,17 @@ pub(crate) async fn alarm(
         a.detail.clone(),
         a.signature.clone(),
     );
-    if let Err(mut p) = notary(&s, move |n| {
+    if let Err(p) = notary(&s, move |n| {
         n.check_alarm(&witness, &kind, &detail, &signature)
     })
     .await
     {
-        if p.status == StatusCode::UNPROCESSABLE_ENTITY {
-            let event = s
-                .ingest
-                .record_denial(
-                    "bad_alarm",
-                    format!(
-                        "alarm refused ({}) claiming witness {}",
-                        p.detail,
-                        msec_ingest::bounded(&a.witness, 80)
-                    ),
-                    Source::Http(peer.to_string()),
-                )
-                .await;
-            p.extra = json!({ "security_event_id": event });
-        }
-        return Err(p);
+        let detail = format!(
+            "alarm refused ({}) claiming witness {}",
+            p.detail,
+            msec_ingest::bounded(&a.witness, 80)
+        );
+        return Err(record_refusal(&s, p, "bad_alarm", detail, peer).await);
     }
     let detail = format!(
         "witness {} reports {}: {}",
