@@ -446,6 +446,65 @@ async fn live_stream_delivers_readings() {
     .await;
 }
 
+/// Security events reach only live streams whose caller may `audit`; readings only those who
+/// may `subscribe` to the device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_stream_shows_each_caller_only_what_it_may_see() {
+    let srv = start().await;
+    blocking(move || {
+        // A service account's token with every scope but no role or grant (added before any
+        // device exists: a store opened with other in-memory keys cannot open later data keys).
+        let issued = msec_identity::issue_token().unwrap();
+        Store::open(srv.db, Arc::new(msec_vault::MemoryKeys::new()))
+            .unwrap()
+            .add_token(
+                &msec_store::NewToken {
+                    id: issued.stored.id.clone(),
+                    principal: "svc-watcher".into(),
+                    scopes: ["read", "subscribe", "audit"].map(String::from).to_vec(),
+                    secret_hash: issued.stored.secret_hash,
+                    expires_ms: msec_store::now_ms() + 3_600_000,
+                },
+                "test",
+            )
+            .unwrap();
+        let key = DeviceKey::generate().unwrap();
+        let reg = serde_json::json!({"id": "d", "tenant": "t", "kind": "k", "public_key": hex::encode(key.public_key())});
+        assert_eq!(http(srv, "POST", "/api/v1/devices", "application/json", reg.to_string().as_bytes()).status, 201);
+        let open = |auth: &str| {
+            let mut sse = TcpStream::connect(srv.addr).unwrap();
+            write!(sse, "GET /api/v1/stream HTTP/1.1\r\nHost: localhost\r\n{auth}Accept: text/event-stream\r\n\r\n").unwrap();
+            sse.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+            sse
+        };
+        let mut admin = open(srv.auth);
+        let mut watcher = open(&format!("Authorization: Bearer {}\r\n", issued.text));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = unix_now();
+        let env = Device::new("d", key, 1).seal(&[Measurement::number("co2", "ppm", now, 420.0)], now);
+        assert_eq!(http(srv, "POST", "/api/v1/readings", "application/cose", &env).status, 201);
+        assert_eq!(http(srv, "POST", "/api/v1/readings", "application/cose", b"\xd2\x84garbage").status, 400);
+        let read_for = |sse: &mut TcpStream, secs: u64| {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            let mut seen = String::new();
+            let mut buf = [0u8; 4096];
+            while std::time::Instant::now() < until {
+                match sse.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                    Err(_) => {}
+                }
+            }
+            seen
+        };
+        let (saw_admin, saw_watcher) = (read_for(&mut admin, 2), read_for(&mut watcher, 1));
+        assert!(saw_admin.contains("event: reading") && saw_admin.contains("event: security"), "{saw_admin}");
+        assert!(saw_watcher.starts_with("HTTP/1.1 200"), "{saw_watcher}");
+        assert!(!saw_watcher.contains("event: reading") && !saw_watcher.contains("event: security"), "{saw_watcher}");
+    })
+    .await;
+}
+
 /// A stream outlives neither its session nor the 3 s between checks of it, even when no event
 /// comes along to trigger a check: after a logout and a quiet spell, the next reading is not
 /// delivered on the old session.
