@@ -98,11 +98,15 @@ pub fn run(args: WitnessArgs) -> Result<()> {
     loop {
         if let Err(e) = check_and_cosign(&base, &key, args.log_key.as_deref(), &state_path) {
             if let Some(alarm) = e.downcast_ref::<Alarm>() {
+                let time = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
                 let body = serde_json::json!({
                     "witness": key.name(),
                     "kind": alarm.kind,
                     "detail": alarm.detail,
-                    "signature": key.sign_alarm(alarm.kind, &alarm.detail),
+                    "time": time,
+                    "signature": key.sign_alarm(&alarm.origin, time, alarm.kind, &alarm.detail),
                 });
                 if let Err(report) = post(
                     &format!("{base}/api/v1/log/alarms"),
@@ -124,6 +128,8 @@ pub fn run(args: WitnessArgs) -> Result<()> {
 /// A reason to stop trusting the log.
 #[derive(Debug)]
 struct Alarm {
+    /// The log it is about (its verifier key's name).
+    origin: String,
     kind: &'static str,
     detail: String,
 }
@@ -136,8 +142,13 @@ impl std::fmt::Display for Alarm {
 
 impl std::error::Error for Alarm {}
 
-fn alarm(kind: &'static str, detail: String) -> anyhow::Error {
-    anyhow::Error::new(Alarm { kind, detail })
+fn alarm(log_key: &str, kind: &'static str, detail: String) -> anyhow::Error {
+    let origin = log_key.split('+').next().unwrap_or_default().to_string();
+    anyhow::Error::new(Alarm {
+        origin,
+        kind,
+        detail,
+    })
 }
 
 fn check_and_cosign(
@@ -170,6 +181,7 @@ fn check_and_cosign(
     let note = get(&format!("{base}/api/v1/log/checkpoint"))?;
     let cp = Checkpoint::verify(&note, &log_key).map_err(|e| {
         alarm(
+            &log_key,
             "bad_signature",
             format!("the checkpoint is not signed by the pinned log key: {e}"),
         )
@@ -177,6 +189,7 @@ fn check_and_cosign(
     if let Some(last) = &last {
         if cp.size < last.size {
             return Err(alarm(
+                &log_key,
                 "rollback",
                 format!("the log shrank from {} to {} leaves", last.size, cp.size),
             ));
@@ -184,6 +197,7 @@ fn check_and_cosign(
         if cp.size == last.size {
             if cp.root != last.root {
                 return Err(alarm(
+                    &log_key,
                     "split_view",
                     format!("two different trees of size {}", cp.size),
                 ));
@@ -208,6 +222,7 @@ fn check_and_cosign(
                 .context("malformed consistency proof")?;
             if !verify_consistency(last.size, cp.size, &last.root, &cp.root, &hashes) {
                 return Err(alarm(
+                    &log_key,
                     "split_view",
                     format!(
                         "tree {} does not extend the tree {} this witness cosigned",

@@ -1155,9 +1155,16 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
     });
     let reply = http_post(&http2, "/api/v1/log/alarms", forged.to_string().as_bytes());
     assert!(reply.starts_with("HTTP/1.1 422"), "{reply}");
+    let unsigned = serde_json::json!({"witness": witness_name, "kind": "rollback", "detail": "x"});
+    let reply = http_post(
+        &http2,
+        "/api/v1/log/alarms",
+        unsigned.to_string().as_bytes(),
+    );
+    assert!(reply.starts_with("HTTP/1.1 422"), "{reply}");
     assert_eq!(
         (alarms("bad_alarm"), alarms("witness_alarm")),
-        (refused_before + 1, raised_before)
+        (refused_before + 2, raised_before)
     );
     let (ok, out, err) = run(&[
         "witness",

@@ -213,11 +213,13 @@ fn cosigned_message(body: &str, time: u64) -> String {
 }
 
 /// What a witness signs to raise an alarm. Its own first line keeps it apart from anything a
-/// cosigning key signs for tlog-cosignature/v1; each field goes in with its length, so no
-/// choice of text makes two different alarms sign the same bytes.
-fn alarm_message(witness: &str, kind: &str, detail: &str) -> Vec<u8> {
+/// cosigning key signs for tlog-cosignature/v1; the log's origin and the time bind it to one
+/// log and moment (so it cannot be replayed against another log, or forever); each text field
+/// goes in with its length, so no choice of text makes two different alarms sign the same bytes.
+fn alarm_message(origin: &str, time: u64, witness: &str, kind: &str, detail: &str) -> Vec<u8> {
     let mut m = b"msec-witness-alarm/v1\n".to_vec();
-    for field in [witness, kind, detail] {
+    m.extend_from_slice(&time.to_be_bytes());
+    for field in [origin, witness, kind, detail] {
         m.extend_from_slice(&(field.len() as u64).to_be_bytes());
         m.extend_from_slice(field.as_bytes());
     }
@@ -225,9 +227,12 @@ fn alarm_message(witness: &str, kind: &str, detail: &str) -> Vec<u8> {
 }
 
 /// Checks that the witness whose cosigner key is `verifier_key` signed this alarm (made with
-/// [`CosignerKey::sign_alarm`]) under the name `witness`.
+/// [`CosignerKey::sign_alarm`]) under the name `witness`, about the log `origin` at `time`.
+/// Whether `time` is recent is the caller's to judge.
 pub fn verify_alarm(
     verifier_key: &str,
+    origin: &str,
+    time: u64,
     witness: &str,
     kind: &str,
     detail: &str,
@@ -243,7 +248,7 @@ pub fn verify_alarm(
             if key.name == witness
                 && key
                     .vk
-                    .verify_strict(&alarm_message(witness, kind, detail), &sig)
+                    .verify_strict(&alarm_message(origin, time, witness, kind, detail), &sig)
                     .is_ok() =>
         {
             Ok(())
@@ -337,9 +342,10 @@ impl CosignerKey {
     pub fn verifier_key(&self) -> String {
         self.0.verifier_key(COSIGNATURE_V1)
     }
-    /// The signature (base64) over an alarm this witness raises; see [`verify_alarm`].
-    pub fn sign_alarm(&self, kind: &str, detail: &str) -> String {
-        let message = alarm_message(&self.0.name, kind, detail);
+    /// The signature (base64) over an alarm this witness raises about the log `origin` at
+    /// `time` (Unix seconds); see [`verify_alarm`].
+    pub fn sign_alarm(&self, origin: &str, time: u64, kind: &str, detail: &str) -> String {
+        let message = alarm_message(origin, time, &self.0.name, kind, detail);
         B64.encode(self.0.key.sign(&message).to_bytes())
     }
     /// The cosignature line (ending in a newline) over `checkpoint` at `time` (Unix seconds).

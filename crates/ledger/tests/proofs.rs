@@ -257,59 +257,50 @@ fn cosignatures_verify_and_resist_tampering() {
     assert!(Checkpoint::verify_cosignature(&moved, &witness.verifier_key()).is_err());
 }
 
-/// A witness alarm verifies only with the witness's own key, under its own name, and only for
-/// the exact kind and detail it signed.
+/// A witness alarm verifies only with the witness's own key, under its own name, for the log
+/// and time it names, and only for the exact kind and detail it signed.
 #[test]
 fn witness_alarms_are_signed() {
     let witness = CosignerKey::new("example.org/witness", [9; 32]).unwrap();
     let vkey = witness.verifier_key();
-    let sig = witness.sign_alarm("rollback", "size 7 after 9");
-    let check =
-        |w: &str, k: &str, d: &str, s: &str| msec_ledger::verify_alarm(&vkey, w, k, d, s).is_ok();
-    assert!(check(
-        "example.org/witness",
+    let (log, t) = ("example.org/log", 1_800_000_000);
+    let sig = witness.sign_alarm(log, t, "rollback", "size 7 after 9");
+    let check = |origin: &str, time: u64, w: &str, k: &str, d: &str, s: &str| {
+        msec_ledger::verify_alarm(&vkey, origin, time, w, k, d, s).is_ok()
+    };
+    let w = "example.org/witness";
+    assert!(check(log, t, w, "rollback", "size 7 after 9", &sig));
+    assert!(!check(
+        "example.org/other-log",
+        t,
+        w,
         "rollback",
         "size 7 after 9",
         &sig
     ));
+    assert!(!check(log, t + 1, w, "rollback", "size 7 after 9", &sig));
+    assert!(!check(log, t, w, "split_view", "size 7 after 9", &sig));
+    assert!(!check(log, t, w, "rollback", "size 8 after 9", &sig));
     assert!(!check(
-        "example.org/witness",
-        "split_view",
-        "size 7 after 9",
-        &sig
-    ));
-    assert!(!check(
-        "example.org/witness",
-        "rollback",
-        "size 8 after 9",
-        &sig
-    ));
-    assert!(!check(
+        log,
+        t,
         "example.org/other",
         "rollback",
         "size 7 after 9",
         &sig
     ));
     assert!(!check(
-        "example.org/witness",
+        log,
+        t,
+        w,
         "rollback",
         "size 7 after 9",
         "not base64!"
     ));
     let stranger = CosignerKey::new("example.org/witness", [10; 32]).unwrap();
-    let forged = stranger.sign_alarm("rollback", "size 7 after 9");
-    assert!(!check(
-        "example.org/witness",
-        "rollback",
-        "size 7 after 9",
-        &forged
-    ));
+    let forged = stranger.sign_alarm(log, t, "rollback", "size 7 after 9");
+    assert!(!check(log, t, w, "rollback", "size 7 after 9", &forged));
     // Moving text between fields changes what is signed.
-    let shifted = witness.sign_alarm("rollbacksize", " 7 after 9");
-    assert!(!check(
-        "example.org/witness",
-        "rollback",
-        "size 7 after 9",
-        &shifted
-    ));
+    let shifted = witness.sign_alarm(log, t, "rollbacksize", " 7 after 9");
+    assert!(!check(log, t, w, "rollback", "size 7 after 9", &shifted));
 }

@@ -38,6 +38,10 @@ pub struct Witness {
     pub verifier_key: String,
 }
 
+/// How far a witness alarm's time may be from the server's clock: bounds how long a captured
+/// alarm could be posted again.
+pub const ALARM_MAX_AGE_S: u64 = 600;
+
 /// The latest checkpoint with the state that produced it.
 #[derive(Debug, Clone)]
 pub struct Published {
@@ -314,9 +318,11 @@ impl Notary {
             .map_err(|e| NotaryError::Refused(e.to_string()))
     }
 
-    /// Checks that a configured witness signed this alarm (see `msec_ledger::verify_alarm`).
+    /// Checks that a configured witness signed this alarm about this log, at a `time` (Unix
+    /// seconds) within [`ALARM_MAX_AGE_S`] of now (see `msec_ledger::verify_alarm`).
     pub fn check_alarm(
         &self,
+        time: u64,
         witness: &str,
         kind: &str,
         detail: &str,
@@ -327,8 +333,22 @@ impl Notary {
             .iter()
             .find(|w| w.name == witness)
             .ok_or_else(|| NotaryError::Refused("no configured witness has that name".into()))?;
-        msec_ledger::verify_alarm(&w.verifier_key, witness, kind, detail, signature)
-            .map_err(|_| NotaryError::Refused("the alarm's signature does not verify".into()))
+        let now = (msec_store::now_ms() / 1000) as u64;
+        if now.abs_diff(time) > ALARM_MAX_AGE_S {
+            return Err(NotaryError::Refused(
+                "the alarm's time is not within 10 minutes of this server's clock".into(),
+            ));
+        }
+        msec_ledger::verify_alarm(
+            &w.verifier_key,
+            self.origin(),
+            time,
+            witness,
+            kind,
+            detail,
+            signature,
+        )
+        .map_err(|_| NotaryError::Refused("the alarm's signature does not verify".into()))
     }
 
     /// Accepts a cosigned checkpoint from a witness: the note must be one this log published

@@ -64,6 +64,23 @@ fn scenario(url: &str, dir: &std::path::Path) {
     );
     assert_eq!(notary.final_size().unwrap(), None);
 
+    // Alarms: only the configured witness's, about this log, at about the present time.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let alarm = |key: &CosignerKey, origin: &str, time: u64| {
+        let sig = key.sign_alarm(origin, time, "rollback", "size 3 after 21");
+        notary.check_alarm(time, key.name(), "rollback", "size 3 after 21", &sig)
+    };
+    let origin = notary.origin().to_string();
+    assert!(alarm(&witness, &origin, now).is_ok());
+    assert!(alarm(&witness, "example.org/another-log", now).is_err());
+    assert!(alarm(&witness, &origin, now - ALARM_MAX_AGE_S - 5).is_err());
+    assert!(alarm(&witness, &origin, now + ALARM_MAX_AGE_S + 5).is_err());
+    let unconfigured = CosignerKey::new("example.org/stranger", [7; 32]).unwrap();
+    assert!(alarm(&unconfigured, &origin, now).is_err());
+
     // Inclusion proofs verify against the signed checkpoint.
     let id: RecordId = "reading:park-1/7".parse().unwrap();
     let inc = notary.inclusion(&id).unwrap();

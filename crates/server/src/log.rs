@@ -173,7 +173,12 @@ struct Alarm {
     witness: String,
     kind: String,
     detail: String,
-    /// By the witness's cosigning key (`CosignerKey::sign_alarm`).
+    /// Unix seconds, signed with the rest.
+    #[serde(default)]
+    time: u64,
+    /// By the witness's cosigning key (`CosignerKey::sign_alarm`). Missing or empty, the alarm
+    /// is refused like a forged one (and recorded), not as a malformed request.
+    #[serde(default)]
     signature: String,
 }
 
@@ -195,14 +200,15 @@ pub(crate) async fn alarm(
     }
     let a: Alarm = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("alarm JSON: {e}")))?;
-    let (witness, kind, detail, signature) = (
+    let (time, witness, kind, detail, signature) = (
+        a.time,
         a.witness.clone(),
         a.kind.clone(),
         a.detail.clone(),
         a.signature.clone(),
     );
     if let Err(p) = notary(&s, move |n| {
-        n.check_alarm(&witness, &kind, &detail, &signature)
+        n.check_alarm(time, &witness, &kind, &detail, &signature)
     })
     .await
     {
