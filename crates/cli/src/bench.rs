@@ -107,10 +107,28 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Microseconds of one core's time per item, when `busy` (a share of all cores) handled `rate`
-/// items per second: the figure that compares across machines with different core counts.
-fn core_micros(busy: f64, rate: f64) -> f64 {
-    busy * cores() as f64 * 1e6 / rate
+/// Microseconds of one core's time per item, when `busy` (a share of the cores that share
+/// counts) handled `rate` items per second: the figure that compares across machines with
+/// different core counts.
+fn core_micros(busy: f64, cores: usize, rate: f64) -> f64 {
+    busy * cores as f64 * 1e6 / rate
+}
+
+/// The CPUs `/proc/stat` counts (its machine-wide busy share covers all of them, also those
+/// this process may not run on); where it cannot be read, the ones this process may use.
+fn machine_cores() -> usize {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .map(|stat| {
+            stat.lines()
+                .filter(|l| {
+                    l.strip_prefix("cpu")
+                        .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+                })
+                .count()
+        })
+        .filter(|&n| n > 0)
+        .unwrap_or_else(cores)
 }
 
 /// Raw Ed25519 verifications per second on all cores, over messages as long as our envelopes.
@@ -602,7 +620,7 @@ impl Run {
                 format!(
                     "; CPU {:.0} % busy, {:.0} µs of core time per reading",
                     b * 100.0,
-                    core_micros(b, self.throughput)
+                    core_micros(b, machine_cores(), self.throughput)
                 )
             })
             .unwrap_or_default();
@@ -977,7 +995,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let verify = tokio::task::spawn_blocking(move || raw_verify_rate(len, 200_000)).await?;
     println!(
         "baseline  raw Ed25519 verify (all cores, {len} B messages): {verify:>10.0} /s; {:.1} µs of core time each",
-        core_micros(1.0, verify)
+        core_micros(1.0, cores(), verify)
     );
 
     let dir = std::env::temp_dir().join(format!("msec-bench-{}", std::process::id()));

@@ -103,13 +103,17 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
     let mut draining_since: Option<Instant> = None;
     loop {
         if draining_since.is_some_and(|t| t.elapsed() >= DRAIN_AT_MOST) {
+            // Devices kept publishing: there was never a quiet moment to stop at.
             tracing::warn!(
-                unacknowledged = unacked.load(Ordering::Acquire),
-                "stopped before the embedded broker was drained; the readings it still holds are lost"
+                "stopping after 10 s of draining while readings kept arriving; those the \
+                 embedded broker accepted from now on are lost"
             );
             break;
         }
         let event = tokio::select! {
+            // Events first: an acknowledgement still queued must go out before a quiet spell
+            // can end the drain.
+            biased;
             e = events.poll() => e,
             _ = stop.wait_for(|s| *s), if draining_since.is_none() => {
                 if !cfg.drain_on_stop || broker_down {
@@ -149,6 +153,10 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
             }
             Ok(_) => {}
             Err(e) => {
+                if draining_since.is_some() {
+                    // The broker (in this process) is going away; nothing more will come.
+                    break;
+                }
                 if !broker_down {
                     tracing::error!(broker = %format!("{}:{}", cfg.host, cfg.port), error = %e, "MQTT connection lost; retrying every second");
                 }
@@ -176,7 +184,7 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
         .is_err()
     {
         tracing::warn!(
-            "MQTT consumer did not drain within 10 s; unacknowledged readings will be redelivered"
+            "MQTT consumer did not drain within 10 s; unacknowledged readings will be redelivered by an external broker (an embedded one loses them)"
         );
     }
 }

@@ -565,27 +565,28 @@ pub(crate) struct SealedReading {
 
 /// A database URL without its password, for error messages and logs.
 pub fn redact(url: &str) -> String {
-    // A password can also come as a query parameter (`?password=…`), which the PostgreSQL
-    // client accepts as well.
-    // The query starts after the user info, whose password may itself hold a '?'.
-    let host_start = url.rfind('@').map_or(0, |at| at + 1);
-    let split = url[host_start..]
-        .find('?')
-        .map(|q| (&url[..host_start + q], &url[host_start + q + 1..]));
-    let (url, query) = match split {
-        Some((base, query)) => {
-            let params: Vec<String> = query
-                .split('&')
-                .map(|p| match p.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => p.to_string(),
-                })
-                .collect();
-            (base, format!("?{}", params.join("&")))
+    redact_userinfo(&redact_password_params(url))
+}
+
+/// Hides the value of every `password=` query parameter (which the PostgreSQL client accepts
+/// too), wherever it stands, before anything else looks for an '@'.
+fn redact_password_params(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(i) = rest.find(['?', '&']) {
+        out.push_str(&rest[..=i]);
+        rest = &rest[i + 1..];
+        let is_password = rest
+            .get(..9)
+            .is_some_and(|k| k.eq_ignore_ascii_case("password="));
+        if is_password {
+            out.push_str(&rest[..9]);
+            out.push_str("***");
+            rest = &rest[rest.find('&').unwrap_or(rest.len())..];
         }
-        None => (url, String::new()),
-    };
-    redact_userinfo(url) + &query
+    }
+    out.push_str(rest);
+    out
 }
 
 fn redact_userinfo(url: &str) -> String {
@@ -626,6 +627,10 @@ mod tests {
         assert_eq!(
             super::redact("postgres://u:pa?ss@h/db"),
             "postgres://u:***@h/db"
+        );
+        assert_eq!(
+            super::redact("postgres://u@h/db?password=se@cret&sslmode=disable"),
+            "postgres://u@h/db?password=***&sslmode=disable"
         );
         assert_eq!(super::redact("/tmp/x.db"), "/tmp/x.db");
     }
