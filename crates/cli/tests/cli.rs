@@ -971,30 +971,24 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
     std::fs::write(&state, remembered).unwrap();
 
     // Offline verification against the checkpoint saved earlier.
-    let (ok, out, err) = run(&[
-        "log",
-        "verify",
-        "--record",
-        "reading:bed-7/2",
-        "--checkpoint",
-        &saved_file,
-        "--data-dir",
-        &dir,
-    ]);
+    let verify = |record: &str| {
+        run(&[
+            "log",
+            "verify",
+            "--record",
+            record,
+            "--checkpoint",
+            &saved_file,
+            "--data-dir",
+            &dir,
+        ])
+    };
+    let (ok, out, err) = verify("reading:bed-7/2");
     assert!(
         ok && out.contains("verified") && out.contains("consistency  ok"),
         "{out}{err}"
     );
-    let (ok, out, _) = run(&[
-        "log",
-        "verify",
-        "--record",
-        "reading:bed-7/8",
-        "--checkpoint",
-        &saved_file,
-        "--data-dir",
-        &dir,
-    ]);
+    let (ok, out, _) = verify("reading:bed-7/8");
     assert!(ok && out.contains("newest checkpoint"), "{out}");
     // A record changed in the database fails that check (then is put back).
     let tamper = |delta: i64| {
@@ -1007,16 +1001,7 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
             .unwrap()
     };
     assert_eq!(tamper(1), 1);
-    let (ok, out, err) = run(&[
-        "log",
-        "verify",
-        "--record",
-        "reading:bed-7/2",
-        "--checkpoint",
-        &saved_file,
-        "--data-dir",
-        &dir,
-    ]);
+    let (ok, out, err) = verify("reading:bed-7/2");
     assert!(!ok && err.contains("MODIFIED"), "{out}{err}");
     tamper(-1);
 

@@ -67,6 +67,81 @@ fn get(addr: Srv, path: &str) -> Reply {
 
 /// A platform on a scratch SQLite database with one administrator, `admin`, whose password is
 /// PASSWORD; requests carry an admin API token.
+/// An API token for `principal` with `scopes`, stored behind the server's back; returns its id
+/// and the caller presenting it. Call it before any device exists: a store opened with other
+/// in-memory keys cannot open the data keys made from then on.
+fn add_token(srv: Srv, principal: &str, scopes: &[&str], expires_ms: i64) -> (String, String, Srv) {
+    let issued = msec_identity::issue_token().unwrap();
+    Store::open(srv.db, Arc::new(msec_vault::MemoryKeys::new()))
+        .unwrap()
+        .add_token(
+            &msec_store::NewToken {
+                id: issued.stored.id.clone(),
+                principal: principal.into(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                secret_hash: issued.stored.secret_hash,
+                expires_ms,
+            },
+            "test",
+        )
+        .unwrap();
+    let caller = srv.with(format!("Authorization: Bearer {}\r\n", issued.text));
+    (issued.stored.id, issued.text, caller)
+}
+
+/// Logs in as admin with `extra` header lines; the reply, the session cookie
+/// (`msec_session=…`) and its CSRF token.
+fn login_admin(srv: Srv, extra: &'static str) -> (Reply, String, String) {
+    let login = serde_json::json!({"user": "admin", "password": PASSWORD}).to_string();
+    let r = http(
+        Srv { auth: extra, ..srv },
+        "POST",
+        "/api/v1/login",
+        "application/json",
+        login.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let cookie = r
+        .head
+        .split("set-cookie: ")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = r.json()["csrf"].as_str().unwrap().to_string();
+    (r, cookie, csrf)
+}
+
+/// Opens `/api/v1/stream` with the header lines `auth`.
+fn open_stream(srv: Srv, auth: &str) -> TcpStream {
+    let mut sse = TcpStream::connect(srv.addr).unwrap();
+    write!(
+        sse,
+        "GET /api/v1/stream HTTP/1.1\r\nHost: localhost\r\n{auth}Accept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    sse.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    sse
+}
+
+/// What a stream delivers within `secs`, or until the server closes it.
+fn read_for(sse: &mut TcpStream, secs: u64) -> String {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < until {
+        match sse.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+    }
+    seen
+}
+
 async fn start() -> Srv {
     let dir = std::env::temp_dir().join(msec_testkit::unique("msec-api-"));
     let url = dir.join("msec.db").to_string_lossy().into_owned();
@@ -452,51 +527,18 @@ async fn live_stream_delivers_readings() {
 async fn live_stream_shows_each_caller_only_what_it_may_see() {
     let srv = start().await;
     blocking(move || {
-        // A service account's token with every scope but no role or grant (added before any
-        // device exists: a store opened with other in-memory keys cannot open later data keys).
-        let issued = msec_identity::issue_token().unwrap();
-        Store::open(srv.db, Arc::new(msec_vault::MemoryKeys::new()))
-            .unwrap()
-            .add_token(
-                &msec_store::NewToken {
-                    id: issued.stored.id.clone(),
-                    principal: "svc-watcher".into(),
-                    scopes: ["read", "subscribe", "audit"].map(String::from).to_vec(),
-                    secret_hash: issued.stored.secret_hash,
-                    expires_ms: msec_store::now_ms() + 3_600_000,
-                },
-                "test",
-            )
-            .unwrap();
+        // A service account's token with these scopes but no role or grant.
+        let (_, _, watcher_auth) = add_token(srv, "svc-watcher", &["read", "subscribe", "audit"], msec_store::now_ms() + 3_600_000);
         let key = DeviceKey::generate().unwrap();
         let reg = serde_json::json!({"id": "d", "tenant": "t", "kind": "k", "public_key": hex::encode(key.public_key())});
         assert_eq!(http(srv, "POST", "/api/v1/devices", "application/json", reg.to_string().as_bytes()).status, 201);
-        let open = |auth: &str| {
-            let mut sse = TcpStream::connect(srv.addr).unwrap();
-            write!(sse, "GET /api/v1/stream HTTP/1.1\r\nHost: localhost\r\n{auth}Accept: text/event-stream\r\n\r\n").unwrap();
-            sse.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
-            sse
-        };
-        let mut admin = open(srv.auth);
-        let mut watcher = open(&format!("Authorization: Bearer {}\r\n", issued.text));
+        let mut admin = open_stream(srv, srv.auth);
+        let mut watcher = open_stream(srv, watcher_auth.auth);
         std::thread::sleep(std::time::Duration::from_millis(300));
         let now = unix_now();
         let env = Device::new("d", key, 1).seal(&[Measurement::number("co2", "ppm", now, 420.0)], now);
         assert_eq!(http(srv, "POST", "/api/v1/readings", "application/cose", &env).status, 201);
         assert_eq!(http(srv, "POST", "/api/v1/readings", "application/cose", b"\xd2\x84garbage").status, 400);
-        let read_for = |sse: &mut TcpStream, secs: u64| {
-            let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-            let mut seen = String::new();
-            let mut buf = [0u8; 4096];
-            while std::time::Instant::now() < until {
-                match sse.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-                    Err(_) => {}
-                }
-            }
-            seen
-        };
         let (saw_admin, saw_watcher) = (read_for(&mut admin, 2), read_for(&mut watcher, 1));
         assert!(saw_admin.contains("event: reading") && saw_admin.contains("event: security"), "{saw_admin}");
         assert!(saw_watcher.starts_with("HTTP/1.1 200"), "{saw_watcher}");
@@ -515,34 +557,14 @@ async fn live_stream_stops_after_logout() {
         let key = DeviceKey::generate().unwrap();
         let reg = serde_json::json!({"id": "d", "tenant": "t", "kind": "k", "public_key": hex::encode(key.public_key())});
         assert_eq!(http(srv, "POST", "/api/v1/devices", "application/json", reg.to_string().as_bytes()).status, 201);
-        let anon = Srv { auth: "", ..srv };
-        let login = serde_json::json!({"user": "admin", "password": PASSWORD}).to_string();
-        let r = http(anon, "POST", "/api/v1/login", "application/json", login.as_bytes());
-        assert_eq!(r.status, 200, "{}", r.body);
-        let cookie = r.head.split("set-cookie: ").nth(1).unwrap().split(';').next().unwrap().to_string();
-        let csrf = r.json()["csrf"].as_str().unwrap().to_string();
-        let mut sse = TcpStream::connect(srv.addr).unwrap();
-        write!(sse, "GET /api/v1/stream HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+        let (_, cookie, csrf) = login_admin(srv, "");
+        let mut sse = open_stream(srv, &format!("Cookie: {cookie}\r\n"));
         std::thread::sleep(std::time::Duration::from_millis(300));
         let mut dev = Device::new("d", key, 1);
         let mut post = |v: f64| {
             let now = unix_now();
             let env = dev.seal(&[Measurement::number("co2", "ppm", now, v)], now);
             assert_eq!(http(srv, "POST", "/api/v1/readings", "application/cose", &env).status, 201);
-        };
-        let read_for = |sse: &mut TcpStream, secs: u64| {
-            sse.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
-            let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-            let mut seen = String::new();
-            let mut buf = [0u8; 4096];
-            while std::time::Instant::now() < until {
-                match sse.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-                    Err(_) => {}
-                }
-            }
-            seen
         };
         post(1.0);
         assert!(read_for(&mut sse, 2).contains("event: reading"), "the stream works while logged in");
@@ -564,25 +586,7 @@ async fn live_stream_stops_after_logout() {
 async fn revoked_or_expired_tokens_and_foreign_csrf_tokens_are_refused() {
     let srv = start().await;
     blocking(move || {
-        let mut store =
-            Store::open(srv.db, Arc::new(msec_vault::MemoryKeys::new())).unwrap();
-        let mut token = |expires_ms: i64| {
-            let issued = msec_identity::issue_token().unwrap();
-            store
-                .add_token(
-                    &msec_store::NewToken {
-                        id: issued.stored.id.clone(),
-                        principal: "admin".into(),
-                        scopes: vec!["read".into()],
-                        secret_hash: issued.stored.secret_hash,
-                        expires_ms,
-                    },
-                    "test",
-                )
-                .unwrap();
-            let as_ = srv.with(format!("Authorization: Bearer {}\r\n", issued.text));
-            (issued.stored.id, issued.text, as_)
-        };
+        let token = |expires_ms: i64| add_token(srv, "admin", &["read"], expires_ms);
         let refused = |as_: Srv| {
             let r = get(as_, "/api/v1/devices");
             (r.status, r.json()["type"].as_str().unwrap_or_default().to_string())
@@ -609,15 +613,7 @@ async fn revoked_or_expired_tokens_and_foreign_csrf_tokens_are_refused() {
             assert!(secret.len() >= 16 && !events.contains(secret), "a token secret reached the events");
         }
 
-        let anon = Srv { auth: "", ..srv };
-        let login = serde_json::json!({"user": "admin", "password": PASSWORD}).to_string();
-        let session = || {
-            let r = http(anon, "POST", "/api/v1/login", "application/json", login.as_bytes());
-            assert_eq!(r.status, 200, "{}", r.body);
-            let cookie = r.head.split("set-cookie: ").nth(1).unwrap().split(';').next().unwrap().to_string();
-            (cookie, r.json()["csrf"].as_str().unwrap().to_string())
-        };
-        let ((cookie_a, csrf_a), (_, csrf_b)) = (session(), session());
+        let ((_, cookie_a, csrf_a), (_, _, csrf_b)) = (login_admin(srv, ""), login_admin(srv, ""));
         assert_ne!(csrf_a, csrf_b);
         let reg = serde_json::json!({"id": "c-1", "tenant": "t", "kind": "k", "public_key": hex::encode(DeviceKey::generate().unwrap().public_key())}).to_string();
         let foreign = srv.with(format!("Cookie: {cookie_a}\r\nX-CSRF-Token: {csrf_b}\r\n"));
@@ -636,23 +632,12 @@ async fn revoked_or_expired_tokens_and_foreign_csrf_tokens_are_refused() {
 async fn endpoints_refuse_an_authenticated_caller_without_permissions() {
     let srv = start().await;
     blocking(move || {
-        // The token goes in before any device exists: a store opened with other in-memory keys
-        // cannot open the data keys made from then on.
-        let issued = msec_identity::issue_token().unwrap();
-        Store::open(srv.db, Arc::new(msec_vault::MemoryKeys::new()))
-            .unwrap()
-            .add_token(
-                &msec_store::NewToken {
-                    id: issued.stored.id.clone(),
-                    principal: "svc-nobody".into(),
-                    scopes: ["read", "subscribe", "act", "manage", "audit"].map(String::from).to_vec(),
-                    secret_hash: issued.stored.secret_hash,
-                    expires_ms: msec_store::now_ms() + 3_600_000,
-                },
-                "test",
-            )
-            .unwrap();
-        let nobody = srv.with(format!("Authorization: Bearer {}\r\n", issued.text));
+        let (_, _, nobody) = add_token(
+            srv,
+            "svc-nobody",
+            &["read", "subscribe", "act", "manage", "audit"],
+            msec_store::now_ms() + 3_600_000,
+        );
         let key = DeviceKey::generate().unwrap();
         let reg = serde_json::json!({"id": "p-1", "tenant": "santander", "kind": "k", "public_key": hex::encode(key.public_key())}).to_string();
         assert_eq!(http(srv, "POST", "/api/v1/devices", "application/json", reg.as_bytes()).status, 201);
@@ -698,19 +683,7 @@ async fn endpoints_refuse_an_authenticated_caller_without_permissions() {
 async fn session_cookie_is_secure_behind_https_and_stored_hashed() {
     let srv = start().await;
     blocking(move || {
-        let proxied = Srv {
-            auth: "X-Forwarded-Proto: https\r\n",
-            ..srv
-        };
-        let login = serde_json::json!({"user": "admin", "password": PASSWORD}).to_string();
-        let r = http(
-            proxied,
-            "POST",
-            "/api/v1/login",
-            "application/json",
-            login.as_bytes(),
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
+        let (r, cookie, _) = login_admin(srv, "X-Forwarded-Proto: https\r\n");
         let max_age: i64 = r
             .headers
             .split("max-age=")
@@ -726,14 +699,6 @@ async fn session_cookie_is_secure_behind_https_and_stored_hashed() {
             "8 hours: {}",
             r.headers
         );
-        let cookie = r
-            .head
-            .split("set-cookie: ")
-            .nth(1)
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap();
         let secret = cookie.split_once('=').unwrap().1;
         assert!(secret.len() >= 20, "{cookie}");
         assert_eq!(
