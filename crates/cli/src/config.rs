@@ -10,6 +10,8 @@ use std::path::PathBuf;
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 /// Not 1883, so that the embedded broker never collides with a system Mosquitto.
 pub const DEFAULT_MQTT: &str = "127.0.0.1:1884";
+/// The largest `--max-skew`: a week.
+const MAX_SKEW_SECS: i64 = 7 * 86_400;
 
 #[derive(Debug, Args, Clone, Default)]
 pub struct PlatformArgs {
@@ -41,7 +43,7 @@ pub struct PlatformArgs {
     /// First MQTT topic level; devices publish on ROOT/v1/TENANT/DEVICE/readings [default: msec]
     #[arg(long, env = "MSEC_TOPIC_ROOT", value_name = "ROOT")]
     pub topic_root: Option<String>,
-    /// Largest accepted clock difference between a device and this server, in seconds [default: 300]
+    /// Largest accepted clock difference between a device and this server, in seconds, at most a week [default: 300]
     #[arg(long, env = "MSEC_MAX_SKEW", value_name = "SECS")]
     pub max_skew: Option<i64>,
     /// Largest accepted reading envelope in bytes [default: 65536]
@@ -186,8 +188,10 @@ impl PlatformArgs {
             bail!("topic root {topic_root:?} must be one non-empty MQTT topic level without wildcards");
         }
         let max_skew = self.max_skew.or(file.max_skew).unwrap_or(300);
-        if max_skew <= 0 {
-            bail!("max skew must be a positive number of seconds");
+        // A week is far beyond any clock a device could sensibly keep; past that a "skew"
+        // would let any old reading through.
+        if !(1..=MAX_SKEW_SECS).contains(&max_skew) {
+            bail!("max skew must be between 1 and {MAX_SKEW_SECS} seconds (a week)");
         }
         let max_envelope_bytes = self
             .max_envelope_bytes
@@ -304,5 +308,15 @@ mod tests {
             ..Default::default()
         };
         assert!(format!("{:#}", bad.resolve().unwrap_err()).contains("mqtt://"));
+        for skew in [0, -1, 7 * 86_400 + 1, i64::MAX] {
+            let bad = PlatformArgs {
+                max_skew: Some(skew),
+                ..Default::default()
+            };
+            assert!(
+                format!("{:#}", bad.resolve().unwrap_err()).contains("max skew"),
+                "{skew}"
+            );
+        }
     }
 }

@@ -12,8 +12,13 @@ use tokio::sync::{broadcast, mpsc};
 
 /// How often registry changes made by other processes (the CLI) are picked up.
 pub(crate) const REFRESH_EVERY_MS: i64 = 1000;
-/// Commit attempts before a batch is failed back to its senders (who then retry).
+/// Commit attempts before a batch is failed back to its senders, once msec is stopping. While it
+/// runs, a failed commit is retried until it succeeds: failing it would leave MQTT readings
+/// unacknowledged, which a broker redelivers only after a reconnect, and readings committed
+/// after them would make the redelivered ones look like replays.
 const COMMIT_ATTEMPTS: u32 = 5;
+/// The longest pause between two attempts at the same commit.
+const RETRY_AT_MOST: Duration = Duration::from_secs(5);
 
 pub(crate) struct Writer {
     store: Store,
@@ -81,7 +86,7 @@ impl Writer {
                 }
             }
             self.refresh_registry();
-            self.process(batch);
+            self.process(batch, &|| !jobs.is_closed());
         }
     }
 
@@ -104,7 +109,9 @@ impl Writer {
         }
     }
 
-    fn process(&mut self, jobs: Vec<Job>) {
+    /// `running` says whether submissions may still come; a failed commit is retried until
+    /// it succeeds while they may.
+    fn process(&mut self, jobs: Vec<Job>, running: &dyn Fn() -> bool) {
         let now_s = msec_store::now_ms() / 1000;
         let skew = self.config.max_skew_secs;
         let mut batch = Batch::default();
@@ -183,20 +190,20 @@ impl Writer {
                                     ),
                                 ))
                             }
-                        } else if reading.issued_at < now_s - skew {
+                        } else if reading.issued_at < now_s.saturating_sub(skew) {
                             Err(reject(
                                 "stale_timestamp",
                                 format!(
                                     "issued {} s before the server clock (limit {skew} s)",
-                                    now_s - reading.issued_at
+                                    now_s.saturating_sub(reading.issued_at)
                                 ),
                             ))
-                        } else if reading.issued_at > now_s + skew {
+                        } else if reading.issued_at > now_s.saturating_add(skew) {
                             Err(reject(
                                 "future_timestamp",
                                 format!(
                                     "issued {} s after the server clock (limit {skew} s)",
-                                    reading.issued_at - now_s
+                                    reading.issued_at.saturating_sub(now_s)
                                 ),
                             ))
                         } else {
@@ -240,7 +247,7 @@ impl Writer {
             }
         }
         batch.devices = updates.into_values().collect();
-        match self.commit(&batch) {
+        match self.commit(&batch, running) {
             Ok(ids) => {
                 self.last_sequence.extend(newest);
                 self.metrics
@@ -248,14 +255,24 @@ impl Writer {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.deliver(batch, replies, &ids);
             }
-            Err(e) => {
-                self.metrics
-                    .storage_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(_) => {
+                // Only reached when stopping. The rejections were not stored: the log is all
+                // that is left of them.
+                for e in &batch.events {
+                    tracing::warn!(
+                        target: "msec::security",
+                        reason = %e.reason,
+                        device = e.device_id.as_deref().unwrap_or("-"),
+                        source = %e.source,
+                        "security event (not stored: the database is unavailable): {}",
+                        e.detail
+                    );
+                }
                 for (reply, _) in replies {
                     let _ = reply.send(Err(Rejection {
                         reason: "storage_unavailable",
-                        detail: format!("the reading was not stored: {e}"),
+                        detail: "the database is unavailable; nothing was stored, retry later"
+                            .into(),
                         device_id: None,
                         event_id: None,
                     }));
@@ -264,19 +281,33 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, batch: &Batch) -> Result<Vec<i64>, msec_store::StoreError> {
+    fn commit(
+        &mut self,
+        batch: &Batch,
+        running: &dyn Fn() -> bool,
+    ) -> Result<Vec<i64>, msec_store::StoreError> {
         let mut attempt = 1;
         loop {
             match self.store.commit(batch) {
-                Ok(ids) => return Ok(ids),
-                Err(e) if attempt < COMMIT_ATTEMPTS => {
-                    tracing::error!(error = %e, attempt, "commit failed, retrying");
-                    std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
-                    attempt += 1;
+                Ok(ids) => {
+                    if attempt > 1 {
+                        tracing::info!(attempt, "commit succeeded; ingest goes on");
+                    }
+                    return Ok(ids);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "commit failed; the batch is refused and will be redelivered");
-                    return Err(e);
+                    self.metrics
+                        .storage_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if attempt >= COMMIT_ATTEMPTS && !running() {
+                        tracing::error!(error = %e, "commit failed while stopping; the batch is refused (an external broker redelivers its readings)");
+                        return Err(e);
+                    }
+                    tracing::error!(error = %e, attempt, "commit failed; retrying, and nothing is acknowledged until it succeeds");
+                    std::thread::sleep(
+                        Duration::from_millis(200 * u64::from(attempt)).min(RETRY_AT_MOST),
+                    );
+                    attempt += 1;
                 }
             }
         }

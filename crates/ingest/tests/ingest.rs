@@ -240,6 +240,38 @@ async fn sequence_edges() {
     ));
 }
 
+/// The timestamp is the device's to choose: the extremes of its type are refused as stale or
+/// future, and the writer goes on (an overflow there used to stop it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_timestamps_are_refused() {
+    let url = sqlite_url();
+    let key = DeviceKey::generate().unwrap();
+    sync(|| {
+        register(
+            &mut Store::open(&url, msec_testkit::test_keys()).unwrap(),
+            "dev-t",
+            &key,
+        )
+    });
+    let ingest = start(&url);
+    let http = || Source::Http("127.0.0.1:9".into());
+    let now = unix_now();
+    let mut d = Device::new("dev-t", key, 1);
+    // `seal` saturates: these are iat = i64::MIN and i64::MAX.
+    for (iat, reason) in [(-1e300, "stale_timestamp"), (1e300, "future_timestamp")] {
+        let err = ingest
+            .submit(d.seal(&temp(now, 1.0), iat), http())
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason, reason);
+        assert!(err.event_id.is_some());
+    }
+    assert!(matches!(
+        ingest.submit(d.seal(&temp(now, 2.0), now), http()).await,
+        Ok(Outcome::Stored { sequence: 3, .. })
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_on_sqlite() {
     rules(sqlite_url()).await;
@@ -606,4 +638,56 @@ async fn stop_drains_the_embedded_broker() {
             );
         }
     }
+}
+
+/// A database that fails for longer than a few commit attempts holds ingest up but loses
+/// nothing: a failed commit is retried until it succeeds, and no reading is left
+/// unacknowledged (a broker would not send it again before a reconnect, and readings committed
+/// after it would have made it look like a replay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_holds_ingest_up_and_loses_nothing() {
+    let broker_url = embedded();
+    let db_url = sqlite_url();
+    let key = DeviceKey::generate().unwrap();
+    sync(|| {
+        register(
+            &mut Store::open(&db_url, msec_testkit::test_keys()).unwrap(),
+            "dev-o",
+            &key,
+        )
+    });
+    let root = msec_testkit::unique("t");
+    let cfg =
+        MqttConfig::from_url(&broker_url, &msec_testkit::unique("msec-ingest-"), &root).unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let ingest = start(&db_url);
+    let consumer = tokio::spawn(run_mqtt(ingest.clone(), cfg.clone(), stopped));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let topic = readings_topic(&root, "santander", "dev-o");
+    let mut d = Device::new("dev-o", key, 1);
+    let now = unix_now();
+    // The outage: every commit fails at once until the table is back.
+    let other = rusqlite::Connection::open(&db_url).unwrap();
+    other
+        .execute_batch("ALTER TABLE readings RENAME TO readings_away")
+        .unwrap();
+    let first: Vec<_> = (0..5)
+        .map(|i| (topic.clone(), d.seal(&temp(now, i as f64), now)))
+        .collect();
+    publish_all(&cfg, first, Duration::ZERO).await;
+    // Longer than the five attempts a stopping writer makes.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(ingest.metrics().storage_failures.load(std::sync::atomic::Ordering::Relaxed) >= 5);
+    assert_eq!(ingest.metrics().accepted.load(std::sync::atomic::Ordering::Relaxed), 0);
+    other
+        .execute_batch("ALTER TABLE readings_away RENAME TO readings")
+        .unwrap();
+    publish_all(&cfg, vec![(topic.clone(), d.seal(&temp(now, 5.0), now))], Duration::ZERO).await;
+    assert_eq!(wait_for_readings(&db_url, 6).await, 6);
+    assert!(events(&db_url).is_empty(), "{:?}", events(&db_url));
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(15), consumer)
+        .await
+        .expect("the consumer stops")
+        .unwrap();
 }

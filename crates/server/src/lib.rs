@@ -492,7 +492,7 @@ async fn metrics(
     );
     counter(
         "msec_ingest_storage_failures_total",
-        "Batches refused because the database failed.",
+        "Commit attempts the database failed (each is retried; ingest waits meanwhile).",
         m.storage_failures.load(Relaxed),
     );
     let _ = writeln!(out, "# HELP msec_security_events_total Rejected readings, each recorded as a security event, by reason.");
