@@ -34,6 +34,8 @@ pub struct Denied {
     pub principal: Option<String>,
     /// The rule that decided a `forbidden`, if one did (else deny by default).
     pub rule: Option<String>,
+    /// For `rate_limited`: seconds until the lock ends.
+    pub retry_after_s: Option<i64>,
 }
 
 impl Denied {
@@ -43,6 +45,7 @@ impl Denied {
             detail: detail.into(),
             principal: None,
             rule: None,
+            retry_after_s: None,
         }
     }
 }
@@ -115,6 +118,47 @@ pub struct Access {
     store: Mutex<Store>,
     snapshot: RwLock<Snapshot>,
     throttle: Mutex<Throttle>,
+    password_checks: Slots,
+}
+
+/// At most this many password verifications run at once: each Argon2id run holds 19 MiB, and a
+/// burst of concurrent logins (from many addresses, each under its throttle) must not exhaust
+/// memory. Logins beyond it wait their turn.
+const PASSWORD_CHECKS_AT_ONCE: usize = 4;
+
+/// A counting gate for blocking threads.
+struct Slots {
+    busy: Mutex<usize>,
+    freed: std::sync::Condvar,
+    max: usize,
+}
+
+struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    fn new(max: usize) -> Slots {
+        Slots {
+            busy: Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+            max,
+        }
+    }
+
+    fn take(&self) -> Slot<'_> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        while *busy >= self.max {
+            busy = self.freed.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        *busy += 1;
+        Slot(self)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.busy.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.0.freed.notify_one();
+    }
 }
 
 fn role_rule(id: &str, role: &str, actions: &[Action], resource: &str) -> Rule {
@@ -266,6 +310,7 @@ impl Access {
                 set: Arc::new(set),
             }),
             throttle: Mutex::new(Throttle::default()),
+            password_checks: Slots::new(PASSWORD_CHECKS_AT_ONCE),
         })
     }
 
@@ -338,22 +383,26 @@ impl Access {
             .throttle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .check(user, from, now_ms)
+            .begin(user, from, now_ms)
         {
             let mut d = Denied::new(
                 "rate_limited",
                 format!("login for {user_shown:?} refused: too many failed attempts; locked for {} more seconds", (until - now_ms).max(0) / 1000 + 1),
             );
             d.principal = Some(user_shown);
+            d.retry_after_s = Some((until - now_ms).max(0) / 1000 + 1);
             return Err(d);
         }
         let hash = self.store().password_hash(user).ok().flatten();
-        // Unknown users cost an Argon2id verification too, so timing does not reveal them.
-        let ok = match &hash {
-            Some(h) => msec_identity::verify_password(password, h),
-            None => {
-                let _ = msec_identity::verify_password(password, dummy_hash());
-                false
+        let ok = {
+            let _slot = self.password_checks.take();
+            // Unknown users cost an Argon2id verification too, so timing does not reveal them.
+            match &hash {
+                Some(h) => msec_identity::verify_password(password, h),
+                None => {
+                    let _ = msec_identity::verify_password(password, dummy_hash());
+                    false
+                }
             }
         };
         let principal = if ok {
@@ -362,10 +411,7 @@ impl Access {
             None
         };
         let Some(principal) = principal else {
-            self.throttle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .failed(user, from, now_ms);
+            // The attempt already counts as a failure (see `Throttle::begin`).
             let mut d = Denied::new(
                 "login_failed",
                 format!("wrong user name or password for {user_shown:?}"),
@@ -376,7 +422,7 @@ impl Access {
         self.throttle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .succeeded(user);
+            .succeeded(user, from, now_ms);
         let mut raw = [0u8; 32];
         getrandom::fill(&mut raw)
             .map_err(|_| Denied::new("login_failed", "no randomness available"))?;
@@ -510,6 +556,7 @@ impl Access {
             detail: format!("{} may not {action} {resource}: {by}", p.id),
             principal: Some(p.id.clone()),
             rule: d.rule,
+            retry_after_s: None,
         })
     }
 }

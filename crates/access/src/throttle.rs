@@ -16,36 +16,64 @@ pub struct Throttle {
 
 impl Throttle {
     fn keys(user: &str, from: &str) -> [String; 2] {
+        // Names are the caller's to choose: a bounded prefix keeps each key small (two names
+        // that share it merely share a count).
+        let user: String = user.chars().take(128).collect();
         [format!("user:{user}"), format!("addr:{from}")]
     }
 
-    /// Ok, or Err(the time the lock ends).
-    pub fn check(&mut self, user: &str, from: &str, now_ms: i64) -> Result<(), i64> {
-        for k in Self::keys(user, from) {
-            if let Some(times) = self.failures.get_mut(&k) {
+    /// Ok once the attempt is recorded as a failure in advance, or Err(the time the lock
+    /// ends). Counting it before the password is checked, under the same lock as the check,
+    /// keeps concurrent attempts from all passing the check before any of them has failed.
+    /// [`Throttle::succeeded`] takes a right password's attempt back.
+    pub fn begin(&mut self, user: &str, from: &str, now_ms: i64) -> Result<(), i64> {
+        let keys = Self::keys(user, from);
+        for k in &keys {
+            if let Some(times) = self.failures.get_mut(k) {
                 times.retain(|t| now_ms - t < WINDOW_MS);
                 if times.len() >= MAX_FAILURES {
                     return Err(times[0] + WINDOW_MS);
                 }
             }
         }
+        if self.failures.len() >= MAX_KEYS {
+            self.evict(now_ms);
+        }
+        for k in keys {
+            self.failures.entry(k).or_default().push(now_ms);
+        }
         Ok(())
     }
 
-    pub fn failed(&mut self, user: &str, from: &str, now_ms: i64) {
+    /// Makes room under a flood of distinct names or addresses: first what has expired, then,
+    /// if every key is recent, the half whose last attempt is oldest.
+    fn evict(&mut self, now_ms: i64) {
+        self.failures
+            .retain(|_, t| t.last().is_some_and(|l| now_ms - l < WINDOW_MS));
         if self.failures.len() >= MAX_KEYS {
+            let mut last: Vec<i64> = self
+                .failures
+                .values()
+                .map(|t| t.last().copied().unwrap_or(i64::MIN))
+                .collect();
+            let (_, median, _) = last.select_nth_unstable(MAX_KEYS / 2);
+            let median = *median;
             self.failures
-                .retain(|_, t| t.last().is_some_and(|l| now_ms - l < WINDOW_MS));
-        }
-        for k in Self::keys(user, from) {
-            self.failures.entry(k).or_default().push(now_ms);
+                .retain(|_, t| t.last().is_some_and(|l| *l > median));
         }
     }
 
-    /// A successful login clears the user's count (not the address's: one right password does
-    /// not excuse a stream of guesses at other accounts).
-    pub fn succeeded(&mut self, user: &str) {
-        self.failures.remove(&format!("user:{user}"));
+    /// A right password: clears the user's count, and takes back this attempt's advance
+    /// count from the address (not its other failures: one right password does not excuse a
+    /// stream of guesses at other accounts).
+    pub fn succeeded(&mut self, user: &str, from: &str, now_ms: i64) {
+        let [user_key, addr_key] = Self::keys(user, from);
+        self.failures.remove(&user_key);
+        if let Some(times) = self.failures.get_mut(&addr_key) {
+            if let Some(i) = times.iter().rposition(|t| *t == now_ms) {
+                times.remove(i);
+            }
+        }
     }
 }
 
@@ -59,25 +87,48 @@ mod tests {
         let t0 = 1_000_000;
         // Guesses at five different names from one address lock the address...
         for i in 0..MAX_FAILURES {
-            assert!(t.check(&format!("u{i}"), "10.0.0.9", t0).is_ok());
-            t.failed(&format!("u{i}"), "10.0.0.9", t0 + i as i64);
+            assert!(t.begin(&format!("u{i}"), "10.0.0.9", t0 + i as i64).is_ok());
         }
         assert_eq!(
-            t.check("someone-else", "10.0.0.9", t0 + 10),
+            t.begin("someone-else", "10.0.0.9", t0 + 10),
             Err(t0 + WINDOW_MS)
         );
         // ...but not those names from elsewhere, each having failed only once.
-        assert!(t.check("u0", "10.0.0.8", t0 + 10).is_ok());
+        assert!(t.begin("u0", "10.0.0.8", t0 + 10).is_ok());
         // Five guesses at one name from five addresses lock the name.
         for i in 0..MAX_FAILURES {
-            t.failed("maria", &format!("10.1.0.{i}"), t0 + i as i64);
+            assert!(t.begin("maria", &format!("10.1.0.{i}"), t0 + i as i64).is_ok());
         }
-        assert!(t.check("maria", "10.2.0.1", t0 + 10).is_err());
-        // A right password clears the name's count, not the address's.
-        t.succeeded("u4");
-        assert!(t.check("u4", "10.0.0.9", t0 + 10).is_err());
+        assert!(t.begin("maria", "10.2.0.1", t0 + 10).is_err());
+        // A right password clears the name's count, not the address's earlier failures.
+        assert!(t.begin("u4", "10.0.0.7", t0 + 5).is_ok());
+        t.succeeded("u4", "10.0.0.7", t0 + 5);
+        assert!(!t.failures.contains_key("user:u4"));
+        assert!(t.begin("u4", "10.0.0.9", t0 + 10).is_err());
         // Once the window has passed since the first failure, all is open again.
-        assert!(t.check("someone-else", "10.0.0.9", t0 + WINDOW_MS).is_ok());
-        assert!(t.check("maria", "10.2.0.1", t0 + WINDOW_MS + 4).is_ok());
+        assert!(t.begin("someone-else", "10.0.0.9", t0 + WINDOW_MS).is_ok());
+        assert!(t.begin("maria", "10.2.0.1", t0 + WINDOW_MS + 4).is_ok());
+    }
+
+    #[test]
+    fn a_right_password_does_not_count_against_its_address() {
+        let mut t = Throttle::default();
+        for i in 0..2 * MAX_FAILURES as i64 {
+            assert!(t.begin("ana", "10.0.0.1", i).is_ok());
+            t.succeeded("ana", "10.0.0.1", i);
+        }
+        assert!(t.failures.values().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn a_flood_of_recent_keys_stays_bounded() {
+        let mut t = Throttle::default();
+        for i in 0..(MAX_KEYS as i64) {
+            assert!(t.begin(&format!("{i}{}", "x".repeat(4000)), &format!("a{i}"), i).is_ok());
+        }
+        assert!(t.failures.len() <= MAX_KEYS);
+        assert!(t.failures.keys().all(|k| k.len() <= 140));
+        // The newest keys survive an eviction.
+        assert!(t.failures.contains_key(&format!("addr:a{}", MAX_KEYS - 1)));
     }
 }

@@ -23,7 +23,9 @@ fn now_ms() -> i64 {
 pub(crate) async fn refuse(s: &AppState, d: Denied, peer: SocketAddr) -> Problem {
     let who = d.principal.clone().unwrap_or_else(|| "-".into());
     let rule = d.rule.clone().unwrap_or_else(|| "-".into());
-    let detail = format!("{} (principal {who}, rule {rule})", d.detail);
+    // Resources and names in the detail come from the request: bound them before they reach
+    // the log and the dashboard.
+    let detail = msec_ingest::bounded(&format!("{} (principal {who}, rule {rule})", d.detail), 600);
     let event = s
         .ingest
         .record_denial(d.reason, detail, Source::Http(peer.to_string()))
@@ -91,6 +93,7 @@ pub(crate) async fn caller(
                 detail: "a change made with a session cookie needs the session's X-CSRF-Token header".into(),
                 principal: Some(p.id),
                 rule: None,
+                retry_after_s: None,
             }),
             other => other,
         }
@@ -100,6 +103,7 @@ pub(crate) async fn caller(
             detail: "log in (POST /api/v1/login) or send Authorization: Bearer <API token>".into(),
             principal: None,
             rule: None,
+            retry_after_s: None,
         })
     };
     match result {
@@ -174,11 +178,11 @@ pub(crate) async fn login(
             Ok(resp)
         }
         Err(d) => {
-            let locked = d.reason == "rate_limited";
+            let retry_after = d.retry_after_s;
             let mut resp = refuse(&s, d, peer).await.into_response();
-            if locked {
+            if let Some(secs) = retry_after {
                 resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("900"));
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             Ok(resp)
         }

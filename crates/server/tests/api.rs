@@ -780,3 +780,41 @@ async fn login_sessions_csrf_tokens_and_lockout() {
     })
     .await;
 }
+
+/// Guesses sent at once cannot outrun the lockout: each attempt counts before its password is
+/// checked, so of many concurrent wrong logins only the first five are checked at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guesses_cannot_outrun_the_lockout() {
+    let srv = start().await;
+    blocking(move || {
+        let anon = Srv { auth: "", ..srv };
+        let wrong = serde_json::json!({"user": "admin", "password": "guess"}).to_string();
+        let statuses: Vec<(u16, String)> = std::thread::scope(|scope| {
+            let guesses: Vec<_> = (0..16)
+                .map(|_| {
+                    let wrong = wrong.clone();
+                    scope.spawn(move || {
+                        let r = http(anon, "POST", "/api/v1/login", "application/json", wrong.as_bytes());
+                        (r.status, r.headers)
+                    })
+                })
+                .collect();
+            guesses.into_iter().map(|g| g.join().unwrap()).collect()
+        });
+        let checked = statuses.iter().filter(|(s, _)| *s == 401).count();
+        let locked: Vec<_> = statuses.iter().filter(|(s, _)| *s == 429).collect();
+        assert_eq!((checked, locked.len()), (5, 11), "{statuses:?}");
+        // Retry-After says when the lock ends: within the 15-minute window.
+        for (_, headers) in locked {
+            let secs: i64 = headers
+                .lines()
+                .find_map(|l| l.strip_prefix("retry-after: "))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            assert!((1..=900).contains(&secs), "{secs}");
+        }
+    })
+    .await;
+}
