@@ -69,12 +69,21 @@ pub struct Principal {
 }
 
 /// A successful login: the session secret (the cookie value, shown once) and its CSRF token.
-#[derive(Debug)]
 pub struct Session {
     pub secret: String,
     pub csrf: String,
     pub principal: Principal,
     pub expires_ms: i64,
+}
+
+/// Never shows the cookie secret or the CSRF token, wherever a session is printed.
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("principal", &self.principal.id)
+            .field("expires_ms", &self.expires_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The resource path of a device's data: `tenant/owner/device`.
@@ -574,4 +583,25 @@ fn dummy_hash() -> &'static str {
 
 fn msec_ingest_bounded(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_printed_session_never_shows_its_secrets() {
+        let session = super::Session {
+            secret: "cookie-secret-value".into(),
+            csrf: "csrf-token-value".into(),
+            principal: super::Principal {
+                id: "ana".into(),
+                tenant: "t".into(),
+                roles: vec![],
+                scopes: None,
+            },
+            expires_ms: 1,
+        };
+        let shown = format!("{session:?} {session:#?}");
+        assert!(!shown.contains("cookie-secret") && !shown.contains("csrf-token"), "{shown}");
+        assert!(shown.contains("ana"));
+    }
 }

@@ -23,8 +23,8 @@ pub struct WitnessArgs {
     /// Where the last cosigned checkpoint is kept [default: KEY with extension .state]
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
-    /// Seconds between checks
-    #[arg(long, default_value_t = 1.0)]
+    /// Seconds between checks, 0.05 to 86400
+    #[arg(long, default_value_t = 1.0, value_parser = interval_secs)]
     interval: f64,
     /// Check and cosign once, then exit
     #[arg(long)]
@@ -121,7 +121,7 @@ pub fn run(args: WitnessArgs) -> Result<()> {
         if args.once {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_secs_f64(args.interval.max(0.05)));
+        std::thread::sleep(Duration::from_secs_f64(args.interval));
     }
 }
 
@@ -256,4 +256,11 @@ fn check_and_cosign(
 fn note_without_cosignatures(note: &str) -> String {
     let (body, sigs) = note.split_once("\n\n").unwrap_or((note, ""));
     format!("{body}\n\n{}\n", sigs.lines().next().unwrap_or_default())
+}
+
+fn interval_secs(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (0.05..=86_400.0).contains(&s) => Ok(s),
+        _ => Err("give a number of seconds from 0.05 to 86400".into()),
+    }
 }

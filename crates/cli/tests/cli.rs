@@ -199,6 +199,16 @@ fn help_teaches_and_errors_are_clear() {
         ok && out.contains("--broker") && out.contains("MSEC_DATABASE") && out.contains("Examples"),
         "{out}"
     );
+    // A database password in the environment is not printed by --help.
+    let out = msec()
+        .args(["serve", "--help"])
+        .env("MSEC_DATABASE", "postgres://u:hunter2secret@127.0.0.1/x")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !help.contains("hunter2secret"), "{help}");
+    let (ok, _, err) = run(&["witness", "--interval", "inf", "--key", "k"]);
+    assert!(!ok && err.contains("0.05 to 86400") && !err.contains("panicked"), "{err}");
     let (ok, _, err) = run(&["serve", "--broker", "tcp://nowhere"]);
     assert!(
         !ok && err.contains("mqtt://") && !err.contains("panicked"),
@@ -1271,6 +1281,16 @@ fn caregiver_sees_only_granted_data_and_revocation_stops_live_data_in_chromium()
         br#"{"principal":"caregiver-ana","actions":["read"],"resource":"santander/**"}"#,
     );
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    // A deny an administrator set on her data is not hers to lift.
+    let (ok, out, err) = run(&[
+        "grant", "--deny", "--principal", "resident-001", "--actions", "act",
+        "--resource", "santander/resident-001/**", "--data-dir", &dir,
+    ]);
+    assert!(ok, "{err}");
+    let deny_id = out.split_whitespace().nth(1).unwrap().trim_end_matches(':').to_string();
+    let r = http_send(&http, "DELETE", &format!("/api/v1/grants/{deny_id}"), &resident, b"");
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(run(&["revoke", &deny_id, "--data-dir", &dir]).0);
     let r = http_send(&http, "POST", "/api/v1/grants", &resident, br#"{"principal":"caregiver-ana","actions":["read","subscribe"],"resource":"santander/resident-001/bed-x"}"#);
     assert!(r.starts_with("HTTP/1.1 201"), "{r}");
     let grant: serde_json::Value =

@@ -74,7 +74,7 @@ impl DeviceKey {
 }
 
 /// What a device stores about itself: enough to restart without reusing a sequence number.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct DeviceFile {
     pub device_id: String,
     pub tenant: String,
@@ -82,6 +82,18 @@ pub struct DeviceFile {
     pub seed: String,
     pub public_key: String,
     pub next_sequence: u64,
+}
+
+/// Never shows the seed, wherever a device file is printed.
+impl std::fmt::Debug for DeviceFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceFile")
+            .field("device_id", &self.device_id)
+            .field("tenant", &self.tenant)
+            .field("public_key", &self.public_key)
+            .field("next_sequence", &self.next_sequence)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A device that seals readings: identity plus a strictly increasing sequence number.
@@ -146,6 +158,21 @@ pub fn unix_now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_printed_device_file_never_shows_its_seed() {
+        let key = DeviceKey::from_seed([7; 32]);
+        let file = DeviceFile {
+            device_id: "d1".into(),
+            tenant: "t".into(),
+            seed: key.seed_hex(),
+            public_key: "00".into(),
+            next_sequence: 1,
+        };
+        let shown = format!("{file:?} {file:#?}");
+        assert!(!shown.contains(&key.seed_hex()[..16]), "{shown}");
+        assert!(shown.contains("d1"));
+    }
 
     #[test]
     fn sequence_advances_and_key_id_matches() {

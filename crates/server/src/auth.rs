@@ -127,6 +127,28 @@ pub async fn authorize(
     }
 }
 
+/// Stands for the tenant of something that does not exist. No tenant can be named `*`, so
+/// only platform-wide permissions (administrators) cover a resource under it.
+pub(crate) const NO_TENANT: &str = "*";
+
+/// [`authorize`] for things whose existence is itself information (a device, a person): the
+/// caller passes a resource under [`NO_TENANT`] for one that does not exist, and a refusal
+/// reads the same either way, so that only those who may see everything can tell unknown from
+/// forbidden. The security event keeps the full detail.
+pub(crate) async fn authorize_hidden(
+    s: &AppState,
+    p: &Principal,
+    action: Action,
+    resource: &str,
+    what: &str,
+    peer: SocketAddr,
+) -> Result<(), Problem> {
+    authorize(s, p, action, resource, peer).await.map_err(|mut e| {
+        e.detail = format!("you may not {action} {what}");
+        e
+    })
+}
+
 #[derive(serde::Deserialize)]
 pub(crate) struct Login {
     user: String,

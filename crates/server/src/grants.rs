@@ -125,7 +125,18 @@ pub(crate) async fn revoke(
         s.db.call(move |db| Ok(db.grants()?.into_iter().find(|g| g.id == id)))
             .await?
             .ok_or_else(|| Problem::not_found(format!("no active grant {id}")))?;
-    auth::authorize(&s, &p, Action::Manage, &scope(&grant.resource), peer).await?;
+    // A deny is a safeguard set over someone: lifting it takes managing the whole tenant, not
+    // just the resources it covers (a resident manages her own data, yet must not lift a deny
+    // an administrator set on it).
+    let needed = match grant.effect.as_str() {
+        "deny" => scope(&grant.resource)
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        _ => scope(&grant.resource),
+    };
+    auth::authorize(&s, &p, Action::Manage, &needed, peer).await?;
     let actor = p.id.clone();
     s.db.call(move |db| db.revoke_grant(id, &actor)).await?;
     reload(&s).await?;

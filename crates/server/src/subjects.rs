@@ -28,14 +28,17 @@ pub(crate) async fn export(
                 .map(|d| d.tenant);
             Ok(from_devices.or(db.user(&lookup)?.map(|u| u.tenant)))
         })
-        .await?
-        .ok_or_else(|| {
-            Problem::not_found(format!(
-                "nothing is held about subject {:?}",
-                msec_ingest::bounded(&subject, 64)
-            ))
-        })?;
-    auth::authorize(&s, &p, Action::Read, &format!("{tenant}/{subject}"), peer).await?;
+        .await?;
+    // Whether msec holds anything about a person is itself personal data.
+    let shown = format!("subject {:?}", msec_ingest::bounded(&subject, 64));
+    let resource = match &tenant {
+        Some(t) => format!("{t}/{subject}"),
+        None => format!("{}/{}", auth::NO_TENANT, msec_ingest::bounded(&subject, 64)),
+    };
+    auth::authorize_hidden(&s, &p, Action::Read, &resource, &shown, peer).await?;
+    if tenant.is_none() {
+        return Err(Problem::not_found(format!("nothing is held about {shown}")));
+    }
     let export = s.db.call(move |db| db.export_subject(&subject)).await?;
     Ok(Json(export).into_response())
 }

@@ -669,6 +669,20 @@ async fn endpoints_refuse_an_authenticated_caller_without_permissions() {
             assert_eq!(r.status, 403, "{method} {path}: {}", r.body);
             assert_eq!(forbidden(), before + 1, "{method} {path}: not one event (case {i})");
         }
+        // Unknown and forbidden read the same to this caller, so it cannot probe which devices
+        // or people exist; each probe is still one event. An administrator learns what is unknown.
+        for (known, unknown) in [
+            ("/api/v1/devices/p-1", "/api/v1/devices/ghost"),
+            ("/api/v1/subjects/santander/export", "/api/v1/subjects/ghost/export"),
+        ] {
+            let before = forbidden();
+            let (a, b) = (get(nobody, known), get(nobody, unknown));
+            assert_eq!((a.status, b.status), (403, 403), "{} {}", a.body, b.body);
+            let detail = |r: &Reply, name: &str| r.json()["detail"].as_str().unwrap().replace(name, "X");
+            assert_eq!(detail(&a, if known.contains("p-1") { "p-1" } else { "santander" }), detail(&b, "ghost"));
+            assert_eq!(forbidden(), before + 2, "{unknown}");
+            assert_eq!(get(srv, unknown).status, 404, "{unknown}");
+        }
         // Nothing changed behind the refusals.
         let d = get(srv, "/api/v1/devices/p-1").json();
         assert_eq!(d["status"], "active", "{d}");
