@@ -167,6 +167,15 @@ impl PlatformArgs {
             .clone()
             .or(file.database)
             .unwrap_or_else(|| format!("sqlite:{}", data_dir.join("msec.db").display()));
+        if !["postgres://", "postgresql://", "sqlite:"]
+            .iter()
+            .any(|scheme| database.starts_with(scheme))
+        {
+            bail!(
+                "database {:?} must be postgres://USER@HOST:PORT/DB or sqlite:PATH",
+                msec_store::redact(&database)
+            );
+        }
         let broker = match (self.broker.clone(), self.mqtt) {
             (Some(url), _) => Broker::External(url),
             (None, Some(addr)) => Broker::Embedded(addr),
@@ -309,6 +318,11 @@ mod tests {
             ..Default::default()
         };
         assert!(format!("{:#}", bad.resolve().unwrap_err()).contains("mqtt://"));
+        let bad = PlatformArgs {
+            database: Some("msec.db".into()),
+            ..Default::default()
+        };
+        assert!(format!("{:#}", bad.resolve().unwrap_err()).contains("sqlite:PATH"));
         for skew in [0, -1, 7 * 86_400 + 1, i64::MAX] {
             let bad = PlatformArgs {
                 max_skew: Some(skew),

@@ -171,6 +171,7 @@ fn init_logging() {
 }
 
 fn main() -> std::process::ExitCode {
+    quiet_exit_when_stdout_closes();
     let cli = Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -190,6 +191,25 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `msec device list | head -1`: once the reader has gone, `println!` panics on the broken pipe.
+/// That is no error of ours: end quietly, as a program killed by SIGPIPE does (status 141),
+/// instead of printing a panic. Every other panic is reported as usual.
+fn quiet_exit_when_stdout_closes() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
 }
 
 async fn run(command: Command) -> Result<()> {

@@ -199,6 +199,18 @@ fn help_teaches_and_errors_are_clear() {
         ok && out.contains("--broker") && out.contains("MSEC_DATABASE") && out.contains("Examples"),
         "{out}"
     );
+    // A reader that goes away (`msec … | head -1`) ends msec quietly, not with a panic.
+    let mut child = msec()
+        .args(["device", "list", "--data-dir", &tmp()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(matches!(out.status.code(), Some(141)), "{:?} {err}", out.status);
     // A database password in the environment is not printed by --help.
     let out = msec()
         .args(["serve", "--help"])
@@ -1157,9 +1169,14 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
         unsigned.to_string().as_bytes(),
     );
     assert!(reply.starts_with("HTTP/1.1 422"), "{reply}");
+    // Malformed or oversized, it is refused as a bad request, and recorded all the same.
+    let reply = http_post(&http2, "/api/v1/log/alarms", b"{\"witness\": 1}");
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    let reply = http_post(&http2, "/api/v1/log/alarms", &vec![b' '; 9_000]);
+    assert!(reply.starts_with("HTTP/1.1 413") && reply.contains("problem+json"), "{reply}");
     assert_eq!(
         (alarms("bad_alarm"), alarms("witness_alarm")),
-        (refused_before + 2, raised_before)
+        (refused_before + 4, raised_before)
     );
     let (ok, out, err) = run(&[
         "witness",

@@ -172,15 +172,9 @@ pub(crate) async fn login(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, Problem> {
-    if body.len() > 4096 {
-        return Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "oversized",
-            "a login is a short JSON object",
-        ));
-    }
+    let body = crate::small_body(body, 4096, "a login").await?;
     let l: Login = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("login JSON: {e}")))?;
     let from = peer.ip().to_string();

@@ -72,7 +72,7 @@ pub(crate) async fn send(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, Problem> {
     let p = auth::caller(&s, &headers, peer, true).await?;
     let device = crate::device_for(&s, &p, &id, Action::Act, peer).await?;
@@ -83,13 +83,7 @@ pub(crate) async fn send(
             "this platform was started without actuator commands",
         ));
     };
-    if body.len() > 1024 {
-        return Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "oversized",
-            "a command is a short JSON object",
-        ));
-    }
+    let body = crate::small_body(body, 1024, "a command").await?;
     let req: CommandRequest = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("command JSON: {e}")))?;
     if device.status != msec_store::DeviceStatus::Active {

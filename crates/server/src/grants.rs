@@ -37,16 +37,10 @@ pub(crate) async fn create(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, Problem> {
     let p = auth::caller(&s, &headers, peer, true).await?;
-    if body.len() > 4096 {
-        return Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "oversized",
-            "a grant is a short JSON object",
-        ));
-    }
+    let body = crate::small_body(body, 4096, "a grant").await?;
     let g: GrantRequest = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("grant JSON: {e}")))?;
     let bad_subject = g.principal.is_empty()

@@ -255,9 +255,10 @@ async fn register_device(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<Response, Problem> {
     let p = auth::caller(&s, &headers, peer, true).await?;
+    let body = small_body(body, 4096, "a registration").await?;
     let r: Registration = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("registration JSON: {e}")))?;
     let device = new_device(r)?;
@@ -359,6 +360,34 @@ async fn device_readings(
     Ok(Json(json!({ "readings": readings, "next_cursor": next })))
 }
 
+/// Reads a request body of at most `max` bytes; `None` when it is longer (nothing past `max + 1`
+/// bytes is read). Extractors like `Bytes` would buffer up to axum's 2 MB default first.
+pub(crate) async fn read_at_most(body: Body, max: usize) -> Result<Option<Vec<u8>>, Problem> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        // A client that hangs up mid-body: nothing to refuse, nothing to record.
+        let chunk = chunk.map_err(|_| Problem::bad_request("the request body could not be read"))?;
+        if out.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Some(out))
+}
+
+/// [`read_at_most`] for small JSON or text requests: a longer body is a 413.
+pub(crate) async fn small_body(body: Body, max: usize, what: &str) -> Result<Vec<u8>, Problem> {
+    read_at_most(body, max).await?.ok_or_else(|| {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "oversized",
+            format!("{what} is at most {max} bytes"),
+        )
+    })
+}
+
 /// HTTP ingest: the body is one envelope (`application/cose; cose-type="cose-sign1"`).
 async fn post_reading(
     State(s): State<AppState>,
@@ -368,10 +397,9 @@ async fn post_reading(
     let limit = s.ingest.config().max_envelope_bytes;
     // Read one byte past the limit: enough for ingest to see, and record, that it is too big,
     // without ever buffering an attacker's gigabyte.
-    let bytes = match axum::body::to_bytes(body, limit + 1).await {
-        Ok(b) => b.to_vec(),
-        Err(_) => vec![0u8; limit + 1],
-    };
+    let bytes = read_at_most(body, limit)
+        .await?
+        .unwrap_or_else(|| vec![0u8; limit + 1]);
     match s.ingest.submit(bytes, Source::Http(peer.to_string())).await {
         Ok(Outcome::Stored {
             device_id,

@@ -124,41 +124,37 @@ pub(crate) async fn consistency(
 pub(crate) async fn cosign(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, Problem> {
-    if body.len() > MAX_NOTE_BYTES {
-        return Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "oversized",
-            "a cosigned checkpoint is a few hundred bytes",
-        ));
-    }
-    let text = String::from_utf8(body.to_vec())
-        .map_err(|_| Problem::bad_request("a checkpoint is UTF-8 text"))?;
+    let text = match crate::small_body(body, MAX_NOTE_BYTES, "a cosigned checkpoint")
+        .await
+        .and_then(|b| {
+            String::from_utf8(b).map_err(|_| Problem::bad_request("a checkpoint is UTF-8 text"))
+        }) {
+        Ok(text) => text,
+        Err(p) => return Err(record_refusal(&s, p, "bad_cosignature", "malformed", peer).await),
+    };
     match notary(&s, move |n| n.add_cosignature(&text)).await {
         Ok(witness) => {
             Ok((StatusCode::CREATED, Json(json!({ "witness": witness }))).into_response())
         }
-        Err(p) => {
-            let detail = format!(
-                "cosignature refused: {}",
-                msec_ingest::bounded(&p.detail, 200)
-            );
-            Err(record_refusal(&s, p, "bad_cosignature", detail, peer).await)
-        }
+        Err(p) => Err(record_refusal(&s, p, "bad_cosignature", "refused", peer).await),
     }
 }
 
-/// A refusal by the notary (422: the witness side sent something that does not verify) is a
-/// security event; the problem names it. Other failures are the server's, not the caller's.
+/// Refusals of what claims to come from a witness are security events (a stranger probing or
+/// forging them), the problem naming its event: a malformed request, or what the notary found
+/// not to verify (422). The notary's other failures are the server's, not the caller's.
 async fn record_refusal(
     s: &AppState,
     mut p: Problem,
     reason: &'static str,
-    detail: String,
+    what: &str,
     peer: SocketAddr,
 ) -> Problem {
-    if p.status == StatusCode::UNPROCESSABLE_ENTITY {
+    let callers_fault = p.status.is_client_error();
+    if callers_fault {
+        let detail = format!("{what}: {}", msec_ingest::bounded(&p.detail, 300));
         let event = s
             .ingest
             .record_denial(reason, detail, Source::Http(peer.to_string()))
@@ -189,17 +185,17 @@ struct Alarm {
 pub(crate) async fn alarm(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, Problem> {
-    if body.len() > MAX_NOTE_BYTES {
-        return Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "oversized",
-            "an alarm is a short JSON object",
-        ));
-    }
-    let a: Alarm = serde_json::from_slice(&body)
-        .map_err(|e| Problem::bad_request(format!("alarm JSON: {e}")))?;
+    let a: Alarm = match crate::small_body(body, MAX_NOTE_BYTES, "an alarm")
+        .await
+        .and_then(|b| {
+            serde_json::from_slice(&b)
+                .map_err(|e| Problem::bad_request(format!("alarm JSON: {e}")))
+        }) {
+        Ok(a) => a,
+        Err(p) => return Err(record_refusal(&s, p, "bad_alarm", "malformed alarm", peer).await),
+    };
     let (time, witness, kind, detail, signature) = (
         a.time,
         a.witness.clone(),
@@ -212,12 +208,11 @@ pub(crate) async fn alarm(
     })
     .await
     {
-        let detail = format!(
-            "alarm refused ({}) claiming witness {}",
-            p.detail,
+        let what = format!(
+            "alarm claiming witness {} refused",
             msec_ingest::bounded(&a.witness, 80)
         );
-        return Err(record_refusal(&s, p, "bad_alarm", detail, peer).await);
+        return Err(record_refusal(&s, p, "bad_alarm", &what, peer).await);
     }
     let detail = format!(
         "witness {} reports {}: {}",

@@ -38,6 +38,7 @@ impl From<msec_store::StoreError> for Problem {
             }
             msec_store::StoreError::Erased(m) => Problem::new(StatusCode::GONE, "erased", m),
             msec_store::StoreError::NotFound(m) => Problem::not_found(m),
+            msec_store::StoreError::Invalid(m) => Problem::bad_request(m),
             other => {
                 tracing::error!(error = %other, "database error while serving a request");
                 Problem::new(

@@ -24,6 +24,9 @@ pub enum StoreError {
     Keys(String),
     #[error("stored data failed an integrity check: {0}")]
     Tampered(String),
+    /// What the caller asked to store breaks a rule (a latitude of 999, a name with a newline).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -254,16 +257,33 @@ fn sqlite_sql(sql: &str) -> String {
 impl Db {
     /// `postgres://…` or `postgresql://…`; anything else is a SQLite path, optionally prefixed
     /// `sqlite:` or `sqlite://`.
+    /// Any other scheme (`mysql://…`, `SQLITE:…`, `file:…`) is refused rather than taken for a
+    /// file name, and so are an empty path and `:memory:`, which would keep no promise of
+    /// durability.
     pub(crate) fn open(url: &str) -> Result<Db, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Db::postgres(url)
-        } else {
-            let path = url
-                .strip_prefix("sqlite://")
-                .or_else(|| url.strip_prefix("sqlite:"))
-                .unwrap_or(url);
-            Db::sqlite(Path::new(path))
+            return Db::postgres(url);
         }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        let scheme = path.split_once(':').map(|(s, _)| s).filter(|s| {
+            s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        });
+        if let Some(scheme) = scheme {
+            return Err(StoreError::Open(format!(
+                "unsupported database URL scheme {scheme:?}: use postgres://… or sqlite:PATH"
+            )));
+        }
+        if path.is_empty() || path.starts_with(":memory:") {
+            return Err(StoreError::Open(
+                "an SQLite database needs a file path (sqlite:PATH); in memory, nothing would be durable".into(),
+            ));
+        }
+        Db::sqlite(Path::new(path))
     }
 
     pub(crate) fn sqlite(path: &Path) -> Result<Db, StoreError> {

@@ -39,6 +39,34 @@ pub struct Location {
     pub label: String,
 }
 
+/// What a registration may say about a device. Checked before anything is stored: a NaN
+/// latitude, for one, would be stored as `null` and then fail every later read of the registry.
+fn check_profile(d: &NewDevice) -> Result<(), StoreError> {
+    let text = |what: &str, s: &str, max: usize| {
+        if s.is_empty() || s.chars().count() > max || s.chars().any(char::is_control) {
+            Err(StoreError::Invalid(format!(
+                "{what} must be 1 to {max} characters without control characters"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    text("a device's name", &d.name, 128)?;
+    text("a device's kind", &d.kind, 64)?;
+    if let Some(l) = &d.location {
+        if !(-90.0..=90.0).contains(&l.lat) || !(-180.0..=180.0).contains(&l.lon) {
+            return Err(StoreError::Invalid(
+                "a location needs a latitude from -90 to 90 and a longitude from -180 to 180"
+                    .into(),
+            ));
+        }
+        if !l.label.is_empty() {
+            text("a location's label", &l.label, 128)?;
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceStatus {
@@ -366,6 +394,7 @@ impl Store {
     }
 
     pub fn register_device(&mut self, d: &NewDevice) -> Result<Device, StoreError> {
+        check_profile(d)?;
         if self.device(&d.id)?.is_some() {
             return Err(StoreError::Conflict(format!(
                 "device {:?} is already registered",

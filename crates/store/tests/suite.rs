@@ -53,6 +53,33 @@ fn suite(url: &str) {
         ),
         "same key twice"
     );
+    // A profile that breaks a rule is refused before anything is stored: a NaN latitude once
+    // got in, and then every read of the registry failed.
+    let bad_location = |lat: f64, lon: f64| NewDevice {
+        location: Some(Location {
+            lat,
+            lon,
+            label: "x".into(),
+        }),
+        ..device("bad", 9)
+    };
+    for bad in [
+        bad_location(f64::NAN, 0.0),
+        bad_location(0.0, f64::INFINITY),
+        bad_location(999.0, 0.0),
+        bad_location(0.0, -181.0),
+        NewDevice {
+            name: "line\nbreak".into(),
+            ..device("bad", 9)
+        },
+        NewDevice {
+            kind: "k".repeat(65),
+            ..device("bad", 9)
+        },
+    ] {
+        assert!(matches!(s.register_device(&bad), Err(StoreError::Invalid(_))));
+    }
+    assert!(s.device("bad").unwrap().is_none());
     s.register_device(&device("d2", 2)).unwrap();
     assert_eq!(
         s.devices()
@@ -284,6 +311,15 @@ fn unreachable_database_is_a_clear_error() {
         msg.contains("PostgreSQL") && !msg.contains("secret"),
         "{msg}"
     );
+    // A mistyped scheme is not taken for a file name; nor is a database that keeps nothing.
+    let cwd_before: Vec<_> = std::fs::read_dir(".").unwrap().map(|e| e.unwrap().file_name()).collect();
+    for url in ["mysql://root:pw@127.0.0.1/x", "SQLITE:/tmp/x.db", "postgress://u@h/db", "sqlite::memory:", "sqlite:", ""] {
+        let msg = Store::open(url, Arc::new(MemoryKeys::new())).err().unwrap().to_string();
+        assert!(msg.contains("scheme") || msg.contains("file path"), "{url}: {msg}");
+        assert!(!msg.contains("pw@"), "{msg}");
+    }
+    let cwd_after: Vec<_> = std::fs::read_dir(".").unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(cwd_before.len(), cwd_after.len(), "a file was created");
 }
 
 /// Ingest's commits leave copying the SQLite log into the database file to a thread of its
