@@ -108,6 +108,14 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Creates the data directory, readable by msec's own user only: the database and the key
+    /// files live there.
+    pub fn create_data_dir(&self) -> Result<()> {
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&self.data_dir)
+            .with_context(|| format!("cannot create data directory {}", self.data_dir.display()))
+    }
+
     /// The key-encryption key's source: MSEC_KEK if set, else the key file, created with a
     /// fresh key (and a note on stderr) if it does not exist yet.
     pub fn key_provider(&self) -> Result<std::sync::Arc<dyn msec_store::KekProvider>> {

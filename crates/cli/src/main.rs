@@ -232,7 +232,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Demo { platform, sim } => {
             let interrupted = platform::interrupts();
             let settings = platform.resolve()?;
-            std::fs::create_dir_all(&settings.data_dir)?;
+            settings.create_data_dir()?;
             // Register the simulated devices before ingest loads its registry, so that not one
             // first reading is refused as coming from an unknown device.
             let fleet = simrun::fleet(
@@ -293,7 +293,7 @@ async fn run(command: Command) -> Result<()> {
         } => {
             let interrupted = platform::interrupts();
             let settings = platform.resolve()?;
-            std::fs::create_dir_all(&settings.data_dir)?;
+            settings.create_data_dir()?;
             let pilots = if pilots.is_empty() {
                 vec![
                     msec_sim::Pilot::Park,

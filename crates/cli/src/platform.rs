@@ -125,8 +125,7 @@ pub fn consumer_id(topic_root: &str) -> String {
 
 impl Platform {
     pub async fn start(s: &Settings) -> Result<Platform> {
-        std::fs::create_dir_all(&s.data_dir)
-            .with_context(|| format!("cannot create data directory {}", s.data_dir.display()))?;
+        s.create_data_dir()?;
         let listener = tokio::net::TcpListener::bind(s.http)
             .await
             .with_context(|| {

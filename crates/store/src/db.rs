@@ -287,8 +287,12 @@ impl Db {
     }
 
     pub(crate) fn sqlite(path: &Path) -> Result<Db, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
+        // The database holds password and token hashes, device owners and the addresses in
+        // security events: only msec's own user may read it, like the key files beside it. A
+        // directory msec creates is its own; one that exists (`/tmp`) is left as it is.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+                .create(dir)
                 .map_err(|e| StoreError::Open(format!("cannot create {}: {e}", dir.display())))?;
         }
         let conn = rusqlite::Connection::open(path)
@@ -300,6 +304,22 @@ impl Db {
              PRAGMA busy_timeout = 10000;",
         )
         .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+        // SQLite creates its log files with the database file's mode.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+            match std::fs::set_permissions(&file, private) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StoreError::Open(format!(
+                        "cannot make {} private: {e}",
+                        Path::new(&file).display()
+                    )))
+                }
+            }
+        }
         Ok(Db::Sqlite(conn))
     }
 

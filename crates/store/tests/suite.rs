@@ -501,3 +501,19 @@ fn database_from_a_newer_msec_is_refused() {
     assert!(err.to_string().contains("newer than this msec"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn the_sqlite_database_is_private_to_its_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir()
+        .join(msec_testkit::unique("msec-private-"))
+        .join("data");
+    let db = dir.join("msec.db");
+    let mut s = Store::open(db.to_str().unwrap(), Arc::new(MemoryKeys::new())).unwrap();
+    s.register_device(&device("d1", 1)).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    for file in ["msec.db", "msec.db-wal", "msec.db-shm"] {
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    }
+}

@@ -290,7 +290,9 @@ impl KekProvider for FileKeys {
     fn save(&self, ring: &KeyRing) -> Result<(), VaultError> {
         let shown = self.path.display();
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
+            // Only msec's own user may look into the folder of a key file.
+            std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+                .create(dir)
                 .map_err(|e| VaultError::Keys(format!("cannot create {}: {e}", dir.display())))?;
         }
         let text = Zeroizing::new(
