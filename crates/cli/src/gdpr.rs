@@ -75,6 +75,10 @@ pub struct EraseArgs {
     /// Confirm: the subject's data becomes unreadable for good, in this database and its backups
     #[arg(long)]
     yes: bool,
+    /// Erase a subject nothing is held about yet, so that nothing ever can be (without it, msec
+    /// refuses: a misspelt name would erase nobody and still rotate the key-encryption key)
+    #[arg(long)]
+    unknown_subject: bool,
     #[command(flatten)]
     platform: PlatformArgs,
 }
@@ -204,7 +208,16 @@ pub async fn erase(args: EraseArgs) -> Result<()> {
         );
     }
     let subject = args.subject.clone();
+    let unknown_ok = args.unknown_subject;
     let e = with_store(&args.platform, move |s| {
+        let held = s.devices()?.iter().any(|d| d.owner == subject)
+            || !s.consents(&subject)?.is_empty();
+        if !held && !unknown_ok {
+            bail!(
+                "nothing is held about subject {subject:?}: check the name (`msec device list` \
+                 shows owners), or pass --unknown-subject to erase it in advance"
+            );
+        }
         Ok(s.erase_subject(&subject, "cli")?)
     })
     .await

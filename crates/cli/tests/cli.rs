@@ -1077,6 +1077,9 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
     // Erasure: API reads become 410, the audit still passes, the erasure itself is logged.
     let (ok, _, err) = run(&["erase", "--subject", "resident-007", "--data-dir", &dir]);
     assert!(!ok && err.contains("--yes"), "{err}");
+    // A misspelt subject erases nobody (and rotates no key).
+    let (ok, _, err) = run(&["erase", "--subject", "resident-07", "--yes", "--data-dir", &dir]);
+    assert!(!ok && err.contains("nothing is held") && err.contains("--unknown-subject"), "{err}");
     let (ok, out, err) = run(&[
         "erase",
         "--subject",
