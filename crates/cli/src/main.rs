@@ -124,22 +124,33 @@ enum PolicyCommand {
 
 #[derive(clap::Args, Clone)]
 struct SimArgs {
-    /// Connected Care residents to simulate (5 devices each)
-    #[arg(long, default_value_t = 3)]
-    residents: usize,
-    /// Garbage trucks to simulate
-    #[arg(long, default_value_t = 2)]
-    trucks: usize,
-    /// Sampling rate of each truck's sensor box, in Hz (at most 100)
-    #[arg(long, default_value_t = 1.0)]
+    /// Connected Care residents to simulate (5 devices each), 0 to 1000
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    residents: u16,
+    /// Garbage trucks to simulate, 0 to 100
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=100))]
+    trucks: u16,
+    /// Sampling rate of each truck's sensor box, in Hz, from 0.01 to 100
+    #[arg(long, default_value_t = 1.0, value_parser = truck_hz)]
     truck_hz: f64,
+}
+
+fn truck_hz(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(hz) if (msec_sim::MIN_TRUCK_HZ..=msec_sim::MAX_TRUCK_HZ).contains(&hz) => Ok(hz),
+        _ => Err(format!(
+            "give a rate from {} to {} Hz",
+            msec_sim::MIN_TRUCK_HZ,
+            msec_sim::MAX_TRUCK_HZ
+        )),
+    }
 }
 
 impl SimArgs {
     fn config(&self) -> msec_sim::SimConfig {
         msec_sim::SimConfig {
-            residents: self.residents,
-            trucks: self.trucks,
+            residents: self.residents.into(),
+            trucks: self.trucks.into(),
             truck_hz: self.truck_hz,
             ..Default::default()
         }

@@ -218,9 +218,9 @@ pub fn pilot_fleet(cfg: &SimConfig, pilot: Pilot) -> Vec<SimDevice> {
 }
 
 /// Slowest truck rate accepted: one reading every 100 s.
-const MIN_TRUCK_HZ: f64 = 0.01;
+pub const MIN_TRUCK_HZ: f64 = 0.01;
 /// Fastest truck rate accepted, the pilot's own maximum.
-const MAX_TRUCK_HZ: f64 = 100.0;
+pub const MAX_TRUCK_HZ: f64 = 100.0;
 
 fn truck_interval(hz: f64) -> Duration {
     let hz = if hz.is_nan() {
