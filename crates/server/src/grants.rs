@@ -112,9 +112,12 @@ pub(crate) async fn revoke(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let p = auth::caller(&s, &headers, peer, true).await?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| Problem::bad_request("a grant id is a number (see GET /api/v1/grants)"))?;
     let grant =
         s.db.call(move |db| Ok(db.grants()?.into_iter().find(|g| g.id == id)))
             .await?

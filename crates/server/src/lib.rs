@@ -101,6 +101,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/log/cosignatures", post(log::cosign))
         .route("/api/v1/log/alarms", post(log::alarm))
         .fallback(|| async { Problem::not_found("no such endpoint; see /api/openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method; see /api/openapi.json",
+            )
+        })
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
 }
@@ -343,6 +350,13 @@ async fn device_readings(
         before_sequence: int_param(&q, "cursor")?,
         limit: limit_param(&q)?,
     };
+    if let (Some(from), Some(to)) = (query.from_ms, query.to_ms) {
+        if from > to {
+            return Err(Problem::bad_request(format!(
+                "from ({from}) is after to ({to}); both are Unix times in milliseconds"
+            )));
+        }
+    }
     let limit = query.limit as usize;
     let lookup = id.clone();
     let readings =

@@ -337,6 +337,17 @@ fn scenario(addr: Srv) {
         get(addr, "/api/v1/devices/park-env-01/readings?limit=5000").status,
         400
     );
+    let backwards = get(addr, "/api/v1/devices/park-env-01/readings?from=2000&to=1000");
+    assert_eq!(backwards.status, 400, "{}", backwards.body);
+    // Errors are problem+json everywhere, a wrong method and an unparsable id included.
+    for (method, path, status) in [
+        ("PUT", "/api/v1/devices", 405),
+        ("DELETE", "/api/v1/grants/abc", 400),
+    ] {
+        let r = http(addr, method, path, "application/json", b"");
+        assert_eq!(r.status, status, "{method} {path}: {}", r.body);
+        assert!(r.headers.contains("application/problem+json"), "{method} {path}: {}", r.headers);
+    }
     let events = get(addr, "/api/v1/security-events").json();
     let reasons: Vec<&str> = events["events"]
         .as_array()
