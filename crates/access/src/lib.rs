@@ -26,7 +26,7 @@ pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Denied {
     /// `unauthenticated`, `login_failed`, `rate_limited`, `invalid_token`, `csrf_failed` or
-    /// `forbidden`.
+    /// `forbidden`; or [`UNAVAILABLE`], when the database failed and nobody was refused.
     pub reason: &'static str,
     /// Safe to show and to log: never a secret.
     pub detail: String,
@@ -36,6 +36,15 @@ pub struct Denied {
     pub rule: Option<String>,
     /// For `rate_limited`: seconds until the lock ends.
     pub retry_after_s: Option<i64>,
+}
+
+/// The reason of a [`Denied`] that is no refusal: the database could not answer. The caller
+/// should retry; it is not a security event.
+pub const UNAVAILABLE: &str = "storage_unavailable";
+
+fn unavailable(e: impl std::fmt::Display) -> Denied {
+    tracing::error!(error = %e, "database error while checking credentials");
+    Denied::new(UNAVAILABLE, "the database is unavailable; retry later")
 }
 
 impl Denied {
@@ -388,7 +397,7 @@ impl Access {
         now_ms: i64,
     ) -> Result<Session, Denied> {
         let user_shown = msec_ingest_bounded(user);
-        if let Err(until) = self
+        if let Err((until, what)) = self
             .throttle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -396,13 +405,23 @@ impl Access {
         {
             let mut d = Denied::new(
                 "rate_limited",
-                format!("login for {user_shown:?} refused: too many failed attempts; locked for {} more seconds", (until - now_ms).max(0) / 1000 + 1),
+                format!("login for {user_shown:?} refused: too many failed logins {what}; locked for {} more seconds", (until - now_ms).max(0) / 1000 + 1),
             );
             d.principal = Some(user_shown);
             d.retry_after_s = Some((until - now_ms).max(0) / 1000 + 1);
             return Err(d);
         }
-        let hash = self.store().password_hash(user).ok().flatten();
+        let hash = match self.store().password_hash(user) {
+            Ok(hash) => hash,
+            Err(e) => {
+                // Not a failed guess: take the attempt's advance count back.
+                self.throttle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .withdraw(user, from, now_ms);
+                return Err(unavailable(e));
+            }
+        };
         let ok = {
             let _slot = self.password_checks.take();
             // Unknown users cost an Argon2id verification too, so timing does not reveal them.
@@ -415,7 +434,7 @@ impl Access {
             }
         };
         let principal = if ok {
-            self.principal(user, None).ok().flatten()
+            self.principal(user, None).map_err(unavailable)?
         } else {
             None
         };
@@ -439,7 +458,7 @@ impl Access {
         let expires_ms = now_ms + SESSION_TTL.as_millis() as i64;
         self.store()
             .create_session(&sha256(secret.as_bytes()), &principal.id, expires_ms)
-            .map_err(|e| Denied::new("login_failed", format!("cannot store the session: {e}")))?;
+            .map_err(unavailable)?;
         Ok(Session {
             csrf: csrf_token(&secret),
             secret,
@@ -457,11 +476,12 @@ impl Access {
         let found = self
             .store()
             .session(&sha256(secret.as_bytes()))
-            .ok()
-            .flatten();
-        found
-            .and_then(|(id, _)| self.principal(&id, None).ok().flatten())
-            .ok_or_else(|| {
+            .map_err(unavailable)?;
+        let principal = match found {
+            Some((id, _)) => self.principal(&id, None).map_err(unavailable)?,
+            None => None,
+        };
+        principal.ok_or_else(|| {
                 Denied::new(
                     "unauthenticated",
                     "the session is unknown, expired or logged out; log in again",
@@ -478,7 +498,11 @@ impl Access {
             )
         };
         let id = msec_identity::token_id(text).ok_or_else(invalid)?;
-        let (token, hash) = self.store().token(id).ok().flatten().ok_or_else(invalid)?;
+        let (token, hash) = self
+            .store()
+            .token(id)
+            .map_err(unavailable)?
+            .ok_or_else(invalid)?;
         let stored = msec_identity::StoredToken {
             id: id.to_string(),
             secret_hash: hash.as_slice().try_into().map_err(|_| invalid())?,
@@ -489,7 +513,9 @@ impl Access {
         {
             return Err(invalid());
         }
-        let mut p = self.named(&token.principal).ok_or_else(invalid)?;
+        let mut p = self
+            .named_or_unavailable(&token.principal)?
+            .ok_or_else(invalid)?;
         p.scopes = Some(token.scopes);
         Ok(p)
     }
@@ -497,7 +523,11 @@ impl Access {
     /// A principal by id: an enabled user with its roles, or, for an id that is no user, a
     /// service account (no roles; only grants name it). A disabled user is nobody.
     pub fn named(&self, id: &str) -> Option<Principal> {
-        match self.store().user(id).ok()? {
+        self.named_or_unavailable(id).ok().flatten()
+    }
+
+    fn named_or_unavailable(&self, id: &str) -> Result<Option<Principal>, Denied> {
+        Ok(match self.store().user(id).map_err(unavailable)? {
             Some(u) if u.disabled => None,
             Some(u) => Some(Principal {
                 id: u.id,
@@ -511,7 +541,7 @@ impl Access {
                 roles: Vec::new(),
                 scopes: None,
             }),
-        }
+        })
     }
 
     /// The decision for one request, with the deciding rule. Token scopes narrow it further.

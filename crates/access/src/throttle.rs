@@ -23,16 +23,21 @@ impl Throttle {
     }
 
     /// Ok once the attempt is recorded as a failure in advance, or Err(the time the lock
-    /// ends). Counting it before the password is checked, under the same lock as the check,
+    /// ends, and what is locked: "for this name" or "from this address"). Counting it before the password is checked, under the same lock as the check,
     /// keeps concurrent attempts from all passing the check before any of them has failed.
     /// [`Throttle::succeeded`] takes a right password's attempt back.
-    pub fn begin(&mut self, user: &str, from: &str, now_ms: i64) -> Result<(), i64> {
+    pub fn begin(
+        &mut self,
+        user: &str,
+        from: &str,
+        now_ms: i64,
+    ) -> Result<(), (i64, &'static str)> {
         let keys = Self::keys(user, from);
-        for k in &keys {
+        for (k, what) in keys.iter().zip(["for this name", "from this address"]) {
             if let Some(times) = self.failures.get_mut(k) {
                 times.retain(|t| now_ms - t < WINDOW_MS);
                 if times.len() >= MAX_FAILURES {
-                    return Err(times[0] + WINDOW_MS);
+                    return Err((times[0] + WINDOW_MS, what));
                 }
             }
         }
@@ -67,11 +72,17 @@ impl Throttle {
     /// count from the address (not its other failures: one right password does not excuse a
     /// stream of guesses at other accounts).
     pub fn succeeded(&mut self, user: &str, from: &str, now_ms: i64) {
-        let [user_key, addr_key] = Self::keys(user, from);
-        self.failures.remove(&user_key);
-        if let Some(times) = self.failures.get_mut(&addr_key) {
-            if let Some(i) = times.iter().rposition(|t| *t == now_ms) {
-                times.remove(i);
+        self.withdraw(user, from, now_ms);
+        self.failures.remove(&Self::keys(user, from)[0]);
+    }
+
+    /// Takes back the advance count of an attempt that was never judged (the database failed).
+    pub fn withdraw(&mut self, user: &str, from: &str, now_ms: i64) {
+        for key in Self::keys(user, from) {
+            if let Some(times) = self.failures.get_mut(&key) {
+                if let Some(i) = times.iter().rposition(|t| *t == now_ms) {
+                    times.remove(i);
+                }
             }
         }
     }
@@ -91,7 +102,7 @@ mod tests {
         }
         assert_eq!(
             t.begin("someone-else", "10.0.0.9", t0 + 10),
-            Err(t0 + WINDOW_MS)
+            Err((t0 + WINDOW_MS, "from this address"))
         );
         // ...but not those names from elsewhere, each having failed only once.
         assert!(t.begin("u0", "10.0.0.8", t0 + 10).is_ok());
@@ -99,7 +110,10 @@ mod tests {
         for i in 0..MAX_FAILURES {
             assert!(t.begin("maria", &format!("10.1.0.{i}"), t0 + i as i64).is_ok());
         }
-        assert!(t.begin("maria", "10.2.0.1", t0 + 10).is_err());
+        assert_eq!(
+            t.begin("maria", "10.2.0.1", t0 + 10),
+            Err((t0 + WINDOW_MS, "for this name"))
+        );
         // A right password clears the name's count, not the address's earlier failures.
         assert!(t.begin("u4", "10.0.0.7", t0 + 5).is_ok());
         t.succeeded("u4", "10.0.0.7", t0 + 5);

@@ -21,6 +21,10 @@ fn now_ms() -> i64 {
 
 /// Records the refusal as a security event and answers with the matching status.
 pub(crate) async fn refuse(s: &AppState, d: Denied, peer: SocketAddr) -> Problem {
+    if d.reason == msec_access::UNAVAILABLE {
+        // Nobody was refused: the database could not answer.
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, d.reason, d.detail);
+    }
     let who = d.principal.clone().unwrap_or_else(|| "-".into());
     let rule = d.rule.clone().unwrap_or_else(|| "-".into());
     // Resources and names in the detail come from the request: bound them before they reach

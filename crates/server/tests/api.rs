@@ -843,3 +843,33 @@ async fn concurrent_guesses_cannot_outrun_the_lockout() {
     })
     .await;
 }
+
+/// A database that cannot answer refuses nobody: logins and tokens get 503, no `login_failed`
+/// or `invalid_token` event is made up, and the failed attempts count towards no lockout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_failure_is_no_failed_login() {
+    let srv = start().await;
+    blocking(move || {
+        let anon = Srv { auth: "", ..srv };
+        let login = serde_json::json!({"user": "admin", "password": PASSWORD}).to_string();
+        msec_testkit::raw_sql(srv.db, "ALTER TABLE users RENAME TO users_away");
+        for _ in 0..6 {
+            let r = http(anon, "POST", "/api/v1/login", "application/json", login.as_bytes());
+            assert_eq!(r.status, 503, "{}", r.body);
+            assert_eq!(r.json()["type"], "urn:msec:problem:storage_unavailable");
+        }
+        assert_eq!(get(srv, "/api/v1/devices").status, 503, "a token whose owner cannot be looked up");
+        msec_testkit::raw_sql(srv.db, "ALTER TABLE users_away RENAME TO users");
+        let r = http(anon, "POST", "/api/v1/login", "application/json", login.as_bytes());
+        assert_eq!(r.status, 200, "locked out by the outage: {}", r.body);
+        let events = get(srv, "/api/v1/security-events?limit=1000").json();
+        let made_up: Vec<_> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["reason"] == "login_failed" || e["reason"] == "invalid_token" || e["reason"] == "rate_limited")
+            .collect();
+        assert!(made_up.is_empty(), "{made_up:?}");
+    })
+    .await;
+}
