@@ -142,7 +142,13 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let ingest = ingest.clone();
                 let topic = publish.topic.clone();
-                let payload = publish.payload.to_vec();
+                // Past the size limit one byte is enough for ingest to refuse and record it;
+                // copying the rest (up to the 256 MiB the client accepts) would only cost memory.
+                let keep = publish
+                    .payload
+                    .len()
+                    .min(ingest.config().max_envelope_bytes + 1);
+                let payload = publish.payload[..keep].to_vec();
                 let check = tokio::spawn(async move { ingest.check(payload, Source::Mqtt(topic)) });
                 if queue
                     .send((publish, check, Unsettled::new(&unacked)))

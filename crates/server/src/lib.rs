@@ -268,15 +268,16 @@ async fn register_device(
     let body = small_body(body, 4096, "a registration").await?;
     let r: Registration = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("registration JSON: {e}")))?;
+    // Permission first: a caller who may not register here learns nothing from the checks
+    // below, and the attempt is recorded.
+    let owner = r.owner.as_deref().unwrap_or(&r.tenant);
+    let resource = device_resource(
+        &msec_ingest::bounded(&r.tenant, 64),
+        &msec_ingest::bounded(owner, 64),
+        &msec_ingest::bounded(&r.id, 64),
+    );
+    auth::authorize(&s, &p, Action::Manage, &resource, peer).await?;
     let device = new_device(r)?;
-    auth::authorize(
-        &s,
-        &p,
-        Action::Manage,
-        &device_resource(&device.tenant, &device.owner, &device.id),
-        peer,
-    )
-    .await?;
     let stored = s.db.call(move |db| db.register_device(&device)).await?;
     s.ingest.refresh_device(&stored);
     Ok((StatusCode::CREATED, Json(stored)).into_response())
