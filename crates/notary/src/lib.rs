@@ -116,7 +116,9 @@ impl Notary {
             notary.check_against(&saved).map_err(|e| {
                 NotaryError::Refused(format!(
                     "{e}; the database was rolled back or rewritten since checkpoint {} in {} was published. \
-                     Restore the newest database backup, or run `msec audit` to see what changed",
+                     Restore the newest database backup, or run `msec audit` to see what changed. \
+                     (If this is another database on purpose, that file belongs to the old one: \
+                     give this one its own --data-dir.)",
                     saved.size,
                     notary.state_file.display()
                 ))
