@@ -11,9 +11,10 @@ use std::path::PathBuf;
 
 #[derive(Subcommand)]
 pub enum DeviceCommand {
-    /// Create a device identity file (Ed25519 key, mode 0600) to provision onto a device.
+    /// Create a device identity file (Ed25519 key, mode 0600) to provision onto a device
     ///
     /// Example:  msec device keygen --id park-env-09 --tenant santander --out park-env-09.json
+    #[command(verbatim_doc_comment)]
     Keygen {
         /// Device id: 1-64 characters of A-Z a-z 0-9 . _ -
         #[arg(long)]
@@ -25,10 +26,11 @@ pub enum DeviceCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Register a device so its signed readings are accepted.
+    /// Register a device so its signed readings are accepted
     ///
     /// Example:  msec device register --key-file park-env-09.json --kind environmental-monitor
     ///             --lat 43.4713 --lon -3.8139 --label "Las Llamas, north gate"
+    #[command(verbatim_doc_comment)]
     Register {
         /// Identity file from `msec device keygen` (gives id, tenant and public key)
         #[arg(long, conflicts_with_all = ["public_key", "id", "tenant"])]

@@ -27,9 +27,10 @@ pub enum KeysCommand {
 
 #[derive(clap::Subcommand)]
 pub enum ConsentCommand {
-    /// Record that SUBJECT consented to GRANTEE using their data for PURPOSE.
+    /// Record that SUBJECT consented to GRANTEE using their data for PURPOSE
     ///
     /// Example:  msec consent give --subject resident-007 --grantee caregiver:ana --purpose tele-assistance
+    #[command(verbatim_doc_comment)]
     Give {
         #[arg(long)]
         subject: String,

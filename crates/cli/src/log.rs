@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
 pub enum LogCommand {
-    /// Verify one record offline against a checkpoint you saved earlier.
+    /// Verify one record offline against a checkpoint you saved earlier
     ///
     /// Checks the checkpoint's signature, that today's log is consistent with it (nothing you
     /// saw was rewritten or dropped), and that the record, re-derived from the database as
@@ -20,6 +20,7 @@ pub enum LogCommand {
     /// Example:
     ///   msec log checkpoint > saved.txt      (today)
     ///   msec log verify --record reading:park-env-01/42 --checkpoint saved.txt   (any day after)
+    #[command(verbatim_doc_comment)]
     Verify {
         /// KIND:REFERENCE: reading:DEVICE/SEQUENCE, device:ID, event:N, admin:N or consent:N
         #[arg(long)]

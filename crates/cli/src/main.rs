@@ -43,21 +43,23 @@ enum Command {
         #[command(flatten)]
         sim: SimArgs,
     },
-    /// Run the platform without simulators (production entry point).
+    /// Run the platform without simulators (production entry point)
     ///
     /// Examples:
     ///   msec serve
     ///   msec serve --broker mqtt://127.0.0.1:1883 --database postgres://msec@127.0.0.1/msec
+    #[command(verbatim_doc_comment)]
     Serve {
         #[command(flatten)]
         platform: PlatformArgs,
     },
-    /// Run simulated pilot devices against a running msec.
+    /// Run simulated pilot devices against a running msec
     ///
     /// Registers the simulated devices in the database given by --database/--data-dir (the
     /// server notices within a second) and publishes to --broker or the embedded broker address.
     ///
     /// Example:  msec sim park --broker mqtt://127.0.0.1:1884
+    #[command(verbatim_doc_comment)]
     Sim {
         /// Which pilots: park, home, truck (default: all three)
         pilots: Vec<msec_sim::Pilot>,
@@ -78,10 +80,11 @@ enum Command {
     /// Access rules: `msec policy explain` prints a decision and the rule that made it.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Grant a principal (or role:NAME) actions on resources; `--list` shows active grants.
+    /// Grant a principal (or role:NAME) actions on resources; `--list` shows active grants
     ///
     /// Example:  msec grant --principal caregiver-ana --actions read,subscribe
     ///             --resource 'santander/resident-007/**' --until-ms 1767225600000
+    #[command(verbatim_doc_comment)]
     Grant(principals::GrantArgs),
     /// Revoke a grant by its id; decisions (and open live streams) change at once.
     Revoke(principals::RevokeArgs),
@@ -104,9 +107,10 @@ enum Command {
     /// Consent records: give, withdraw, list.
     #[command(subcommand)]
     Consent(gdpr::ConsentCommand),
-    /// Run an independent witness that checks and cosigns a platform's log checkpoints.
+    /// Run an independent witness that checks and cosigns a platform's log checkpoints
     ///
     /// Example:  msec witness --log http://127.0.0.1:8080 --key witness-key.json
+    #[command(verbatim_doc_comment)]
     Witness(witness::WitnessArgs),
     /// Measure performance and print figures with same-run baselines.
     #[command(subcommand)]
@@ -115,10 +119,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Decide one request and print the decision with the rule that made it.
+    /// Decide one request and print the decision with the rule that made it
     ///
     /// Example:  msec policy explain --policies pilot.toml --principal user:juan --roles caregiver
     ///             --action read --resource santander/home-007/bed/occupancy
+    #[command(verbatim_doc_comment)]
     Explain(policy::ExplainArgs),
 }
 

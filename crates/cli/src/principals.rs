@@ -9,9 +9,10 @@ use msec_store::{NewToken, NewUser};
 
 #[derive(Subcommand)]
 pub enum UserCommand {
-    /// Create a user. Without --password-stdin a strong password is generated and printed once.
+    /// Create a user. Without --password-stdin a strong password is generated and printed once
     ///
     /// Example:  msec user add --id user:olga --tenant santander --roles operator
+    #[command(verbatim_doc_comment)]
     Add {
         /// User id, e.g. user:olga
         #[arg(long)]
@@ -45,9 +46,10 @@ pub enum UserCommand {
 
 #[derive(Subcommand)]
 pub enum TokenCommand {
-    /// Create an API token for a principal; the token is printed once and stored only hashed.
+    /// Create an API token for a principal; the token is printed once and stored only hashed
     ///
     /// Example:  msec token create --principal svc:marketplace --scopes read,subscribe --days 30
+    #[command(verbatim_doc_comment)]
     Create {
         /// Whom the token acts for, e.g. svc:marketplace or user:olga
         #[arg(long)]
