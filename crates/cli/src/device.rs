@@ -228,11 +228,18 @@ pub async fn run(cmd: DeviceCommand) -> Result<()> {
         }
         DeviceCommand::Revoke { id, platform } => {
             let target = id.clone();
-            if with_store(&platform, move |s| Ok(s.revoke_device(&target, "cli")?)).await? {
-                println!("revoked {id}: its readings are rejected from now on");
-                Ok(())
-            } else {
-                bail!("no device {id:?} is registered")
+            let (revoked, exists) = with_store(&platform, move |s| {
+                let revoked = s.revoke_device(&target, "cli")?;
+                Ok((revoked, s.device(&target)?.is_some()))
+            })
+            .await?;
+            match (revoked, exists) {
+                (true, _) => {
+                    println!("revoked {id}: its readings are rejected from now on");
+                    Ok(())
+                }
+                (false, true) => bail!("device {id:?} is already revoked"),
+                (false, false) => bail!("no device {id:?} is registered"),
             }
         }
     }

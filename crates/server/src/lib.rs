@@ -329,8 +329,13 @@ async fn revoke_device(
             }
         })
         .await?
+        // It exists (checked above): it was revoked already.
         .ok_or_else(|| {
-            Problem::not_found(format!("no device {:?}", msec_ingest::bounded(&id, 64)))
+            Problem::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("device {:?} is already revoked", msec_ingest::bounded(&id, 64)),
+            )
         })?;
     s.ingest.refresh_device(&device);
     Ok(Json(device).into_response())

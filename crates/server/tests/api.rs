@@ -460,6 +460,9 @@ fn scenario(addr: Srv) {
         .status,
         200
     );
+    let again = http(addr, "POST", "/api/v1/devices/park-env-01/revoke", "text/plain", b"");
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(again.body.contains("already revoked"), "{}", again.body);
     let r = http(
         addr,
         "POST",
