@@ -34,6 +34,8 @@ pub struct Metrics {
     pub duplicates: AtomicU64,
     pub batches: AtomicU64,
     pub storage_failures: AtomicU64,
+    /// True while the writer retries a commit the database refused: ingest is waiting.
+    pub commit_failing: std::sync::atomic::AtomicBool,
     rejected: [AtomicU64; REASONS.len()],
 }
 

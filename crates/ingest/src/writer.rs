@@ -288,7 +288,11 @@ impl Writer {
     ) -> Result<Vec<i64>, msec_store::StoreError> {
         let mut attempt = 1;
         loop {
-            match self.store.commit(batch) {
+            let result = self.store.commit(batch);
+            self.metrics
+                .commit_failing
+                .store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
+            match result {
                 Ok(ids) => {
                     if attempt > 1 {
                         tracing::info!(attempt, "commit succeeded; ingest goes on");

@@ -679,12 +679,14 @@ async fn a_database_outage_holds_ingest_up_and_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(ingest.metrics().storage_failures.load(std::sync::atomic::Ordering::Relaxed) >= 5);
     assert_eq!(ingest.metrics().accepted.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(ingest.metrics().commit_failing.load(std::sync::atomic::Ordering::Relaxed));
     other
         .execute_batch("ALTER TABLE readings_away RENAME TO readings")
         .unwrap();
     publish_all(&cfg, vec![(topic.clone(), d.seal(&temp(now, 5.0), now))], Duration::ZERO).await;
     assert_eq!(wait_for_readings(&db_url, 6).await, 6);
     assert!(events(&db_url).is_empty(), "{:?}", events(&db_url));
+    assert!(!ingest.metrics().commit_failing.load(std::sync::atomic::Ordering::Relaxed));
     let _ = stop.send(true);
     tokio::time::timeout(Duration::from_secs(15), consumer)
         .await

@@ -155,6 +155,18 @@ async fn healthz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, P
     let engine =
         s.db.call(|db| db.schema_version().map(|v| (db.engine(), v)))
             .await?;
+    // Reading works, but ingest cannot commit (a full disk, a read-only file): not healthy.
+    if s.ingest
+        .metrics()
+        .commit_failing
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "the database refuses commits; ingest is waiting for it (see the log)",
+        ));
+    }
     Ok(Json(
         json!({"status": "ok", "database": engine.0, "schema_version": engine.1}),
     ))

@@ -65,8 +65,6 @@ fn get(addr: Srv, path: &str) -> Reply {
     http(addr, "GET", path, "text/plain", b"")
 }
 
-/// A platform on a scratch SQLite database with one administrator, `admin`, whose password is
-/// PASSWORD; requests carry an admin API token.
 /// An API token for `principal` with `scopes`, stored behind the server's back; returns its id
 /// and the caller presenting it. Call it before any device exists: a store opened with other
 /// in-memory keys cannot open the data keys made from then on.
@@ -142,6 +140,8 @@ fn read_for(sse: &mut TcpStream, secs: u64) -> String {
     seen
 }
 
+/// A platform on a scratch SQLite database with one administrator, `admin`, whose password is
+/// PASSWORD; requests carry an admin API token.
 async fn start() -> Srv {
     let dir = std::env::temp_dir().join(msec_testkit::unique("msec-api-"));
     let url = dir.join("msec.db").to_string_lossy().into_owned();
@@ -873,6 +873,40 @@ async fn a_database_failure_is_no_failed_login() {
             .filter(|e| e["reason"] == "login_failed" || e["reason"] == "invalid_token" || e["reason"] == "rate_limited")
             .collect();
         assert!(made_up.is_empty(), "{made_up:?}");
+    })
+    .await;
+}
+
+/// While the database refuses commits, an HTTP reading waits instead of being refused (nothing
+/// accepted is lost, nothing is answered 503 that a retry would then find a replay), and
+/// `/healthz` says ingest is waiting; once the database is back, the reading is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_waits_out_a_database_outage() {
+    let srv = start().await;
+    blocking(move || {
+        let key = DeviceKey::generate().unwrap();
+        let reg = serde_json::json!({"id": "o-1", "tenant": "t", "kind": "k", "public_key": hex::encode(key.public_key())});
+        assert_eq!(http(srv, "POST", "/api/v1/devices", "application/json", reg.to_string().as_bytes()).status, 201);
+        msec_testkit::raw_sql(srv.db, "ALTER TABLE readings RENAME TO readings_away");
+        let now = unix_now();
+        let envelope = Device::new("o-1", key, 1)
+            .seal(&[Measurement::number("temperature", "Cel", now, 1.0)], now);
+        let cose = "application/cose; cose-type=\"cose-sign1\"";
+        let posting = std::thread::spawn(move || http(srv, "POST", "/api/v1/readings", cose, &envelope));
+        let mut health = get(srv, "/healthz");
+        for _ in 0..50 {
+            if health.status == 503 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            health = get(srv, "/healthz");
+        }
+        assert_eq!(health.status, 503, "{}", health.body);
+        assert!(!posting.is_finished(), "the reading was answered during the outage");
+        msec_testkit::raw_sql(srv.db, "ALTER TABLE readings_away RENAME TO readings");
+        let stored = posting.join().unwrap();
+        assert_eq!(stored.status, 201, "{}", stored.body);
+        assert_eq!(get(srv, "/healthz").status, 200);
     })
     .await;
 }
