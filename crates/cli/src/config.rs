@@ -39,8 +39,9 @@ pub struct PlatformArgs {
         conflicts_with = "broker"
     )]
     pub mqtt: Option<SocketAddr>,
-    /// Use this external MQTT broker instead of the embedded one, e.g. mqtt://127.0.0.1:1883
-    #[arg(long, env = "MSEC_BROKER", value_name = "URL")]
+    /// Use this external MQTT broker instead of the embedded one, e.g. mqtt://127.0.0.1:1883,
+    /// or mqtt://USER:PASSWORD@HOST:PORT for a broker with a password file
+    #[arg(long, env = "MSEC_BROKER", value_name = "URL", hide_env_values = true)]
     pub broker: Option<String>,
     /// First MQTT topic level; devices publish on ROOT/v1/TENANT/DEVICE/readings [default: msec]
     #[arg(long, env = "MSEC_TOPIC_ROOT", value_name = "ROOT")]

@@ -236,8 +236,9 @@ async fn run(command: Command) -> Result<()> {
             let p = platform::Platform::start(&settings).await?;
             let admin = platform::first_admin(&settings).await?;
             println!(
-                "msec is serving: API and dashboard on http://{}/ , MQTT at {}",
-                p.http, p.broker_url
+                "msec is serving: API and dashboard on http://{}/, MQTT at {}",
+                p.http,
+                msec_store::redact(&p.broker_url)
             );
             platform::announce_admin(admin);
             println!("Press Ctrl-C to stop.");
@@ -290,7 +291,7 @@ async fn run(command: Command) -> Result<()> {
             );
             println!(
                 "  MQTT:       {}   Data: {}",
-                p.broker_url,
+                msec_store::redact(&p.broker_url),
                 settings.data_dir.display()
             );
             platform::announce_admin(admin);
@@ -330,7 +331,7 @@ async fn run(command: Command) -> Result<()> {
             println!(
                 "simulating {} devices, publishing to {} (Ctrl-C to stop)",
                 fleet.len(),
-                settings.broker_url()
+                msec_store::redact(&settings.broker_url())
             );
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {

@@ -209,7 +209,7 @@ impl Platform {
         let server = tokio::spawn(msec_server::serve(listener, state, async move {
             let _ = until_stop.wait_for(|s| *s).await;
         }));
-        tracing::info!(http = %http, broker = %broker_url, database = %msec_store::redact(&s.database), "msec is running");
+        tracing::info!(http = %http, broker = %msec_store::redact(&broker_url), database = %msec_store::redact(&s.database), "msec is running");
         Ok(Platform {
             http,
             broker_url,

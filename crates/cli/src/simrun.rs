@@ -14,7 +14,7 @@ use msec_device::{
 };
 use msec_sim::{SimConfig, SimDevice};
 use msec_store::{NewDevice, Store, StoreError};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter};
+use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeFilter};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -129,11 +129,7 @@ pub async fn run(
             _ => None,
         });
     }
-    let mut options = MqttOptions::new(
-        format!("msec-sim-{}", std::process::id()),
-        cfg.host,
-        cfg.port,
-    );
+    let mut options = cfg.client_options(format!("msec-sim-{}", std::process::id()));
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1 << 20, 1 << 20)
@@ -454,7 +450,7 @@ mod tests {
     /// Subscribes to `topic` and forwards each payload; returns once subscribed.
     async fn subscribe_to(url: &str, topic: &str) -> mpsc::UnboundedReceiver<Vec<u8>> {
         let cfg = msec_ingest::MqttConfig::from_url(url, "x", "x").unwrap();
-        let mut options = MqttOptions::new(msec_testkit::unique("watch-"), cfg.host, cfg.port);
+        let mut options = cfg.client_options(msec_testkit::unique("watch-"));
         options.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut events) = AsyncClient::new(options, 100);
         client.subscribe(topic, QoS::AtLeastOnce).await.unwrap();

@@ -115,7 +115,7 @@ impl CommandPublisher {
         }
         let cfg = MqttConfig::from_url(mqtt_url, client_id, "")?;
         let broker = format!("{}:{}", cfg.host, cfg.port);
-        let mut options = MqttOptions::new(client_id, cfg.host, cfg.port);
+        let mut options = cfg.client_options(client_id);
         options
             .set_clean_session(true)
             .set_keep_alive(Duration::from_secs(30))

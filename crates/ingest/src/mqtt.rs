@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 pub struct MqttConfig {
     pub host: String,
     pub port: u16,
+    /// From `mqtt://USER:PASSWORD@host`, for a broker with a password file.
+    pub credentials: Option<Credentials>,
     /// MQTT client id. Fixed across restarts so the broker keeps the session and its queue.
     pub client_id: String,
     /// First topic level; readings arrive on `{root}/v1/{tenant}/{device}/readings`.
@@ -28,23 +30,73 @@ pub struct MqttConfig {
     pub drain_on_stop: bool,
 }
 
+/// A broker login. The password never appears in `Debug` output.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decodes `%XX` escapes, so that a password may hold `@`, `:` or `/`.
+fn percent_decoded(text: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 impl MqttConfig {
-    /// Parses `mqtt://host:port` (port defaults to 1883).
+    /// Parses `mqtt://[USER:PASSWORD@]host:port` (port defaults to 1883; escape `@`, `:` and
+    /// `/` in the user or password as `%40`, `%3A`, `%2F`).
     pub fn from_url(url: &str, client_id: &str, topic_root: &str) -> Result<MqttConfig, String> {
+        // Errors quote the URL only redacted: it may hold a password.
+        let shown = msec_store::redact(url);
         let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
-            format!("broker URL {url:?} must start with mqtt:// (e.g. mqtt://127.0.0.1:1883)")
+            format!("broker URL {shown:?} must start with mqtt:// (e.g. mqtt://127.0.0.1:1883)")
         })?;
         let rest = rest.trim_end_matches('/');
+        let (credentials, rest) = match rest.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                let decode = |t: &str| {
+                    percent_decoded(t).ok_or_else(|| {
+                        format!("broker URL {shown:?}: user or password has a bad %-escape")
+                    })
+                };
+                let user = decode(user)?;
+                if user.is_empty() {
+                    return Err(format!("broker URL {shown:?} names no user before '@'"));
+                }
+                let password = decode(password)?;
+                (Some(Credentials { user, password }), host)
+            }
+            None => (None, rest),
+        };
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) => (
                 h,
                 p.parse()
-                    .map_err(|_| format!("broker URL {url:?}: port {p:?} is not a number"))?,
+                    .map_err(|_| format!("broker URL {shown:?}: port {p:?} is not a number"))?,
             ),
             None => (rest, 1883),
         };
         if host.is_empty() {
-            return Err(format!("broker URL {url:?} has no host"));
+            return Err(format!("broker URL {shown:?} has no host"));
         }
         Ok(MqttConfig {
             host: host
@@ -52,11 +104,21 @@ impl MqttConfig {
                 .trim_end_matches(']')
                 .to_string(),
             port,
+            credentials,
             client_id: client_id.to_string(),
             topic_root: topic_root.to_string(),
             inflight: 1000,
             drain_on_stop: false,
         })
+    }
+
+    /// Client options for this broker: address and login.
+    pub fn client_options(&self, client_id: impl Into<String>) -> MqttOptions {
+        let mut options = MqttOptions::new(client_id, self.host.clone(), self.port);
+        if let Some(c) = &self.credentials {
+            options.set_credentials(c.user.clone(), c.password.clone());
+        }
+        options
     }
 
     pub fn filter(&self) -> String {
@@ -76,7 +138,7 @@ const DRAIN_AT_MOST: Duration = Duration::from_secs(10);
 /// broker has nothing more for us as well), then acknowledges what was committed and
 /// disconnects. Broker outages are retried every second, with the error logged.
 pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver<bool>) {
-    let mut options = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    let mut options = cfg.client_options(cfg.client_id.clone());
     options
         .set_clean_session(false)
         .set_manual_acks(true)
@@ -250,5 +312,25 @@ impl Unsettled {
 impl Drop for Unsettled {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MqttConfig;
+
+    #[test]
+    fn broker_urls_with_and_without_a_login() {
+        let plain = MqttConfig::from_url("mqtt://127.0.0.1:1883", "c", "r").unwrap();
+        assert!(plain.credentials.is_none());
+        let cfg = MqttConfig::from_url("mqtt://msec:p%40ss%3Aw%2Fd@[::1]:1884/", "c", "r").unwrap();
+        let login = cfg.credentials.as_ref().unwrap();
+        assert_eq!((login.user.as_str(), login.password.as_str()), ("msec", "p@ss:w/d"));
+        assert_eq!((cfg.host.as_str(), cfg.port), ("::1", 1884));
+        assert!(!format!("{cfg:?}").contains("ss"));
+        for bad in ["mqtt://:pw@h", "mqtt://u:%zz@h", "tcp://h"] {
+            let err = MqttConfig::from_url(bad, "c", "r").unwrap_err();
+            assert!(!err.contains("pw") && !err.contains("%zz"), "{err}");
+        }
     }
 }

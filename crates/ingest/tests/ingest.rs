@@ -321,11 +321,7 @@ async fn revocation_by_another_process_takes_effect_within_seconds() {
 
 /// Publishes envelopes with QoS 1 and waits for the broker's PUBACKs.
 async fn publish_all(broker: &MqttConfig, messages: Vec<(String, Vec<u8>)>, pace: Duration) {
-    let mut opts = rumqttc::MqttOptions::new(
-        msec_testkit::unique("pub-"),
-        broker.host.clone(),
-        broker.port,
-    );
+    let mut opts = broker.client_options(msec_testkit::unique("pub-"));
     opts.set_max_packet_size(1 << 20, 1 << 20).set_inflight(100);
     let (client, mut events) = rumqttc::AsyncClient::new(opts, 100);
     let n = messages.len();
@@ -692,4 +688,79 @@ async fn a_database_outage_holds_ingest_up_and_loses_nothing() {
         .await
         .expect("the consumer stops")
         .unwrap();
+}
+
+/// A Mosquitto with a password file: msec logs in with the user and password of its broker URL
+/// (escaped characters included), and gets nothing with a wrong password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_with_a_password_file() {
+    let Some(_) = msec_testkit::mqtt_url() else {
+        return;
+    };
+    let port = msec_testkit::free_port();
+    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-mosq-auth-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let passwords = dir.join("passwords");
+    let made = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwords)
+        .args(["msec", "s@cret:/pw"])
+        .status()
+        .expect("mosquitto_passwd is installed");
+    assert!(made.success());
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\n",
+            passwords.display()
+        ),
+    )
+    .unwrap();
+    let mut broker = std::process::Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .spawn()
+        .expect("mosquitto is installed");
+    std::thread::sleep(Duration::from_millis(500));
+    let db_url = sqlite_url();
+    let key = DeviceKey::generate().unwrap();
+    sync(|| {
+        register(
+            &mut Store::open(&db_url, msec_testkit::test_keys()).unwrap(),
+            "dev-p",
+            &key,
+        )
+    });
+    let root = msec_testkit::unique("t");
+    let ingest = start(&db_url);
+    let url = |password: &str| format!("mqtt://msec:{password}@127.0.0.1:{port}");
+    let wrong = MqttConfig::from_url(&url("guess"), &msec_testkit::unique("msec-ingest-"), &root).unwrap();
+    let (stop_wrong, stopped) = tokio::sync::watch::channel(false);
+    let refused = tokio::spawn(run_mqtt(ingest.clone(), wrong, stopped));
+    let cfg = MqttConfig::from_url(&url("s%40cret%3A%2Fpw"), &msec_testkit::unique("msec-ingest-"), &root).unwrap();
+    assert!(!format!("{cfg:?}").contains("cret"), "{cfg:?}");
+    let topic = readings_topic(&root, "santander", "dev-p");
+    let mut d = Device::new("dev-p", key, 1);
+    let now = unix_now();
+    // With the wrong password nothing is consumed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_all(&cfg, vec![(topic.clone(), d.seal(&temp(now, 1.0), now))], Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(count_readings(&db_url), 0);
+    // With the right one, readings flow.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let consumer = tokio::spawn(run_mqtt(ingest.clone(), cfg.clone(), stopped));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_all(&cfg, vec![(topic.clone(), d.seal(&temp(now, 2.0), now))], Duration::ZERO).await;
+    assert_eq!(wait_for_readings(&db_url, 1).await, 1);
+    let _ = stop.send(true);
+    let _ = stop_wrong.send(true);
+    for task in [consumer, refused] {
+        tokio::time::timeout(Duration::from_secs(15), task)
+            .await
+            .expect("the consumer stops")
+            .unwrap();
+    }
+    let _ = broker.kill();
 }
