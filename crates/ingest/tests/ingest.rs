@@ -763,4 +763,5 @@ async fn a_broker_with_a_password_file() {
             .unwrap();
     }
     let _ = broker.kill();
+    let _ = broker.wait();
 }
