@@ -587,7 +587,8 @@ async fn run_mode(
     rate: u32,
     secs: u64,
 ) -> Result<Run> {
-    let platform = Platform::start(&settings).await?;
+    let claim = crate::platform::claim_data_dir(&settings)?;
+    let platform = Platform::start(&settings, claim).await?;
     let result = async {
         let mut fleet = Fleet::new(devices)?;
         fleet.register(&platform, &settings).await?;

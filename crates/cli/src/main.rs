@@ -233,7 +233,8 @@ async fn run(command: Command) -> Result<()> {
         Command::Serve { platform } => {
             let interrupted = platform::interrupts();
             let settings = platform.resolve()?;
-            let p = platform::Platform::start(&settings).await?;
+            let claim = platform::claim_data_dir(&settings)?;
+            let p = platform::Platform::start(&settings, claim).await?;
             let admin = platform::first_admin(&settings).await?;
             println!(
                 "msec is serving: API and dashboard on http://{}/, MQTT at {}",
@@ -249,7 +250,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Demo { platform, sim } => {
             let interrupted = platform::interrupts();
             let settings = platform.resolve()?;
-            settings.create_data_dir()?;
+            let claim = platform::claim_data_dir(&settings)?;
             // Register the simulated devices before ingest loads its registry, so that not one
             // first reading is refused as coming from an unknown device.
             let fleet = simrun::fleet(
@@ -261,7 +262,7 @@ async fn run(command: Command) -> Result<()> {
                 &sim.config(),
             );
             let (devices, _) = sim_devices(&settings, &fleet).await?;
-            let p = platform::Platform::start(&settings).await?;
+            let p = platform::Platform::start(&settings, claim).await?;
             let admin = platform::first_admin(&settings).await?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let count = fleet.len();

@@ -2,7 +2,7 @@
 //! external one), the HTTP API and dashboard. `serve`, `demo` and the benchmark share it.
 
 use crate::config::{Broker, PlatformArgs, Settings};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use msec_ingest::{Ingest, MqttConfig};
 use msec_notary::{LogKey, Notary};
 use msec_store::Store;
@@ -22,6 +22,39 @@ pub struct Platform {
     writer: std::thread::JoinHandle<()>,
     notary_stop: Arc<AtomicBool>,
     notary: std::thread::JoinHandle<()>,
+    _claim: DataDirClaim,
+}
+
+/// The claim of one platform on its data directory: two platforms on one directory would both
+/// append to one transparency log and one checkpoint file.
+pub struct DataDirClaim {
+    /// Holding the open, locked file is the claim; closing it releases the lock.
+    _lock: std::fs::File,
+}
+
+/// Creates the data directory and locks `DATA_DIR/msec.lock` for this process; the operating
+/// system releases the lock when the process ends, however it ends.
+pub fn claim_data_dir(s: &Settings) -> Result<DataDirClaim> {
+    s.create_data_dir()?;
+    let path = s.data_dir.join("msec.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DataDirClaim { _lock: file }),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another msec is already running on {} (it holds {}); stop it first, or give this \
+             one its own --data-dir",
+            s.data_dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// How often the log publishes a checkpoint when it grew: well within the promised second.
@@ -124,8 +157,8 @@ pub fn consumer_id(topic_root: &str) -> String {
 }
 
 impl Platform {
-    pub async fn start(s: &Settings) -> Result<Platform> {
-        s.create_data_dir()?;
+    pub async fn start(s: &Settings, claim: DataDirClaim) -> Result<Platform> {
+
         let listener = tokio::net::TcpListener::bind(s.http)
             .await
             .with_context(|| {
@@ -220,6 +253,7 @@ impl Platform {
             writer,
             notary_stop,
             notary: notary_thread,
+            _claim: claim,
         })
     }
 

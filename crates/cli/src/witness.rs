@@ -57,18 +57,44 @@ mod hex_hash {
 }
 
 fn get(url: &str) -> Result<String> {
-    let mut resp = ureq::get(url)
+    let resp = ureq::get(url)
+        .config()
+        .http_status_as_error(false)
+        .build()
         .call()
         .with_context(|| format!("GET {url}"))?;
-    Ok(resp.body_mut().read_to_string()?)
+    answer("GET", url, resp)
 }
 
 fn post(url: &str, content_type: &str, body: String) -> Result<String> {
-    let mut resp = ureq::post(url)
+    let resp = ureq::post(url)
+        .config()
+        .http_status_as_error(false)
+        .build()
         .header("content-type", content_type)
         .send(body)
         .with_context(|| format!("POST {url}"))?;
-    Ok(resp.body_mut().read_to_string()?)
+    answer("POST", url, resp)
+}
+
+/// The body of a 2xx answer; otherwise an error that carries the platform's own explanation
+/// (the `detail` of its problem+json), not just the status.
+fn answer(method: &str, url: &str, mut resp: ureq::http::Response<ureq::Body>) -> Result<String> {
+    let status = resp.status();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(1 << 20)
+        .read_to_string()
+        .with_context(|| format!("{method} {url}: reading the answer"))?;
+    if status.is_success() {
+        return Ok(body);
+    }
+    let detail = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|p| p["detail"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.chars().take(300).collect());
+    bail!("{method} {url}: {status}: {}", msec_ingest::bounded(&detail, 300))
 }
 
 pub fn run(args: WitnessArgs) -> Result<()> {

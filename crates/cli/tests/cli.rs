@@ -307,6 +307,9 @@ fn serve_accepts_a_registered_device_over_mqtt_and_rejects_after_revocation() {
     assert!(http_get(&http, "/api/v1/devices")
         .unwrap()
         .contains("unauthenticated"));
+    // A second platform on the same data directory would append to the same log: refused.
+    let (ok, _, err) = run(&["serve", "--data-dir", &dir, "--http", &addr(), "--mqtt", &addr()]);
+    assert!(!ok && err.contains("already running"), "{err}");
 
     let file: DeviceFile =
         serde_json::from_str(&std::fs::read_to_string(&key_file).unwrap()).unwrap();

@@ -49,7 +49,7 @@ pub fn audit(
     // The newest checkpoint the witnesses vouched for. A rolled-back database may have lost it,
     // which is why the state file and saved checkpoints are checked too.
     let mut witnessed_size = None;
-    for size in store.cosigned_sizes()? {
+    for size in store.cosigned_sizes(quorum)? {
         let Some(mut note) = store.checkpoint_at(size)? else {
             continue;
         };

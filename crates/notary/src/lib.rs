@@ -400,7 +400,7 @@ impl Notary {
         if self.quorum == 0 {
             return Ok(None);
         }
-        let sizes = self.lock_store().cosigned_sizes()?;
+        let sizes = self.lock_store().cosigned_sizes(self.quorum)?;
         for size in sizes {
             if let Some(note) = self.checkpoint_at(size)? {
                 if audit::cosigners(&note, &self.witnesses) >= self.quorum {

@@ -730,11 +730,13 @@ impl crate::Store {
         )
     }
 
-    /// Tree sizes that have cosignatures, newest first.
-    pub fn cosigned_sizes(&mut self) -> Result<Vec<u64>, StoreError> {
+    /// Tree sizes cosigned by at least `quorum` witnesses, newest first. The caller still
+    /// verifies the lines; the count only spares it the sizes that cannot reach quorum (with
+    /// a quorum of two and one witness down, that is every size since).
+    pub fn cosigned_sizes(&mut self, quorum: usize) -> Result<Vec<u64>, StoreError> {
         self.db.query(
-            "SELECT DISTINCT size FROM cosignatures ORDER BY size DESC",
-            &[],
+            "SELECT size FROM cosignatures GROUP BY size HAVING COUNT(*) >= $1 ORDER BY size DESC",
+            &[P::I64(quorum.max(1) as i64)],
             |r| Ok(r.i64(0)? as u64),
         )
     }
