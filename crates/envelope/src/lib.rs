@@ -102,6 +102,21 @@ pub struct Reading {
     pub measurements: Vec<Measurement>,
 }
 
+/// What went wrong in words a device developer can act on (coset's own texts name its
+/// internals, such as `Io(EndOfFile)`).
+fn explain(e: coset::CoseError) -> String {
+    match e {
+        coset::CoseError::DecodeFailed(_) => {
+            "the body is not well-formed CBOR (cut short, or not CBOR at all)".into()
+        }
+        coset::CoseError::ExtraneousData => "bytes follow the COSE_Sign1 array".into(),
+        coset::CoseError::UnexpectedItem(got, want) => {
+            format!("found {got} where a COSE_Sign1 needs {want}")
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Decodes the envelope structure and its protected header. Checks the size first so that
 /// hostile input is bounded before any parsing.
 pub fn open(bytes: &[u8], max_bytes: usize) -> Result<Unverified, EnvelopeError> {
@@ -113,7 +128,7 @@ pub fn open(bytes: &[u8], max_bytes: usize) -> Result<Unverified, EnvelopeError>
     }
     let sign1 = CoseSign1::from_tagged_slice(bytes)
         .or_else(|_| CoseSign1::from_slice(bytes))
-        .map_err(|e| EnvelopeError::MalformedCose(e.to_string()))?;
+        .map_err(|e| EnvelopeError::MalformedCose(explain(e)))?;
     let header = &sign1.protected.header;
     let bad = |m: &str| EnvelopeError::BadHeader(m.to_string());
     if header.alg
@@ -232,6 +247,14 @@ fn protected_header(public: &[u8; 32], sequence: u64, issued_at: i64) -> coset::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_envelopes_are_explained_in_plain_words() {
+        let say = |bytes: &[u8]| open(bytes, 1024).unwrap_err().to_string();
+        assert!(say(b"hello").contains("not well-formed CBOR"), "{}", say(b"hello"));
+        assert!(say(&[0x01]).contains("found"), "{}", say(&[0x01]));
+        assert!(!say(b"hello").contains("EndOfFile"));
+    }
 
     fn key() -> SigningKey {
         SigningKey::from_bytes(&[7u8; 32])
