@@ -164,17 +164,21 @@ impl SimArgs {
 
 fn init_logging() {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MSEC_LOG")
-        // rumqttd logs ordinary client disconnects at error level; MSEC_LOG=rumqttd=info brings
-        // it back when the broker itself is the question. Its queue's warnings stay on: they
-        // are the only sign that it dropped readings msec had not taken yet. The PostgreSQL
-        // driver logs every server NOTICE ("relation already exists, skipping" on each start)
-        // at info.
-        .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(
-                "info,rumqttd=off,rumqttd::segments=warn,postgres=warn",
-            )
-        });
+    // rumqttd logs ordinary client disconnects at error level; MSEC_LOG=rumqttd=info brings it
+    // back when the broker itself is the question. Its queue's warnings stay on: they are the
+    // only sign that it dropped readings msec had not taken yet. The PostgreSQL driver logs
+    // every server NOTICE ("relation already exists, skipping" on each start) at info.
+    let default = || {
+        tracing_subscriber::EnvFilter::new("info,rumqttd=off,rumqttd::segments=warn,postgres=warn")
+    };
+    let filter = match std::env::var("MSEC_LOG") {
+        Err(_) => default(),
+        Ok(text) => tracing_subscriber::EnvFilter::try_new(&text).unwrap_or_else(|e| {
+            // Said before logging starts, so on stderr directly; the default still applies.
+            eprintln!("warning: MSEC_LOG={text:?} is not a log filter ({e}); using the default");
+            default()
+        }),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
