@@ -2,7 +2,7 @@
 //! running server picks up registrations and revocations within a second.
 
 use crate::config::PlatformArgs;
-use crate::platform::with_store;
+use crate::platform::{with_existing_store, with_store};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use msec_device::{DeviceFile, DeviceKey};
@@ -206,7 +206,7 @@ pub async fn run(cmd: DeviceCommand) -> Result<()> {
             Ok(())
         }
         DeviceCommand::List { json, platform } => {
-            let devices = with_store(&platform, |s| Ok(s.devices()?)).await?;
+            let devices = with_existing_store(&platform, |s| Ok(s.devices()?)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&devices)?);
             } else if devices.is_empty() {
@@ -218,7 +218,7 @@ pub async fn run(cmd: DeviceCommand) -> Result<()> {
         }
         DeviceCommand::Show { id, platform } => {
             let lookup = id.clone();
-            match with_store(&platform, move |s| Ok(s.device(&lookup)?)).await? {
+            match with_existing_store(&platform, move |s| Ok(s.device(&lookup)?)).await? {
                 Some(d) => {
                     println!("{}", serde_json::to_string_pretty(&d)?);
                     Ok(())
@@ -228,7 +228,7 @@ pub async fn run(cmd: DeviceCommand) -> Result<()> {
         }
         DeviceCommand::Revoke { id, platform } => {
             let target = id.clone();
-            let (revoked, exists) = with_store(&platform, move |s| {
+            let (revoked, exists) = with_existing_store(&platform, move |s| {
                 let revoked = s.revoke_device(&target, "cli")?;
                 Ok((revoked, s.device(&target)?.is_some()))
             })

@@ -2,7 +2,7 @@
 //! of data subjects.
 
 use crate::config::PlatformArgs;
-use crate::platform::with_store;
+use crate::platform::{with_existing_store, with_store};
 use anyhow::{bail, Context, Result};
 use msec_ledger::Tree;
 use std::path::PathBuf;
@@ -100,7 +100,7 @@ pub async fn keys(cmd: KeysCommand) -> Result<()> {
             Ok(())
         }
         KeysCommand::Rotate { platform } => {
-            let (kek, n) = with_store(&platform, |s| Ok(s.rotate_keys("cli")?)).await?;
+            let (kek, n) = with_existing_store(&platform, |s| Ok(s.rotate_keys("cli")?)).await?;
             println!("rotated: new key {kek}; {n} data keys re-wrapped, no payload re-encrypted; the old key is destroyed");
             Ok(())
         }
@@ -126,7 +126,7 @@ pub async fn consent(cmd: ConsentCommand) -> Result<()> {
             Ok(())
         }
         ConsentCommand::Withdraw { id, platform } => {
-            if with_store(&platform, move |s| Ok(s.withdraw_consent(id, "cli")?)).await? {
+            if with_existing_store(&platform, move |s| Ok(s.withdraw_consent(id, "cli")?)).await? {
                 println!("consent {id} withdrawn");
                 Ok(())
             } else {
@@ -134,7 +134,7 @@ pub async fn consent(cmd: ConsentCommand) -> Result<()> {
             }
         }
         ConsentCommand::List { subject, platform } => {
-            let list = with_store(&platform, move |s| Ok(s.consents(&subject)?)).await?;
+            let list = with_existing_store(&platform, move |s| Ok(s.consents(&subject)?)).await?;
             println!("{}", serde_json::to_string_pretty(&list)?);
             Ok(())
         }
@@ -143,7 +143,7 @@ pub async fn consent(cmd: ConsentCommand) -> Result<()> {
 
 pub async fn export(args: ExportArgs) -> Result<()> {
     let subject = args.subject.clone();
-    let doc = with_store(&args.platform, move |s| {
+    let doc = with_existing_store(&args.platform, move |s| {
         let export = s.export_subject(&subject)?;
         // Proofs against the newest checkpoint, computed here from the database's log.
         let checkpoint = s.latest_checkpoint()?;
@@ -210,7 +210,7 @@ pub async fn erase(args: EraseArgs) -> Result<()> {
     }
     let subject = args.subject.clone();
     let unknown_ok = args.unknown_subject;
-    let e = with_store(&args.platform, move |s| {
+    let e = with_existing_store(&args.platform, move |s| {
         let held = s.devices()?.iter().any(|d| d.owner == subject)
             || !s.consents(&subject)?.is_empty();
         if !held && !unknown_ok {

@@ -2,7 +2,7 @@
 //! checkpoints a user kept, without trusting a running server.
 
 use crate::config::{PlatformArgs, Settings};
-use crate::platform::with_store;
+use crate::platform::with_existing_store;
 use anyhow::{bail, Context, Result};
 use msec_ledger::{verify_consistency, verify_inclusion, Checkpoint, Tree};
 use msec_notary::{AuditReport, LogKey, TrustedCheckpoint};
@@ -88,7 +88,7 @@ fn whole_tree(store: &mut Store) -> Result<Tree> {
 pub async fn run(cmd: LogCommand) -> Result<()> {
     match cmd {
         LogCommand::Checkpoint { platform } => {
-            let note = with_store(&platform, |s| {
+            let note = with_existing_store(&platform, |s| {
                 let Some((size, mut note)) = s.latest_checkpoint()? else {
                     bail!(
                         "no checkpoint has been published yet (start `msec serve` or `msec demo`)"
@@ -126,7 +126,7 @@ pub async fn run(cmd: LogCommand) -> Result<()> {
                 saved.size
             );
             let lines =
-                with_store(&platform, move |s| verify_record(s, &record, &saved, &vkey)).await?;
+                with_existing_store(&platform, move |s| verify_record(s, &record, &saved, &vkey)).await?;
             for l in lines {
                 println!("{l}");
             }
@@ -231,7 +231,7 @@ pub async fn audit(args: AuditArgs) -> Result<()> {
     }
     let (witnesses, quorum) = (settings.witnesses.clone(), settings.witness_quorum);
     let started = std::time::Instant::now();
-    let report: AuditReport = with_store(&args.platform, move |s| {
+    let report: AuditReport = with_existing_store(&args.platform, move |s| {
         let mut bar = Progress::new();
         let r = msec_notary::audit(
             s,

@@ -71,7 +71,9 @@ pub async fn open_store(settings: &Settings) -> Result<Store> {
         .with_context(|| format!("cannot open the database {shown}"))
 }
 
-/// Runs a blocking database operation off the async workers, on the database the settings name.
+/// Runs a blocking database operation off the async workers, on the database the settings
+/// name, which it creates (with its key file) if there is none yet: for commands that add
+/// something, which may well come before the first `msec serve`.
 pub async fn with_store<T: Send + 'static>(
     platform: &PlatformArgs,
     f: impl FnOnce(&mut Store) -> Result<T> + Send + 'static,
@@ -79,6 +81,25 @@ pub async fn with_store<T: Send + 'static>(
     let settings = platform.resolve()?;
     let mut store = open_store(&settings).await?;
     tokio::task::spawn_blocking(move || f(&mut store)).await?
+}
+
+/// [`with_store`] for commands that read or change what exists: with no database where the
+/// settings point (a mistyped --data-dir, the wrong directory), it says so instead of creating
+/// an empty one and a new key file there.
+pub async fn with_existing_store<T: Send + 'static>(
+    platform: &PlatformArgs,
+    f: impl FnOnce(&mut Store) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let settings = platform.resolve()?;
+    if let Some(path) = settings.database.strip_prefix("sqlite:") {
+        if !std::path::Path::new(path).exists() {
+            bail!(
+                "no msec database at {path}: check --data-dir (or --database); `msec serve`, \
+                 `msec demo` and `msec device register` create one"
+            );
+        }
+    }
+    with_store(platform, f).await
 }
 
 /// On a platform without users, creates the administrator `admin` with a random password and

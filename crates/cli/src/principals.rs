@@ -2,7 +2,7 @@
 //! are hashed here (msec-identity) before anything reaches the database, and shown only once.
 
 use crate::config::PlatformArgs;
-use crate::platform::with_store;
+use crate::platform::{with_existing_store, with_store};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use msec_store::{NewToken, NewUser};
@@ -138,7 +138,7 @@ pub async fn user(cmd: UserCommand) -> Result<()> {
             Ok(())
         }
         UserCommand::List { platform } => {
-            let users = with_store(&platform, |s| Ok(s.users()?)).await?;
+            let users = with_existing_store(&platform, |s| Ok(s.users()?)).await?;
             if users.is_empty() {
                 println!("no users (see `msec user add --help`)");
             }
@@ -155,7 +155,7 @@ pub async fn user(cmd: UserCommand) -> Result<()> {
         }
         UserCommand::Disable { id, platform } => {
             let target = id.clone();
-            if with_store(&platform, move |s| Ok(s.disable_user(&target, "cli")?)).await? {
+            if with_existing_store(&platform, move |s| Ok(s.disable_user(&target, "cli")?)).await? {
                 println!("disabled {id}");
                 Ok(())
             } else {
@@ -197,7 +197,7 @@ pub async fn token(cmd: TokenCommand) -> Result<()> {
         }
         TokenCommand::List { platform } => {
             let now = msec_store::now_ms();
-            for t in with_store(&platform, |s| Ok(s.tokens()?)).await? {
+            for t in with_existing_store(&platform, |s| Ok(s.tokens()?)).await? {
                 let state = if t.revoked {
                     "revoked"
                 } else if t.expires_ms <= now {
@@ -216,7 +216,7 @@ pub async fn token(cmd: TokenCommand) -> Result<()> {
         }
         TokenCommand::Revoke { id, platform } => {
             let target = id.clone();
-            if with_store(&platform, move |s| Ok(s.revoke_token(&target, "cli")?)).await? {
+            if with_existing_store(&platform, move |s| Ok(s.revoke_token(&target, "cli")?)).await? {
                 println!("revoked token {id}");
                 Ok(())
             } else {
@@ -266,7 +266,7 @@ pub struct RevokeArgs {
 
 pub async fn grant(a: GrantArgs) -> Result<()> {
     if a.list {
-        let grants = with_store(&a.platform, |s| Ok(s.grants()?)).await?;
+        let grants = with_existing_store(&a.platform, |s| Ok(s.grants()?)).await?;
         println!("{}", serde_json::to_string_pretty(&grants)?);
         return Ok(());
     }
@@ -304,7 +304,7 @@ pub async fn grant(a: GrantArgs) -> Result<()> {
 
 pub async fn revoke(a: RevokeArgs) -> Result<()> {
     let id = a.id;
-    if with_store(&a.platform, move |s| Ok(s.revoke_grant(id, "cli")?)).await? {
+    if with_existing_store(&a.platform, move |s| Ok(s.revoke_grant(id, "cli")?)).await? {
         println!("grant {id} revoked");
         Ok(())
     } else {

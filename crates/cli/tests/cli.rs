@@ -199,18 +199,6 @@ fn help_teaches_and_errors_are_clear() {
         ok && out.contains("--broker") && out.contains("MSEC_DATABASE") && out.contains("Examples"),
         "{out}"
     );
-    // A reader that goes away (`msec … | head -1`) ends msec quietly, not with a panic.
-    let mut child = msec()
-        .args(["device", "list", "--data-dir", &tmp()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(matches!(out.status.code(), Some(141)), "{:?} {err}", out.status);
     // A database password in the environment is not printed by --help.
     let out = msec()
         .args(["serve", "--help"])
@@ -226,8 +214,28 @@ fn help_teaches_and_errors_are_clear() {
         !ok && err.contains("mqtt://") && !err.contains("panicked"),
         "{err}"
     );
-    let (ok, _, err) = run(&["device", "show", "ghost", "--data-dir", &tmp()]);
+    // A mistyped data directory is named, not silently created with an empty database.
+    let fresh = tmp();
+    let (ok, _, err) = run(&["device", "show", "ghost", "--data-dir", &fresh]);
+    assert!(!ok && err.contains("no msec database") && err.contains("--data-dir"), "{err}");
+    assert!(!std::path::Path::new(&fresh).exists());
+    let key = format!("{fresh}-ghost.json");
+    assert!(run(&["device", "keygen", "--id", "g", "--tenant", "t", "--out", &key]).0);
+    assert!(run(&["device", "register", "--key-file", &key, "--kind", "k", "--data-dir", &fresh]).0);
+    let (ok, _, err) = run(&["device", "show", "ghost", "--data-dir", &fresh]);
     assert!(!ok && err.contains("no device \"ghost\""), "{err}");
+    // A reader that goes away (`msec … | head -1`) ends msec quietly, not with a panic.
+    let mut child = msec()
+        .args(["device", "list", "--data-dir", &fresh])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(matches!(out.status.code(), Some(141)), "{:?} {err}", out.status);
     // An address already in use is explained, not a panic.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().to_string();
