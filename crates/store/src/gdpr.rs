@@ -75,6 +75,20 @@ impl Store {
         purpose: &str,
     ) -> Result<Consent, StoreError> {
         valid_subject(subject)?;
+        let id_like = |c: char| c.is_ascii_alphanumeric() || "-_.:@".contains(c);
+        if grantee.is_empty() || grantee.len() > 128 || !grantee.chars().all(id_like) {
+            return Err(StoreError::Invalid(
+                "a grantee is 1 to 128 characters of A-Z a-z 0-9 - _ . : @".into(),
+            ));
+        }
+        if purpose.trim().is_empty()
+            || purpose.chars().count() > 200
+            || purpose.chars().any(char::is_control)
+        {
+            return Err(StoreError::Invalid(
+                "a purpose is 1 to 200 characters without control characters".into(),
+            ));
+        }
         self.transaction(|s| {
             let given = now_ms();
             let id = s

@@ -229,6 +229,19 @@ impl Store {
     }
 
     pub fn add_grant(&mut self, g: &NewGrant, actor: &str) -> Result<Grant, StoreError> {
+        match (g.valid_from_ms, g.valid_until_ms) {
+            (Some(from), Some(until)) if from >= until => {
+                return Err(StoreError::Invalid(format!(
+                    "a grant valid from {from} until {until} would never be valid"
+                )))
+            }
+            (_, Some(until)) if until <= now_ms() => {
+                return Err(StoreError::Invalid(format!(
+                    "a grant valid until {until} has already expired"
+                )))
+            }
+            _ => {}
+        }
         let actions = g.actions.join(",");
         self.transaction(|s| {
             let now = now_ms();

@@ -80,6 +80,30 @@ fn suite(url: &str) {
         assert!(matches!(s.register_device(&bad), Err(StoreError::Invalid(_))));
     }
     assert!(s.device("bad").unwrap().is_none());
+    // Consents and grants that could never mean anything are refused, not stored.
+    for (grantee, purpose) in [("a b", "care"), ("caregiver:ana", "line\nbreak"), ("caregiver:ana", " ")] {
+        assert!(
+            matches!(s.give_consent("owner-of-d1", grantee, purpose), Err(StoreError::Invalid(_))),
+            "{grantee:?} {purpose:?}"
+        );
+    }
+    let window = |from: Option<i64>, until: Option<i64>| NewGrant {
+        effect: "allow".into(),
+        subject: "caregiver-ana".into(),
+        actions: vec!["read".into()],
+        resource: "santander/owner-of-d1/**".into(),
+        valid_from_ms: from,
+        valid_until_ms: until,
+        purpose: None,
+    };
+    let later = now_ms() + 3_600_000;
+    for (from, until) in [(Some(later), Some(later - 1)), (None, Some(1_000))] {
+        assert!(
+            matches!(s.add_grant(&window(from, until), "t"), Err(StoreError::Invalid(_))),
+            "{from:?} {until:?}"
+        );
+    }
+    assert!(s.grants().unwrap().is_empty());
     s.register_device(&device("d2", 2)).unwrap();
     assert_eq!(
         s.devices()
