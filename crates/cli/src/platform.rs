@@ -280,6 +280,8 @@ impl Platform {
 
     /// Stops taking input, acknowledges what was committed, and waits for the last commit.
     pub async fn shutdown(self) -> Result<()> {
+        // A database outage must not hold the stop up: its commits are given up instead.
+        self.ingest.stopping();
         let _ = self.stop.send(true);
         let _ = self.consumer.await;
         // Open live streams would hold a graceful HTTP shutdown forever; give them a moment.

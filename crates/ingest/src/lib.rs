@@ -23,8 +23,12 @@ use ed25519_dalek::VerifyingKey;
 use msec_envelope::{Reading, KEY_ID_LEN};
 use msec_store::{Device, DeviceStatus, SecurityEvent, Store, StoredReading};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// The longest [`Ingest::record_denial`] waits for its event's commit.
+pub const DENIAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Acceptance limits.
 #[derive(Debug, Clone)]
@@ -195,6 +199,7 @@ struct Inner {
     jobs: mpsc::Sender<Job>,
     metrics: Arc<Metrics>,
     live: broadcast::Sender<Live>,
+    stopping: Arc<AtomicBool>,
 }
 
 /// A handle on the running ingest pipeline; cheap to clone.
@@ -214,6 +219,8 @@ impl Ingest {
         let (jobs, rx) = mpsc::channel(16 * config.batch_max.max(1));
         let metrics = Arc::new(Metrics::default());
         let (live, _) = broadcast::channel(4096);
+        let flags = writer::Flags::default();
+        let (stopping, tick_queued) = (flags.stopping.clone(), flags.tick_queued.clone());
         let writer = writer::Writer::new(
             store,
             &devices,
@@ -221,6 +228,7 @@ impl Ingest {
             registry.clone(),
             metrics.clone(),
             live.clone(),
+            flags,
         )?;
         let thread_error = |e: std::io::Error| {
             msec_store::StoreError::Backend(format!("cannot start an ingest thread: {e}"))
@@ -238,8 +246,14 @@ impl Ingest {
                     writer::REFRESH_EVERY_MS as u64,
                 ));
                 match ticker.upgrade() {
+                    // One tick in the queue at a time: while the writer waits out a database
+                    // outage, ticks must not fill the queue that readings need.
                     Some(jobs) => {
-                        let _ = jobs.try_send(Job::Tick);
+                        if !tick_queued.swap(true, Ordering::AcqRel)
+                            && jobs.try_send(Job::Tick).is_err()
+                        {
+                            tick_queued.store(false, Ordering::Release);
+                        }
                     }
                     None => return,
                 }
@@ -252,6 +266,7 @@ impl Ingest {
                 jobs,
                 metrics,
                 live,
+                stopping,
             })),
             handle,
         ))
@@ -263,6 +278,12 @@ impl Ingest {
 
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    /// msec is stopping: from now on the writer gives a commit the database refuses up after a
+    /// few attempts instead of waiting it out (its submitters get `storage_unavailable`).
+    pub fn stopping(&self) {
+        self.0.stopping.store(true, Ordering::Release);
     }
 
     /// Live feed of committed readings and security events.
@@ -313,7 +334,9 @@ impl Ingest {
     }
 
     /// Records a security event that is not about a reading (for example a refused
-    /// administrative request), through the same durable path; resolves once it is stored.
+    /// administrative request), through the same durable path; resolves with its id once it is
+    /// stored, or with `None` after [`DENIAL_WAIT`] while the database does not answer (the
+    /// event is still stored once it does: a refusal is not held up by an outage).
     pub async fn record_denial(
         &self,
         reason: &'static str,
@@ -330,12 +353,11 @@ impl Ingest {
             rejection,
             source: source.to_string(),
         });
-        self.enqueue(checked)
-            .await
-            .outcome()
-            .await
-            .err()
-            .and_then(|r| r.event_id)
+        let recorded = async { self.enqueue(checked).await.outcome().await };
+        match tokio::time::timeout(DENIAL_WAIT, recorded).await {
+            Ok(outcome) => outcome.err().and_then(|r| r.event_id),
+            Err(_) => None,
+        }
     }
 
     /// Hands a checked submission to the writer, in order; waits only for queue space.

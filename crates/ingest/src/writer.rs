@@ -6,6 +6,7 @@ use msec_store::{
     Batch, Device, DeviceUpdate, NewEvent, NewReading, SecurityEvent, Store, StoredReading,
 };
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
@@ -28,8 +29,18 @@ pub(crate) struct Writer {
     live: broadcast::Sender<Live>,
     last_sequence: HashMap<String, i64>,
     refreshed_ms: i64,
+    flags: Flags,
     /// Lives as long as the writer.
     _checkpoints: Option<msec_store::WalCheckpointer>,
+}
+
+/// Set from outside the writer thread.
+#[derive(Clone, Default)]
+pub(crate) struct Flags {
+    /// Set by [`crate::Ingest::stopping`].
+    pub stopping: Arc<AtomicBool>,
+    /// Set by the ticker while its tick waits in the queue.
+    pub tick_queued: Arc<AtomicBool>,
 }
 
 enum Pending {
@@ -45,6 +56,7 @@ impl Writer {
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         live: broadcast::Sender<Live>,
+        flags: Flags,
     ) -> Result<Writer, msec_store::StoreError> {
         // A commit must never wait for the WAL to be copied into the database file.
         let checkpoints =
@@ -61,6 +73,7 @@ impl Writer {
             live,
             last_sequence,
             refreshed_ms: msec_store::now_ms(),
+            flags,
             _checkpoints: checkpoints,
         })
     }
@@ -86,7 +99,8 @@ impl Writer {
                 }
             }
             self.refresh_registry();
-            self.process(batch, &|| !jobs.is_closed());
+            let stopping = self.flags.stopping.clone();
+            self.process(batch, &|| !jobs.is_closed() && !stopping.load(Ordering::Acquire));
         }
     }
 
@@ -130,6 +144,7 @@ impl Writer {
         };
         for job in jobs {
             let Job::Submit(verdict, reply) = job else {
+                self.flags.tick_queued.store(false, Ordering::Release);
                 continue;
             };
             match verdict {
@@ -256,8 +271,8 @@ impl Writer {
                 self.deliver(batch, replies, &ids);
             }
             Err(_) => {
-                // Only reached when stopping. The rejections were not stored: the log is all
-                // that is left of them.
+                // Reached when stopping, or for a batch the database refuses for what is in
+                // it. The rejections were not stored: the log is all that is left of them.
                 for e in &batch.events {
                     tracing::warn!(
                         target: "msec::security",
@@ -303,8 +318,14 @@ impl Writer {
                     self.metrics
                         .storage_failures
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if attempt >= COMMIT_ATTEMPTS && !running() {
-                        tracing::error!(error = %e, "commit failed while stopping; the batch is refused (an external broker redelivers its readings)");
+                    // Waiting helps only when the database itself is in trouble; a batch it
+                    // refuses for what is in it would be refused forever.
+                    let transient = matches!(
+                        e,
+                        msec_store::StoreError::Backend(_) | msec_store::StoreError::Open(_)
+                    );
+                    if attempt >= COMMIT_ATTEMPTS && !(transient && running()) {
+                        tracing::error!(error = %e, "commit failed; the batch is refused (an external broker redelivers its readings)");
                         return Err(e);
                     }
                     tracing::error!(error = %e, attempt, "commit failed; retrying, and nothing is acknowledged until it succeeds");

@@ -765,3 +765,38 @@ async fn a_broker_with_a_password_file() {
     let _ = broker.kill();
     let _ = broker.wait();
 }
+
+/// Once msec is stopping, a commit the database refuses is given up after a few attempts, so
+/// an outage cannot hold the stop up: the submitter hears `storage_unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_an_outage_gives_up_instead_of_waiting() {
+    let url = sqlite_url();
+    let key = DeviceKey::generate().unwrap();
+    sync(|| {
+        register(
+            &mut Store::open(&url, msec_testkit::test_keys()).unwrap(),
+            "dev-x",
+            &key,
+        )
+    });
+    let ingest = start(&url);
+    let other = rusqlite::Connection::open(&url).unwrap();
+    other
+        .execute_batch("ALTER TABLE readings RENAME TO readings_away")
+        .unwrap();
+    let now = unix_now();
+    let envelope = Device::new("dev-x", key, 1).seal(&temp(now, 1.0), now);
+    let submitting = {
+        let ingest = ingest.clone();
+        tokio::spawn(async move { ingest.submit(envelope, Source::Http("127.0.0.1:9".into())).await })
+    };
+    // Running: it waits, however long that takes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!submitting.is_finished());
+    ingest.stopping();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), submitting)
+        .await
+        .expect("gave up within seconds of the stop")
+        .unwrap();
+    assert_eq!(outcome.unwrap_err().reason, "storage_unavailable");
+}

@@ -392,6 +392,9 @@ async fn device_readings(
     Ok(Json(json!({ "readings": readings, "next_cursor": next })))
 }
 
+/// The longest `POST /api/v1/readings` waits for its commit.
+const READING_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Reads a request body of at most `max` bytes; `None` when it is longer (nothing past `max + 1`
 /// bytes is read). Extractors like `Bytes` would buffer up to axum's 2 MB default first.
 pub(crate) async fn read_at_most(body: Body, max: usize) -> Result<Option<Vec<u8>>, Problem> {
@@ -432,7 +435,23 @@ async fn post_reading(
     let bytes = read_at_most(body, limit)
         .await?
         .unwrap_or_else(|| vec![0u8; limit + 1]);
-    match s.ingest.submit(bytes, Source::Http(peer.to_string())).await {
+    // An outage holds ingest up (docs/operations.md); an HTTP device hears so after a while
+    // instead of waiting on an open connection. Its reading may still be stored once the
+    // database is back: sending it again is acknowledged as a duplicate.
+    let submitted = tokio::time::timeout(
+        READING_WAIT,
+        s.ingest.submit(bytes, Source::Http(peer.to_string())),
+    )
+    .await
+    .map_err(|_| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "the database is not answering; send the reading again later (a resend of a \
+             reading already stored is acknowledged as a duplicate)",
+        )
+    })?;
+    match submitted {
         Ok(Outcome::Stored {
             device_id,
             sequence,

@@ -903,6 +903,12 @@ async fn a_reading_waits_out_a_database_outage() {
         }
         assert_eq!(health.status, 503, "{}", health.body);
         assert!(!posting.is_finished(), "the reading was answered during the outage");
+        // A refusal is not held up: answered within seconds, its event stored later.
+        let started = std::time::Instant::now();
+        let refused = get(Srv { auth: "", ..srv }, "/api/v1/devices");
+        assert_eq!(refused.status, 401);
+        assert!(refused.json()["security_event_id"].is_null(), "{}", refused.body);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
         msec_testkit::raw_sql(srv.db, "ALTER TABLE readings_away RENAME TO readings");
         let stored = posting.join().unwrap();
         assert_eq!(stored.status, 201, "{}", stored.body);

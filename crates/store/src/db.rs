@@ -196,17 +196,63 @@ pub(crate) enum Db {
 pub(crate) struct Pg {
     client: postgres::Client,
     statements: std::collections::HashMap<String, postgres::Statement>,
+    /// To connect again after the server went away (a restart, a failover): a connection,
+    /// once closed, stays closed.
+    url: String,
+    /// Between BEGIN and COMMIT/ROLLBACK a new connection must not be made: what followed would
+    /// run outside the transaction.
+    in_transaction: bool,
+    /// An error that did not come from the server (a reset, a timeout) left the connection in
+    /// doubt; the driver does not always mark it closed.
+    broken: bool,
 }
 
 impl Pg {
     /// Bounds the cache: some SQL is assembled at run time.
     const MAX_STATEMENTS: usize = 256;
 
-    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
+    fn connect(url: &str) -> Result<postgres::Client, StoreError> {
+        postgres::Client::connect(url, postgres::NoTls).map_err(|e| {
+            let detail = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            StoreError::Open(format!("PostgreSQL at {}: {e}{detail}", redact(url)))
+        })
+    }
+
+    /// Connects again if the connection was closed or broken, outside a transaction.
+    fn ensure_connected(&mut self) -> Result<(), StoreError> {
+        if (self.broken || self.client.is_closed()) && !self.in_transaction {
+            self.client = Pg::connect(&self.url)?;
+            self.statements.clear();
+            self.broken = false;
+            tracing::info!("connected to PostgreSQL again");
+        }
+        Ok(())
+    }
+
+    fn begin(&mut self) -> Result<(), StoreError> {
+        self.ensure_connected()?;
+        let result = self.client.batch_execute("BEGIN");
+        self.checked(result)?;
+        self.in_transaction = true;
+        Ok(())
+    }
+
+    /// COMMIT or ROLLBACK: either way the transaction is over, even when the statement fails.
+    fn end(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.in_transaction = false;
+        let result = self.client.batch_execute(sql);
+        self.checked(result)
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, StoreError> {
+        self.ensure_connected()?;
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.prepare(sql)?;
+        let prepared = self.client.prepare(sql);
+        let s = self.checked(prepared)?;
         if self.statements.len() >= Self::MAX_STATEMENTS {
             self.statements.clear();
         }
@@ -219,10 +265,9 @@ impl Pg {
         sql: &str,
         params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> Result<u64, StoreError> {
-        let result = self
-            .statement(sql)
-            .and_then(|s| self.client.execute(&s, params));
-        self.forget_on_error(result)
+        let statement = self.statement(sql)?;
+        let result = self.client.execute(&statement, params);
+        self.checked(result)
     }
 
     fn query(
@@ -230,23 +275,29 @@ impl Pg {
         sql: &str,
         params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> Result<Vec<postgres::Row>, StoreError> {
-        let result = self
-            .statement(sql)
-            .and_then(|s| self.client.query(&s, params));
-        self.forget_on_error(result)
+        let statement = self.statement(sql)?;
+        let result = self.client.query(&statement, params);
+        self.checked(result)
     }
 
     /// A prepared statement outlives schema changes made by other connections (a newer msec
-    /// migrating); after any error the next attempt prepares afresh.
-    fn forget_on_error<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, StoreError> {
-        if result.is_err() {
+    /// migrating); after any error the next attempt prepares afresh. An error the server did
+    /// not send leaves the connection in doubt: the next use outside a transaction connects
+    /// again.
+    fn checked<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, StoreError> {
+        if let Err(e) = &result {
             self.statements.clear();
+            if e.as_db_error().is_none() {
+                self.broken = true;
+            }
         }
         Ok(result?)
     }
 
-    fn batch_execute(&mut self, sql: &str) -> Result<(), postgres::Error> {
-        self.client.batch_execute(sql)
+    fn batch_execute(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.ensure_connected()?;
+        let result = self.client.batch_execute(sql);
+        self.checked(result)
     }
 }
 
@@ -255,9 +306,8 @@ fn sqlite_sql(sql: &str) -> String {
 }
 
 impl Db {
-    /// `postgres://…` or `postgresql://…`; anything else is a SQLite path, optionally prefixed
-    /// `sqlite:` or `sqlite://`.
-    /// Any other scheme (`mysql://…`, `SQLITE:…`, `file:…`) is refused rather than taken for a
+    /// `postgres://…` or `postgresql://…`, or a SQLite path, optionally prefixed `sqlite:` or
+    /// `sqlite://`. Any other scheme (`mysql://…`, `SQLITE:…`, `file:…`) is refused rather than taken for a
     /// file name, and so are an empty path and `:memory:`, which would keep no promise of
     /// durability.
     pub(crate) fn open(url: &str) -> Result<Db, StoreError> {
@@ -324,15 +374,12 @@ impl Db {
     }
 
     pub(crate) fn postgres(url: &str) -> Result<Db, StoreError> {
-        let client = postgres::Client::connect(url, postgres::NoTls).map_err(|e| {
-            let detail = std::error::Error::source(&e)
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default();
-            StoreError::Open(format!("PostgreSQL at {}: {e}{detail}", redact(url)))
-        })?;
         Ok(Db::Postgres(Box::new(Pg {
-            client,
+            client: Pg::connect(url)?,
             statements: Default::default(),
+            url: url.to_string(),
+            in_transaction: false,
+            broken: false,
         })))
     }
 
@@ -394,23 +441,29 @@ impl Db {
     pub(crate) fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
         match self {
             Db::Sqlite(c) => Ok(c.execute_batch(sql)?),
-            Db::Postgres(c) => Ok(c.batch_execute(sql)?),
+            Db::Postgres(c) => c.batch_execute(sql),
         }
     }
 
     pub(crate) fn begin(&mut self) -> Result<(), StoreError> {
         match self {
             Db::Sqlite(c) => Ok(c.execute_batch("BEGIN IMMEDIATE")?),
-            Db::Postgres(c) => Ok(c.batch_execute("BEGIN")?),
+            Db::Postgres(c) => c.begin(),
         }
     }
 
     pub(crate) fn commit(&mut self) -> Result<(), StoreError> {
-        self.batch("COMMIT")
+        match self {
+            Db::Sqlite(c) => Ok(c.execute_batch("COMMIT")?),
+            Db::Postgres(c) => c.end("COMMIT"),
+        }
     }
 
     pub(crate) fn rollback(&mut self) -> Result<(), StoreError> {
-        self.batch("ROLLBACK")
+        match self {
+            Db::Sqlite(c) => Ok(c.execute_batch("ROLLBACK")?),
+            Db::Postgres(c) => c.end("ROLLBACK"),
+        }
     }
 
     pub(crate) fn exec(&mut self, sql: &str, params: &[P]) -> Result<u64, StoreError> {

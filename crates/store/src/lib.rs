@@ -381,6 +381,9 @@ impl Store {
             Ok(v) => match self.db.commit() {
                 Ok(()) => Ok(v),
                 Err(e) => {
+                    // A COMMIT that failed (SQLite busy, say) may leave the transaction open,
+                    // and every later BEGIN would fail on it.
+                    let _ = self.db.rollback();
                     self.keys.forget();
                     Err(e)
                 }

@@ -541,3 +541,29 @@ fn the_sqlite_database_is_private_to_its_user() {
         assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
     }
 }
+
+/// A PostgreSQL connection the server dropped (a restart, a failover) is made again: the call
+/// that finds it closed fails, the next one works, and a transaction is never continued on a
+/// new connection.
+#[test]
+fn postgres_connections_lost_are_made_again() {
+    let Some(url) = msec_testkit::postgres_url() else {
+        return;
+    };
+    let name = msec_testkit::unique("msec-reconnect-");
+    let mut s = Store::open(
+        &format!("{url}&application_name={name}"),
+        Arc::new(MemoryKeys::new()),
+    )
+    .unwrap();
+    s.register_device(&device("r1", 31)).unwrap();
+    msec_testkit::raw_sql(
+        &url,
+        &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"),
+    );
+    // The first use learns that the connection is gone.
+    let _ = s.devices();
+    assert_eq!(s.devices().unwrap().len(), 1);
+    s.register_device(&device("r2", 32)).unwrap();
+    assert_eq!(s.devices().unwrap().len(), 2);
+}
