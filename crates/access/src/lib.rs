@@ -136,48 +136,8 @@ pub struct Access {
     store: Mutex<Store>,
     snapshot: RwLock<Snapshot>,
     throttle: Mutex<Throttle>,
-    password_checks: Slots,
 }
 
-/// At most this many password verifications run at once: each Argon2id run holds 19 MiB, and a
-/// burst of concurrent logins (from many addresses, each under its throttle) must not exhaust
-/// memory. Logins beyond it wait their turn.
-const PASSWORD_CHECKS_AT_ONCE: usize = 4;
-
-/// A counting gate for blocking threads.
-struct Slots {
-    busy: Mutex<usize>,
-    freed: std::sync::Condvar,
-    max: usize,
-}
-
-struct Slot<'a>(&'a Slots);
-
-impl Slots {
-    fn new(max: usize) -> Slots {
-        Slots {
-            busy: Mutex::new(0),
-            freed: std::sync::Condvar::new(),
-            max,
-        }
-    }
-
-    fn take(&self) -> Slot<'_> {
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        while *busy >= self.max {
-            busy = self.freed.wait(busy).unwrap_or_else(|p| p.into_inner());
-        }
-        *busy += 1;
-        Slot(self)
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        *self.0.busy.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
-        self.0.freed.notify_one();
-    }
-}
 
 fn role_rule(id: &str, role: &str, actions: &[Action], resource: &str) -> Rule {
     Rule {
@@ -328,7 +288,6 @@ impl Access {
                 set: Arc::new(set),
             }),
             throttle: Mutex::new(Throttle::default()),
-            password_checks: Slots::new(PASSWORD_CHECKS_AT_ONCE),
         })
     }
 
@@ -411,30 +370,28 @@ impl Access {
             d.retry_after_s = Some((until - now_ms).max(0) / 1000 + 1);
             return Err(d);
         }
-        let hash = match self.store().password_hash(user) {
-            Ok(hash) => hash,
-            Err(e) => {
-                // Not a failed guess: take the attempt's advance count back.
-                self.throttle
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .withdraw(user, from, now_ms);
-                return Err(unavailable(e));
-            }
+        // A database failure judges nothing: take the attempt's advance count back.
+        let not_judged = |e: StoreError| {
+            self.throttle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .withdraw(user, from, now_ms);
+            unavailable(e)
         };
-        let ok = {
-            let _slot = self.password_checks.take();
-            // Unknown users cost an Argon2id verification too, so timing does not reveal them.
-            match &hash {
-                Some(h) => msec_identity::verify_password(password, h),
-                None => {
-                    let _ = msec_identity::verify_password(password, dummy_hash());
-                    false
-                }
+        let hash = self.store().password_hash(user).map_err(not_judged)?;
+        // Unknown users cost an Argon2id verification too, so timing does not reveal them.
+        let ok = match &hash {
+            Some(h) => msec_identity::verify_password(password, h),
+            None => {
+                let _ = msec_identity::verify_password(password, dummy_hash());
+                false
             }
         };
         let principal = if ok {
-            self.principal(user, None).map_err(unavailable)?
+            self.principal(user, None).map_err(|e| match e {
+                AccessError::Store(e) => not_judged(e),
+                other => unavailable(other),
+            })?
         } else {
             None
         };

@@ -19,6 +19,14 @@ impl Throttle {
         // Names are the caller's to choose: a bounded prefix keeps each key small (two names
         // that share it merely share a count).
         let user: String = user.chars().take(128).collect();
+        // One IPv6 host commonly holds a whole /64: count the network, not each address.
+        let from = match from.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) if v6.to_ipv4_mapped().is_none() => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            _ => from.to_string(),
+        };
         [format!("user:{user}"), format!("addr:{from}")]
     }
 
@@ -50,21 +58,30 @@ impl Throttle {
         Ok(())
     }
 
-    /// Makes room under a flood of distinct names or addresses: first what has expired, then,
-    /// if every key is recent, the half whose last attempt is oldest.
+    /// Makes room under a flood of distinct names or addresses: first what has expired, then
+    /// the older half of the keys that are not locked, and only then the older half of the
+    /// locked ones (evicting a lock would let guessing resume).
     fn evict(&mut self, now_ms: i64) {
         self.failures
             .retain(|_, t| t.last().is_some_and(|l| now_ms - l < WINDOW_MS));
-        if self.failures.len() >= MAX_KEYS {
-            let mut last: Vec<i64> = self
+        for locked in [false, true] {
+            if self.failures.len() < MAX_KEYS {
+                return;
+            }
+            let mut keys: Vec<(i64, String)> = self
                 .failures
-                .values()
-                .map(|t| t.last().copied().unwrap_or(i64::MIN))
+                .iter()
+                .filter(|(_, t)| (t.len() >= MAX_FAILURES) == locked)
+                .map(|(k, t)| (t.last().copied().unwrap_or(i64::MIN), k.clone()))
                 .collect();
-            let (_, median, _) = last.select_nth_unstable(MAX_KEYS / 2);
-            let median = *median;
-            self.failures
-                .retain(|_, t| t.last().is_some_and(|l| *l > median));
+            let half = keys.len() / 2;
+            if half == 0 {
+                continue;
+            }
+            keys.select_nth_unstable(half);
+            for (_, key) in &keys[..half] {
+                self.failures.remove(key);
+            }
         }
     }
 
@@ -125,6 +142,16 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_network_counts_as_one_address() {
+        let mut t = Throttle::default();
+        for i in 0..MAX_FAILURES {
+            assert!(t.begin(&format!("u{i}"), &format!("2001:db8:1:2::{i:x}"), 1).is_ok());
+        }
+        assert!(t.begin("other", "2001:db8:1:2:ffff::1", 2).is_err());
+        assert!(t.begin("other", "2001:db8:1:3::1", 2).is_ok());
+    }
+
+    #[test]
     fn a_right_password_does_not_count_against_its_address() {
         let mut t = Throttle::default();
         for i in 0..2 * MAX_FAILURES as i64 {
@@ -137,12 +164,16 @@ mod tests {
     #[test]
     fn a_flood_of_recent_keys_stays_bounded() {
         let mut t = Throttle::default();
+        for i in 0..MAX_FAILURES as i64 {
+            assert!(t.begin("admin", &format!("b{i}"), i).is_ok());
+        }
         for i in 0..(MAX_KEYS as i64) {
             assert!(t.begin(&format!("{i}{}", "x".repeat(4000)), &format!("a{i}"), i).is_ok());
         }
         assert!(t.failures.len() <= MAX_KEYS);
         assert!(t.failures.keys().all(|k| k.len() <= 140));
-        // The newest keys survive an eviction.
+        // The newest keys survive an eviction, and so does the lock on a name.
         assert!(t.failures.contains_key(&format!("addr:a{}", MAX_KEYS - 1)));
+        assert!(t.begin("admin", "c1", MAX_KEYS as i64).is_err());
     }
 }

@@ -182,6 +182,12 @@ pub(crate) async fn login(
     let l: Login = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("login JSON: {e}")))?;
     let from = peer.ip().to_string();
+    // Each Argon2id check holds 19 MiB and a core for a while: a burst of logins (from many
+    // addresses, each under its throttle) waits for a turn here, not in a blocking thread.
+    static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+    let _turn = PASSWORD_CHECKS.acquire().await.map_err(|_| {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "msec is stopping")
+    })?;
     match blocking(&s, move |a| a.login(&l.user, &l.password, &from, now_ms())).await {
         Ok(session) => {
             let max_age = (session.expires_ms - now_ms()) / 1000;
