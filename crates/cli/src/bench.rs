@@ -9,7 +9,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use msec_device::{readings_topic, unix_now, Device, DeviceKey};
 use msec_envelope::Measurement;
 use msec_ingest::Live;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -64,13 +64,14 @@ pub struct IngestArgs {
     latency_secs: u64,
     /// Broker for the production-mode run and the raw baseline: `spawn` starts a private
     /// Mosquitto configured as docs/operations.md recommends; or give mqtt://host:port
-    #[arg(long, default_value = "spawn", env = "MSEC_BENCH_MOSQUITTO")]
+    #[arg(long, default_value = "spawn", env = "MSEC_BENCH_MOSQUITTO", hide_env_values = true)]
     mosquitto: String,
     /// PostgreSQL for the production-mode run (a scratch schema is created and dropped)
     #[arg(
         long,
         default_value = "postgres://postgres@127.0.0.1:5432/test",
-        env = "MSEC_BENCH_POSTGRES"
+        env = "MSEC_BENCH_POSTGRES",
+        hide_env_values = true
     )]
     postgres: String,
     /// Only the embedded run and the verification baseline
@@ -271,11 +272,7 @@ async fn publish(url: &str, messages: Vec<(String, Vec<u8>)>, clients: usize) ->
     }
     let mut tasks = Vec::new();
     for (c, part) in parts.into_iter().enumerate() {
-        let mut opts = MqttOptions::new(
-            format!("msec-bench-pub-{}-{c}", std::process::id()),
-            cfg.host.clone(),
-            cfg.port,
-        );
+        let mut opts = cfg.client_options(format!("msec-bench-pub-{}-{c}", std::process::id()));
         opts.set_inflight(1000)
             .set_max_packet_size(1 << 20, 1 << 20);
         tasks.push(tokio::spawn(async move {
@@ -417,11 +414,7 @@ async fn latency(
     };
     let cfg = msec_ingest::MqttConfig::from_url(&platform.broker_url, "bench", root)
         .map_err(anyhow::Error::msg)?;
-    let mut opts = MqttOptions::new(
-        format!("msec-bench-lat-{}", std::process::id()),
-        cfg.host,
-        cfg.port,
-    );
+    let mut opts = cfg.client_options(format!("msec-bench-lat-{}", std::process::id()));
     opts.set_inflight(1000)
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut events) = AsyncClient::new(opts, 1000);
@@ -468,11 +461,7 @@ async fn raw_broker_rate(url: &str, messages: Vec<(String, Vec<u8>)>) -> Result<
         .collect();
     let cfg =
         msec_ingest::MqttConfig::from_url(url, "bench", "bench").map_err(anyhow::Error::msg)?;
-    let mut opts = MqttOptions::new(
-        format!("msec-bench-sub-{}", std::process::id()),
-        cfg.host,
-        cfg.port,
-    );
+    let mut opts = cfg.client_options(format!("msec-bench-sub-{}", std::process::id()));
     opts.set_max_packet_size(1 << 20, 1 << 20);
     let (sub, mut events) = AsyncClient::new(opts, 100);
     sub.subscribe(format!("{root}/#"), QoS::AtLeastOnce).await?;
@@ -1033,7 +1022,8 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         (None, mosquitto)
     };
     println!(
-        "          broker {mosquitto}, database {}",
+        "          broker {}, database {}",
+        msec_store::redact(&mosquitto),
         msec_store::redact(&postgres)
     );
     let (db, schema) = match scratch_schema(&postgres).await {

@@ -199,7 +199,10 @@ pub async fn run(
                 }
                 Err(e) => {
                     if !down {
-                        eprintln!("sim: cannot reach the MQTT broker at {broker_url}: {e}; retrying");
+                        eprintln!(
+                            "sim: cannot reach the MQTT broker at {}: {e}; retrying",
+                            msec_store::redact(broker_url)
+                        );
                     }
                     down = true;
                     tokio::time::sleep(Duration::from_secs(1)).await;
