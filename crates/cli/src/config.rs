@@ -113,8 +113,7 @@ impl Settings {
     /// Creates the data directory, readable by msec's own user only: the database and the key
     /// files live there.
     pub fn create_data_dir(&self) -> Result<()> {
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(&self.data_dir)
+        msec_store::create_private_dir(&self.data_dir)
             .with_context(|| format!("cannot create data directory {}", self.data_dir.display()))
     }
 

@@ -338,13 +338,14 @@ impl Db {
 
     pub(crate) fn sqlite(path: &Path) -> Result<Db, StoreError> {
         // The database holds password and token hashes, device owners and the addresses in
-        // security events: only msec's own user may read it, like the key files beside it. A
-        // directory msec creates is its own; one that exists (`/tmp`) is left as it is.
+        // security events: only msec's own user may read what msec creates, like the key files
+        // beside it. What exists already (`/tmp`, a database an operator shared with a group)
+        // keeps its permissions.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-            std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-                .create(dir)
+            msec_vault::create_private_dir(dir)
                 .map_err(|e| StoreError::Open(format!("cannot create {}: {e}", dir.display())))?;
         }
+        let created = !path.exists();
         let conn = rusqlite::Connection::open(path)
             .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
         // WAL lets the API read while ingest writes; synchronous=FULL makes a commit survive
@@ -355,7 +356,8 @@ impl Db {
         )
         .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
         // SQLite creates its log files with the database file's mode.
-        for suffix in ["", "-wal", "-shm"] {
+        #[cfg(unix)]
+        for suffix in ["", "-wal", "-shm"].into_iter().filter(|_| created) {
             let mut file = path.as_os_str().to_owned();
             file.push(suffix);
             let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);

@@ -21,7 +21,7 @@ use std::sync::Arc;
 pub use db::{redact, StoreError};
 pub use gdpr::{Consent, Erasure, ExportedReading, SubjectExport};
 pub use log::{AuditScan, Finding, FindingKind, RecordId, RecordKind};
-pub use msec_vault::KekProvider;
+pub use msec_vault::{create_private_dir, KekProvider};
 pub use principals::{ApiToken, Grant, NewGrant, NewToken, NewUser, User};
 
 /// Millisecond Unix time, the time unit of every stored timestamp.

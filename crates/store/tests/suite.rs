@@ -526,6 +526,7 @@ fn database_from_a_newer_msec_is_refused() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[cfg(unix)]
 #[test]
 fn the_sqlite_database_is_private_to_its_user() {
     use std::os::unix::fs::PermissionsExt;
@@ -533,13 +534,20 @@ fn the_sqlite_database_is_private_to_its_user() {
         .join(msec_testkit::unique("msec-private-"))
         .join("data");
     let db = dir.join("msec.db");
-    let mut s = Store::open(db.to_str().unwrap(), Arc::new(MemoryKeys::new())).unwrap();
+    let keys: Arc<dyn KekProvider> = Arc::new(MemoryKeys::new());
+    let mut s = Store::open(db.to_str().unwrap(), keys.clone()).unwrap();
     s.register_device(&device("d1", 1)).unwrap();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
     for file in ["msec.db", "msec.db-wal", "msec.db-shm"] {
         assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
     }
+    // An operator's own choice for an existing database is kept.
+    drop(s);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let s = Store::open(db.to_str().unwrap(), keys).unwrap();
+    assert_eq!(mode(&db), 0o640);
+    drop(s);
 }
 
 /// A PostgreSQL connection the server dropped (a restart, a failover) is made again: the call

@@ -290,9 +290,7 @@ impl KekProvider for FileKeys {
     fn save(&self, ring: &KeyRing) -> Result<(), VaultError> {
         let shown = self.path.display();
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // Only msec's own user may look into the folder of a key file.
-            std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-                .create(dir)
+            create_private_dir(dir)
                 .map_err(|e| VaultError::Keys(format!("cannot create {}: {e}", dir.display())))?;
         }
         let text = Zeroizing::new(
@@ -388,4 +386,14 @@ impl KekProvider for MemoryKeys {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = ring.clone();
         Ok(())
     }
+}
+
+/// Creates `dir` (and its parents) readable by this user only (0700 on Unix): it is for key
+/// files and databases. A directory that exists is left as it is.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
