@@ -567,6 +567,11 @@ async fn metrics(
         "Commit attempts the database failed (each is retried; ingest waits meanwhile).",
         m.storage_failures.load(Relaxed),
     );
+    let _ = writeln!(
+        out,
+        "# HELP msec_ingest_commit_failing 1 while the database refuses ingest's commits (ingest waits).\n# TYPE msec_ingest_commit_failing gauge\nmsec_ingest_commit_failing {}",
+        u8::from(m.commit_failing.load(Relaxed))
+    );
     let _ = writeln!(out, "# HELP msec_security_events_total Rejected readings, each recorded as a security event, by reason.");
     let _ = writeln!(out, "# TYPE msec_security_events_total counter");
     for (reason, n) in m.rejected() {

@@ -902,6 +902,7 @@ async fn a_reading_waits_out_a_database_outage() {
             health = get(srv, "/healthz");
         }
         assert_eq!(health.status, 503, "{}", health.body);
+        assert!(get(srv, "/metrics").body.contains("msec_ingest_commit_failing 1"));
         assert!(!posting.is_finished(), "the reading was answered during the outage");
         // A refusal is not held up: answered within seconds, its event stored later.
         let started = std::time::Instant::now();
@@ -913,6 +914,7 @@ async fn a_reading_waits_out_a_database_outage() {
         let stored = posting.join().unwrap();
         assert_eq!(stored.status, 201, "{}", stored.body);
         assert_eq!(get(srv, "/healthz").status, 200);
+        assert!(get(srv, "/metrics").body.contains("msec_ingest_commit_failing 0"));
     })
     .await;
 }
