@@ -191,7 +191,8 @@ pub async fn token(cmd: TokenCommand) -> Result<()> {
                 expires_ms: msec_store::now_ms() + i64::from(days) * 86_400_000,
             };
             with_store(&platform, move |s| Ok(s.add_token(&stored, "cli")?)).await?;
-            println!("token id {} (expires in {days} days)", issued.stored.id);
+            let unit = if days == 1 { "day" } else { "days" };
+            println!("token id {} (expires in {days} {unit})", issued.stored.id);
             println!("token (shown once, store it safely): {}", issued.text);
             Ok(())
         }

@@ -59,7 +59,8 @@ pub fn digest(envelope: &[u8]) -> [u8; 32] {
 /// in security events, metrics and problem+json responses.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum EnvelopeError {
-    #[error("envelope is {size} bytes, over the limit of {limit} bytes")]
+    // Receivers read an oversized body only to one byte past the limit: `size` may be a floor.
+    #[error("envelope of at least {size} bytes is over the limit of {limit} bytes")]
     Oversized { size: usize, limit: usize },
     #[error("not a COSE_Sign1 structure: {0}")]
     MalformedCose(String),

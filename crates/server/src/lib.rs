@@ -392,6 +392,9 @@ async fn device_readings(
     Ok(Json(json!({ "readings": readings, "next_cursor": next })))
 }
 
+/// The problem code of a body the client stopped sending: its own doing, never recorded.
+pub(crate) const UNREADABLE_BODY: &str = "unreadable_body";
+
 /// The longest `POST /api/v1/readings` waits for its commit.
 const READING_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -403,7 +406,13 @@ pub(crate) async fn read_at_most(body: Body, max: usize) -> Result<Option<Vec<u8
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
         // A client that hangs up mid-body: nothing to refuse, nothing to record.
-        let chunk = chunk.map_err(|_| Problem::bad_request("the request body could not be read"))?;
+        let chunk = chunk.map_err(|_| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                UNREADABLE_BODY,
+                "the request body could not be read",
+            )
+        })?;
         if out.len() + chunk.len() > max {
             return Ok(None);
         }

@@ -152,7 +152,7 @@ async fn record_refusal(
     what: &str,
     peer: SocketAddr,
 ) -> Problem {
-    let callers_fault = p.status.is_client_error();
+    let callers_fault = p.status.is_client_error() && p.code != crate::UNREADABLE_BODY;
     if callers_fault {
         let detail = format!("{what}: {}", msec_ingest::bounded(&p.detail, 300));
         let event = s
