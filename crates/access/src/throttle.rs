@@ -62,8 +62,10 @@ impl Throttle {
     /// the older half of the keys that are not locked, and only then the older half of the
     /// locked ones (evicting a lock would let guessing resume).
     fn evict(&mut self, now_ms: i64) {
-        self.failures
-            .retain(|_, t| t.last().is_some_and(|l| now_ms - l < WINDOW_MS));
+        self.failures.retain(|_, t| {
+            t.retain(|at| now_ms - at < WINDOW_MS);
+            !t.is_empty()
+        });
         for locked in [false, true] {
             if self.failures.len() < MAX_KEYS {
                 return;

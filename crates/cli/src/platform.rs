@@ -83,23 +83,28 @@ pub async fn with_store<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&mut store)).await?
 }
 
-/// [`with_store`] for commands that read or change what exists: with no database where the
-/// settings point (a mistyped --data-dir, the wrong directory), it says so instead of creating
-/// an empty one and a new key file there.
+/// [`with_store`] for commands that read or change what exists (see [`require_database`]).
 pub async fn with_existing_store<T: Send + 'static>(
     platform: &PlatformArgs,
     f: impl FnOnce(&mut Store) -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let settings = platform.resolve()?;
-    if let Some(path) = settings.database.strip_prefix("sqlite:") {
+    require_database(&platform.resolve()?)?;
+    with_store(platform, f).await
+}
+
+/// With no database where the settings point (a mistyped --data-dir, the wrong directory),
+/// says so, instead of letting a command create an empty one and a new key file there.
+pub fn require_database(settings: &Settings) -> Result<()> {
+    if let Some(path) = msec_store::sqlite_path(&settings.database) {
         if !std::path::Path::new(path).exists() {
             bail!(
                 "no msec database at {path}: check --data-dir (or --database); `msec serve`, \
-                 `msec demo` and `msec device register` create one"
+                 `msec demo` and the commands that add something (`msec device register`, \
+                 `msec user add`, …) create one"
             );
         }
     }
-    with_store(platform, f).await
+    Ok(())
 }
 
 /// On a platform without users, creates the administrator `admin` with a random password and
@@ -302,7 +307,9 @@ impl Platform {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
         // One last checkpoint covers everything committed before the stop.
         self.notary_stop.store(true, Ordering::Relaxed);
-        let _ = tokio::task::spawn_blocking(move || self.notary.join()).await;
+        // Bounded like the writer: a database that stopped answering must not hold the stop.
+        let notary = tokio::task::spawn_blocking(move || self.notary.join());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), notary).await;
         Ok(())
     }
 }

@@ -343,21 +343,34 @@ impl Ingest {
         detail: String,
         source: Source,
     ) -> Option<i64> {
-        let rejection = Rejection {
-            reason,
-            detail,
-            device_id: None,
-            event_id: None,
-        };
+        let source = source.to_string();
         let checked = Checked(Verdict::Rejected {
-            rejection,
-            source: source.to_string(),
+            rejection: Rejection {
+                reason,
+                detail: detail.clone(),
+                device_id: None,
+                event_id: None,
+            },
+            source: source.clone(),
         });
-        let recorded = async { self.enqueue(checked).await.outcome().await };
-        match tokio::time::timeout(DENIAL_WAIT, recorded).await {
-            Ok(outcome) => outcome.err().and_then(|r| r.event_id),
-            Err(_) => None,
-        }
+        let deadline = tokio::time::Instant::now() + DENIAL_WAIT;
+        let Ok(pending) = tokio::time::timeout_at(deadline, self.enqueue(checked)).await else {
+            // Not even queued (the writer's queue is full behind an outage): the log line is
+            // all that will be left of it.
+            tracing::warn!(
+                target: "msec::security",
+                reason,
+                source = %source,
+                "security event (not stored: the database is not answering): {detail}"
+            );
+            return None;
+        };
+        // Queued: stored once the database answers, whether or not we wait for it.
+        tokio::time::timeout_at(deadline, pending.outcome())
+            .await
+            .ok()
+            .and_then(|outcome| outcome.err())
+            .and_then(|r| r.event_id)
     }
 
     /// Hands a checked submission to the writer, in order; waits only for queue space.

@@ -271,8 +271,8 @@ impl Writer {
                 self.deliver(batch, replies, &ids);
             }
             Err(_) => {
-                // Reached when stopping, or for a batch the database refuses for what is in
-                // it. The rejections were not stored: the log is all that is left of them.
+                // Only reached when stopping. The rejections were not stored: the log is all
+                // that is left of them.
                 for e in &batch.events {
                     tracing::warn!(
                         target: "msec::security",
@@ -318,13 +318,11 @@ impl Writer {
                     self.metrics
                         .storage_failures
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    // Waiting helps only when the database itself is in trouble; a batch it
-                    // refuses for what is in it would be refused forever.
-                    let transient = matches!(
-                        e,
-                        msec_store::StoreError::Backend(_) | msec_store::StoreError::Open(_)
-                    );
-                    if attempt >= COMMIT_ATTEMPTS && !(transient && running()) {
+                    // Every failure is waited out while msec runs, even one that looks
+                    // permanent: refusing the batch would leave its MQTT readings
+                    // unacknowledged and let later ones overtake them (see COMMIT_ATTEMPTS).
+                    // Stuck ingest is loud (errors, /healthz, the gauge); lost readings are not.
+                    if attempt >= COMMIT_ATTEMPTS && !running() {
                         tracing::error!(error = %e, "commit failed; the batch is refused (an external broker redelivers its readings)");
                         return Err(e);
                     }

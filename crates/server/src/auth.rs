@@ -185,10 +185,14 @@ pub(crate) async fn login(
     // Each Argon2id check holds 19 MiB and a core for a while: a burst of logins (from many
     // addresses, each under its throttle) waits for a turn here, not in a blocking thread.
     static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
-    let _turn = PASSWORD_CHECKS.acquire().await.map_err(|_| {
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "msec is stopping")
-    })?;
-    match blocking(&s, move |a| a.login(&l.user, &l.password, &from, now_ms())).await {
+    // The turn moves into the blocking work: a client that hangs up cannot free it while its
+    // check still runs. (The semaphore is never closed, so acquiring cannot fail.)
+    let turn = PASSWORD_CHECKS.acquire().await.ok();
+    let checked = blocking(&s, move |a| {
+        let _turn = turn;
+        a.login(&l.user, &l.password, &from, now_ms())
+    });
+    match checked.await {
         Ok(session) => {
             let max_age = (session.expires_ms - now_ms()) / 1000;
             let mut resp = Json(json!({

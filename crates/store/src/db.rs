@@ -7,6 +7,7 @@ use msec_ledger::Hash;
 use crate::log::RecordId;
 use crate::DeviceUpdate;
 use std::path::Path;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -212,12 +213,26 @@ impl Pg {
     const MAX_STATEMENTS: usize = 256;
 
     fn connect(url: &str) -> Result<postgres::Client, StoreError> {
-        postgres::Client::connect(url, postgres::NoTls).map_err(|e| {
+        let failed = |e: postgres::Error| {
             let detail = std::error::Error::source(&e)
                 .map(|s| format!(": {s}"))
                 .unwrap_or_default();
             StoreError::Open(format!("PostgreSQL at {}: {e}{detail}", redact(url)))
-        })
+        };
+        let mut config: postgres::Config = url.parse().map_err(failed)?;
+        // A server that vanishes without a word (a partition, a dead host) must not hold a call
+        // for the kernel's quarter of an hour: the writer could never report the outage, nor
+        // /healthz answer. The URL's own settings win.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(30));
+        }
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 3600) {
+            config.keepalives_idle(Duration::from_secs(30));
+        }
+        config.connect(postgres::NoTls).map_err(failed)
     }
 
     /// Connects again if the connection was closed or broken, outside a transaction.
@@ -287,7 +302,14 @@ impl Pg {
     fn checked<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, StoreError> {
         if let Err(e) = &result {
             self.statements.clear();
-            if e.as_db_error().is_none() {
+            // The server's own farewell (terminating the session, shutting down: FATAL, class
+            // 57P or 08) can come before the driver marks the connection closed.
+            let ended = e.as_db_error().is_none_or(|d| {
+                matches!(d.severity(), "FATAL" | "PANIC")
+                    || d.code().code().starts_with("57P")
+                    || d.code().code().starts_with("08")
+            });
+            if ended {
                 self.broken = true;
             }
         }
@@ -301,6 +323,19 @@ impl Pg {
     }
 }
 
+/// The file of a SQLite database URL (`sqlite:PATH`, `sqlite://PATH` or a bare path); `None`
+/// for PostgreSQL.
+pub fn sqlite_path(url: &str) -> Option<&str> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return None;
+    }
+    Some(
+        url.strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url),
+    )
+}
+
 fn sqlite_sql(sql: &str) -> String {
     sql.replace('$', "?")
 }
@@ -311,13 +346,9 @@ impl Db {
     /// file name, and so are an empty path and `:memory:`, which would keep no promise of
     /// durability.
     pub(crate) fn open(url: &str) -> Result<Db, StoreError> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some(path) = sqlite_path(url) else {
             return Db::postgres(url);
-        }
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .unwrap_or(url);
+        };
         let scheme = path.split_once(':').map(|(s, _)| s).filter(|s| {
             s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
                 && s.chars()
@@ -455,10 +486,16 @@ impl Db {
     }
 
     pub(crate) fn commit(&mut self) -> Result<(), StoreError> {
-        match self {
-            Db::Sqlite(c) => Ok(c.execute_batch("COMMIT")?),
+        let result = match self {
+            Db::Sqlite(c) => c.execute_batch("COMMIT").map_err(StoreError::from),
             Db::Postgres(c) => c.end("COMMIT"),
+        };
+        if result.is_err() {
+            // A COMMIT that failed (SQLite busy, say) may leave the transaction open, and every
+            // later BEGIN on this connection would fail on it.
+            let _ = self.rollback();
         }
+        result
     }
 
     pub(crate) fn rollback(&mut self) -> Result<(), StoreError> {

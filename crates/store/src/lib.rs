@@ -18,7 +18,7 @@ use keys::Keys;
 use serde::Serialize;
 use std::sync::Arc;
 
-pub use db::{redact, StoreError};
+pub use db::{redact, sqlite_path, StoreError};
 pub use gdpr::{Consent, Erasure, ExportedReading, SubjectExport};
 pub use log::{AuditScan, Finding, FindingKind, RecordId, RecordKind};
 pub use msec_vault::{create_private_dir, KekProvider};
@@ -381,9 +381,6 @@ impl Store {
             Ok(v) => match self.db.commit() {
                 Ok(()) => Ok(v),
                 Err(e) => {
-                    // A COMMIT that failed (SQLite busy, say) may leave the transaction open,
-                    // and every later BEGIN would fail on it.
-                    let _ = self.db.rollback();
                     self.keys.forget();
                     Err(e)
                 }

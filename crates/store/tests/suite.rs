@@ -565,11 +565,27 @@ fn postgres_connections_lost_are_made_again() {
     )
     .unwrap();
     s.register_device(&device("r1", 31)).unwrap();
-    msec_testkit::raw_sql(
-        &url,
-        &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"),
-    );
-    // The first use learns that the connection is gone.
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )
+        .unwrap();
+    // pg_terminate_backend returns before the backend is gone.
+    while admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The first use learns that the connection is gone (unless the driver saw it already);
+    // the next one connects again.
     let _ = s.devices();
     assert_eq!(s.devices().unwrap().len(), 1);
     s.register_device(&device("r2", 32)).unwrap();
