@@ -138,7 +138,6 @@ pub struct Access {
     throttle: Mutex<Throttle>,
 }
 
-
 fn role_rule(id: &str, role: &str, actions: &[Action], resource: &str) -> Rule {
     Rule {
         id: id.into(),
@@ -439,11 +438,11 @@ impl Access {
             None => None,
         };
         principal.ok_or_else(|| {
-                Denied::new(
-                    "unauthenticated",
-                    "the session is unknown, expired or logged out; log in again",
-                )
-            })
+            Denied::new(
+                "unauthenticated",
+                "the session is unknown, expired or logged out; log in again",
+            )
+        })
     }
 
     /// The principal of an API token (`msec_<id>_<secret>`), limited to the token's scopes.
@@ -588,7 +587,10 @@ mod tests {
             expires_ms: 1,
         };
         let shown = format!("{session:?} {session:#?}");
-        assert!(!shown.contains("cookie-secret") && !shown.contains("csrf-token"), "{shown}");
+        assert!(
+            !shown.contains("cookie-secret") && !shown.contains("csrf-token"),
+            "{shown}"
+        );
         assert!(shown.contains("ana"));
     }
 }

@@ -127,7 +127,9 @@ mod tests {
         assert!(t.begin("u0", "10.0.0.8", t0 + 10).is_ok());
         // Five guesses at one name from five addresses lock the name.
         for i in 0..MAX_FAILURES {
-            assert!(t.begin("maria", &format!("10.1.0.{i}"), t0 + i as i64).is_ok());
+            assert!(t
+                .begin("maria", &format!("10.1.0.{i}"), t0 + i as i64)
+                .is_ok());
         }
         assert_eq!(
             t.begin("maria", "10.2.0.1", t0 + 10),
@@ -147,7 +149,9 @@ mod tests {
     fn an_ipv6_network_counts_as_one_address() {
         let mut t = Throttle::default();
         for i in 0..MAX_FAILURES {
-            assert!(t.begin(&format!("u{i}"), &format!("2001:db8:1:2::{i:x}"), 1).is_ok());
+            assert!(t
+                .begin(&format!("u{i}"), &format!("2001:db8:1:2::{i:x}"), 1)
+                .is_ok());
         }
         assert!(t.begin("other", "2001:db8:1:2:ffff::1", 2).is_err());
         assert!(t.begin("other", "2001:db8:1:3::1", 2).is_ok());
@@ -170,7 +174,9 @@ mod tests {
             assert!(t.begin("admin", &format!("b{i}"), i).is_ok());
         }
         for i in 0..(MAX_KEYS as i64) {
-            assert!(t.begin(&format!("{i}{}", "x".repeat(4000)), &format!("a{i}"), i).is_ok());
+            assert!(t
+                .begin(&format!("{i}{}", "x".repeat(4000)), &format!("a{i}"), i)
+                .is_ok());
         }
         assert!(t.failures.len() <= MAX_KEYS);
         assert!(t.failures.keys().all(|k| k.len() <= 140));

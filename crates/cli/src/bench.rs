@@ -64,7 +64,12 @@ pub struct IngestArgs {
     latency_secs: u64,
     /// Broker for the production-mode run and the raw baseline: `spawn` starts a private
     /// Mosquitto configured as docs/operations.md recommends; or give mqtt://host:port
-    #[arg(long, default_value = "spawn", env = "MSEC_BENCH_MOSQUITTO", hide_env_values = true)]
+    #[arg(
+        long,
+        default_value = "spawn",
+        env = "MSEC_BENCH_MOSQUITTO",
+        hide_env_values = true
+    )]
     mosquitto: String,
     /// PostgreSQL for the production-mode run (a scratch schema is created and dropped)
     #[arg(

@@ -25,7 +25,12 @@ pub struct PlatformArgs {
     /// Database URL: postgres://user@host:5432/db for PostgreSQL, or sqlite:PATH
     /// [default: SQLite at DATA_DIR/msec.db]
     // The URL may hold a password: --help must not print the environment's value.
-    #[arg(long, env = "MSEC_DATABASE", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MSEC_DATABASE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub database: Option<String>,
     /// HTTP API and dashboard listen address [default: 127.0.0.1:8080]
     #[arg(long, env = "MSEC_HTTP", value_name = "ADDR")]

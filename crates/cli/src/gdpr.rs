@@ -211,8 +211,8 @@ pub async fn erase(args: EraseArgs) -> Result<()> {
     let subject = args.subject.clone();
     let unknown_ok = args.unknown_subject;
     let e = with_existing_store(&args.platform, move |s| {
-        let held = s.devices()?.iter().any(|d| d.owner == subject)
-            || !s.consents(&subject)?.is_empty();
+        let held =
+            s.devices()?.iter().any(|d| d.owner == subject) || !s.consents(&subject)?.is_empty();
         if !held && !unknown_ok {
             bail!(
                 "nothing is held about subject {subject:?}: check the name (`msec device list` \

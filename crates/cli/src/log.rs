@@ -126,7 +126,8 @@ pub async fn run(cmd: LogCommand) -> Result<()> {
                 saved.size
             );
             let lines =
-                with_existing_store(&platform, move |s| verify_record(s, &record, &saved, &vkey)).await?;
+                with_existing_store(&platform, move |s| verify_record(s, &record, &saved, &vkey))
+                    .await?;
             for l in lines {
                 println!("{l}");
             }

@@ -184,7 +184,6 @@ pub fn consumer_id(topic_root: &str) -> String {
 
 impl Platform {
     pub async fn start(s: &Settings, claim: DataDirClaim) -> Result<Platform> {
-
         let listener = tokio::net::TcpListener::bind(s.http)
             .await
             .with_context(|| {

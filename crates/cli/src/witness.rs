@@ -94,7 +94,10 @@ fn answer(method: &str, url: &str, mut resp: ureq::http::Response<ureq::Body>) -
         .ok()
         .and_then(|p| p["detail"].as_str().map(str::to_owned))
         .unwrap_or_else(|| body.chars().take(300).collect());
-    bail!("{method} {url}: {status}: {}", msec_ingest::bounded(&detail, 300))
+    bail!(
+        "{method} {url}: {status}: {}",
+        msec_ingest::bounded(&detail, 300)
+    )
 }
 
 pub fn run(args: WitnessArgs) -> Result<()> {

@@ -206,9 +206,15 @@ fn help_teaches_and_errors_are_clear() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && !help.contains("hunter2secret"), "{help}");
+    assert!(
+        out.status.success() && !help.contains("hunter2secret"),
+        "{help}"
+    );
     let (ok, _, err) = run(&["witness", "--interval", "inf", "--key", "k"]);
-    assert!(!ok && err.contains("0.05 to 86400") && !err.contains("panicked"), "{err}");
+    assert!(
+        !ok && err.contains("0.05 to 86400") && !err.contains("panicked"),
+        "{err}"
+    );
     let (ok, _, err) = run(&["serve", "--broker", "tcp://nowhere"]);
     assert!(
         !ok && err.contains("mqtt://") && !err.contains("panicked"),
@@ -217,11 +223,26 @@ fn help_teaches_and_errors_are_clear() {
     // A mistyped data directory is named, not silently created with an empty database.
     let fresh = tmp();
     let (ok, _, err) = run(&["device", "show", "ghost", "--data-dir", &fresh]);
-    assert!(!ok && err.contains("no msec database") && err.contains("--data-dir"), "{err}");
+    assert!(
+        !ok && err.contains("no msec database") && err.contains("--data-dir"),
+        "{err}"
+    );
     assert!(!std::path::Path::new(&fresh).exists());
     let key = format!("{fresh}-ghost.json");
     assert!(run(&["device", "keygen", "--id", "g", "--tenant", "t", "--out", &key]).0);
-    assert!(run(&["device", "register", "--key-file", &key, "--kind", "k", "--data-dir", &fresh]).0);
+    assert!(
+        run(&[
+            "device",
+            "register",
+            "--key-file",
+            &key,
+            "--kind",
+            "k",
+            "--data-dir",
+            &fresh
+        ])
+        .0
+    );
     let (ok, _, err) = run(&["device", "show", "ghost", "--data-dir", &fresh]);
     assert!(!ok && err.contains("no device \"ghost\""), "{err}");
     // A reader that goes away (`msec … | head -1`) ends msec quietly, not with a panic.
@@ -235,7 +256,11 @@ fn help_teaches_and_errors_are_clear() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
-    assert!(matches!(out.status.code(), Some(141)), "{:?} {err}", out.status);
+    assert!(
+        matches!(out.status.code(), Some(141)),
+        "{:?} {err}",
+        out.status
+    );
     // An address already in use is explained, not a panic.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().to_string();
@@ -316,7 +341,15 @@ fn serve_accepts_a_registered_device_over_mqtt_and_rejects_after_revocation() {
         .unwrap()
         .contains("unauthenticated"));
     // A second platform on the same data directory would append to the same log: refused.
-    let (ok, _, err) = run(&["serve", "--data-dir", &dir, "--http", &addr(), "--mqtt", &addr()]);
+    let (ok, _, err) = run(&[
+        "serve",
+        "--data-dir",
+        &dir,
+        "--http",
+        &addr(),
+        "--mqtt",
+        &addr(),
+    ]);
     assert!(!ok && err.contains("already running"), "{err}");
 
     let file: DeviceFile =
@@ -1089,8 +1122,18 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
     let (ok, _, err) = run(&["erase", "--subject", "resident-007", "--data-dir", &dir]);
     assert!(!ok && err.contains("--yes"), "{err}");
     // A misspelt subject erases nobody (and rotates no key).
-    let (ok, _, err) = run(&["erase", "--subject", "resident-07", "--yes", "--data-dir", &dir]);
-    assert!(!ok && err.contains("nothing is held") && err.contains("--unknown-subject"), "{err}");
+    let (ok, _, err) = run(&[
+        "erase",
+        "--subject",
+        "resident-07",
+        "--yes",
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(
+        !ok && err.contains("nothing is held") && err.contains("--unknown-subject"),
+        "{err}"
+    );
     let (ok, out, err) = run(&[
         "erase",
         "--subject",
@@ -1187,7 +1230,10 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
     let reply = http_post(&http2, "/api/v1/log/alarms", b"{\"witness\": 1}");
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     let reply = http_post(&http2, "/api/v1/log/alarms", &vec![b' '; 9_000]);
-    assert!(reply.starts_with("HTTP/1.1 413") && reply.contains("problem+json"), "{reply}");
+    assert!(
+        reply.starts_with("HTTP/1.1 413") && reply.contains("problem+json"),
+        "{reply}"
+    );
     assert_eq!(
         (alarms("bad_alarm"), alarms("witness_alarm")),
         (refused_before + 4, raised_before)
@@ -1314,12 +1360,31 @@ fn caregiver_sees_only_granted_data_and_revocation_stops_live_data_in_chromium()
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     // A deny an administrator set on her data is not hers to lift.
     let (ok, out, err) = run(&[
-        "grant", "--deny", "--principal", "resident-001", "--actions", "act",
-        "--resource", "santander/resident-001/**", "--data-dir", &dir,
+        "grant",
+        "--deny",
+        "--principal",
+        "resident-001",
+        "--actions",
+        "act",
+        "--resource",
+        "santander/resident-001/**",
+        "--data-dir",
+        &dir,
     ]);
     assert!(ok, "{err}");
-    let deny_id = out.split_whitespace().nth(1).unwrap().trim_end_matches(':').to_string();
-    let r = http_send(&http, "DELETE", &format!("/api/v1/grants/{deny_id}"), &resident, b"");
+    let deny_id = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    let r = http_send(
+        &http,
+        "DELETE",
+        &format!("/api/v1/grants/{deny_id}"),
+        &resident,
+        b"",
+    );
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     assert!(run(&["revoke", &deny_id, "--data-dir", &dir]).0);
     let r = http_send(&http, "POST", "/api/v1/grants", &resident, br#"{"principal":"caregiver-ana","actions":["read","subscribe"],"resource":"santander/resident-001/bed-x"}"#);

@@ -252,7 +252,11 @@ mod tests {
     #[test]
     fn malformed_envelopes_are_explained_in_plain_words() {
         let say = |bytes: &[u8]| open(bytes, 1024).unwrap_err().to_string();
-        assert!(say(b"hello").contains("not well-formed CBOR"), "{}", say(b"hello"));
+        assert!(
+            say(b"hello").contains("not well-formed CBOR"),
+            "{}",
+            say(b"hello")
+        );
         assert!(say(&[0x01]).contains("found"), "{}", say(&[0x01]));
         assert!(!say(b"hello").contains("EndOfFile"));
     }

@@ -325,7 +325,10 @@ mod tests {
         assert!(plain.credentials.is_none());
         let cfg = MqttConfig::from_url("mqtt://msec:p%40ss%3Aw%2Fd@[::1]:1884/", "c", "r").unwrap();
         let login = cfg.credentials.as_ref().unwrap();
-        assert_eq!((login.user.as_str(), login.password.as_str()), ("msec", "p@ss:w/d"));
+        assert_eq!(
+            (login.user.as_str(), login.password.as_str()),
+            ("msec", "p@ss:w/d")
+        );
         assert_eq!((cfg.host.as_str(), cfg.port), ("::1", 1884));
         assert!(!format!("{cfg:?}").contains("ss"));
         for bad in ["mqtt://:pw@h", "mqtt://u:%zz@h", "tcp://h"] {

@@ -100,7 +100,9 @@ impl Writer {
             }
             self.refresh_registry();
             let stopping = self.flags.stopping.clone();
-            self.process(batch, &|| !jobs.is_closed() && !stopping.load(Ordering::Acquire));
+            self.process(batch, &|| {
+                !jobs.is_closed() && !stopping.load(Ordering::Acquire)
+            });
         }
     }
 
@@ -274,13 +276,9 @@ impl Writer {
                 // Only reached when stopping. The rejections were not stored: the log is all
                 // that is left of them.
                 for e in &batch.events {
-                    tracing::warn!(
-                        target: "msec::security",
-                        reason = %e.reason,
-                        device = e.device_id.as_deref().unwrap_or("-"),
-                        source = %e.source,
-                        "security event (not stored: the database is unavailable): {}",
-                        e.detail
+                    log_event(
+                        e,
+                        "security event (not stored: the database is unavailable)",
                     );
                 }
                 for (reply, _) in replies {
@@ -348,14 +346,7 @@ impl Writer {
         } = batch;
         for (i, e) in events.into_iter().enumerate() {
             self.metrics.reject(&e.reason);
-            tracing::warn!(
-                target: "msec::security",
-                reason = %e.reason,
-                device = e.device_id.as_deref().unwrap_or("-"),
-                source = %e.source,
-                "security event: {}",
-                e.detail
-            );
+            log_event(&e, "security event");
             let event = SecurityEvent {
                 id: ids.get(i).copied().unwrap_or(0),
                 at_ms: e.at_ms,
@@ -403,4 +394,16 @@ impl Writer {
             let _ = reply.send(result);
         }
     }
+}
+
+/// Every security event goes to the log under `msec::security`, stored or not.
+fn log_event(e: &NewEvent, what: &str) {
+    tracing::warn!(
+        target: "msec::security",
+        reason = %e.reason,
+        device = e.device_id.as_deref().unwrap_or("-"),
+        source = %e.source,
+        "{what}: {}",
+        e.detail
+    );
 }

@@ -22,6 +22,19 @@ fn register(store: &mut Store, id: &str, key: &DeviceKey) {
         .unwrap();
 }
 
+/// A new device key, registered in the database at `url` as `id` (tenant santander).
+fn registered(url: &str, id: &str) -> DeviceKey {
+    let key = DeviceKey::generate().unwrap();
+    sync(|| {
+        register(
+            &mut Store::open(url, msec_testkit::test_keys()).unwrap(),
+            id,
+            &key,
+        )
+    });
+    key
+}
+
 fn temp(now: f64, v: f64) -> Vec<Measurement> {
     vec![
         Measurement::number("temperature", "Cel", now, v),
@@ -211,14 +224,7 @@ fn check_rules_outcome(url: &str, ingest: &Ingest) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequence_edges() {
     let url = sqlite_url();
-    let key = DeviceKey::generate().unwrap();
-    sync(|| {
-        register(
-            &mut Store::open(&url, msec_testkit::test_keys()).unwrap(),
-            "dev-s",
-            &key,
-        )
-    });
+    let key = registered(&url, "dev-s");
     let ingest = start(&url);
     let http = || Source::Http("127.0.0.1:9".into());
     let now = unix_now();
@@ -245,14 +251,7 @@ async fn sequence_edges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extreme_timestamps_are_refused() {
     let url = sqlite_url();
-    let key = DeviceKey::generate().unwrap();
-    sync(|| {
-        register(
-            &mut Store::open(&url, msec_testkit::test_keys()).unwrap(),
-            "dev-t",
-            &key,
-        )
-    });
+    let key = registered(&url, "dev-t");
     let ingest = start(&url);
     let http = || Source::Http("127.0.0.1:9".into());
     let now = unix_now();
@@ -287,12 +286,7 @@ async fn rules_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_by_another_process_takes_effect_within_seconds() {
     let url = sqlite_url();
-    let key = DeviceKey::generate().unwrap();
-    register(
-        &mut Store::open(&url, msec_testkit::test_keys()).unwrap(),
-        "dev-r",
-        &key,
-    );
+    let key = registered(&url, "dev-r");
     let ingest = start(&url);
     let mut d = Device::new("dev-r", key, 1);
     let src = || Source::Http("t".into());
@@ -383,14 +377,7 @@ fn events(url: &str) -> Vec<msec_store::SecurityEvent> {
 /// Valid readings are stored and a forged one is rejected, through a real broker.
 async fn through_broker(broker_url: String, db_url: String) {
     let root = msec_testkit::unique("t");
-    let key = DeviceKey::generate().unwrap();
-    sync(|| {
-        register(
-            &mut Store::open(&db_url, msec_testkit::test_keys()).unwrap(),
-            "dev-m",
-            &key,
-        )
-    });
+    let key = registered(&db_url, "dev-m");
     let ingest = start(&db_url);
     let cfg =
         MqttConfig::from_url(&broker_url, &msec_testkit::unique("msec-ingest-"), &root).unwrap();
@@ -429,14 +416,7 @@ async fn through_broker(broker_url: String, db_url: String) {
 async fn crash_and_resume(broker_url: String, db_url: String) {
     let root = msec_testkit::unique("t");
     let client_id = msec_testkit::unique("msec-ingest-");
-    let key = DeviceKey::generate().unwrap();
-    sync(|| {
-        register(
-            &mut Store::open(&db_url, msec_testkit::test_keys()).unwrap(),
-            "dev-k",
-            &key,
-        )
-    });
+    let key = registered(&db_url, "dev-k");
     let cfg = MqttConfig::from_url(&broker_url, &client_id, &root).unwrap();
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let first = tokio::spawn(run_mqtt(start(&db_url), cfg.clone(), stopped.clone()));
@@ -531,14 +511,7 @@ async fn wide_inflight_window_does_not_stall_the_consumer() {
     std::thread::sleep(Duration::from_millis(500));
     let url = format!("mqtt://127.0.0.1:{port}");
     let db_url = sqlite_url();
-    let key = DeviceKey::generate().unwrap();
-    sync(|| {
-        register(
-            &mut Store::open(&db_url, msec_testkit::test_keys()).unwrap(),
-            "dev-w",
-            &key,
-        )
-    });
+    let key = registered(&db_url, "dev-w");
     let root = msec_testkit::unique("t");
     let cfg = MqttConfig::from_url(&url, &msec_testkit::unique("msec-ingest-"), &root).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -576,14 +549,7 @@ async fn stop_drains_the_embedded_broker() {
     let broker_url = embedded();
     for drain in [true, false] {
         let db_url = sqlite_url();
-        let key = DeviceKey::generate().unwrap();
-        sync(|| {
-            register(
-                &mut Store::open(&db_url, msec_testkit::test_keys()).unwrap(),
-                "dev-d",
-                &key,
-            )
-        });
+        let key = registered(&db_url, "dev-d");
         let root = msec_testkit::unique("t");
         let mut cfg =
             MqttConfig::from_url(&broker_url, &msec_testkit::unique("msec-ingest-"), &root)
@@ -644,14 +610,7 @@ async fn stop_drains_the_embedded_broker() {
 async fn a_database_outage_holds_ingest_up_and_loses_nothing() {
     let broker_url = embedded();
     let db_url = sqlite_url();
-    let key = DeviceKey::generate().unwrap();
-    sync(|| {
-        register(
-            &mut Store::open(&db_url, msec_testkit::test_keys()).unwrap(),
-            "dev-o",
-            &key,
-        )
-    });
+    let key = registered(&db_url, "dev-o");
     let root = msec_testkit::unique("t");
     let cfg =
         MqttConfig::from_url(&broker_url, &msec_testkit::unique("msec-ingest-"), &root).unwrap();
@@ -673,16 +632,39 @@ async fn a_database_outage_holds_ingest_up_and_loses_nothing() {
     publish_all(&cfg, first, Duration::ZERO).await;
     // Longer than the five attempts a stopping writer makes.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(ingest.metrics().storage_failures.load(std::sync::atomic::Ordering::Relaxed) >= 5);
-    assert_eq!(ingest.metrics().accepted.load(std::sync::atomic::Ordering::Relaxed), 0);
-    assert!(ingest.metrics().commit_failing.load(std::sync::atomic::Ordering::Relaxed));
+    assert!(
+        ingest
+            .metrics()
+            .storage_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 5
+    );
+    assert_eq!(
+        ingest
+            .metrics()
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert!(ingest
+        .metrics()
+        .commit_failing
+        .load(std::sync::atomic::Ordering::Relaxed));
     other
         .execute_batch("ALTER TABLE readings_away RENAME TO readings")
         .unwrap();
-    publish_all(&cfg, vec![(topic.clone(), d.seal(&temp(now, 5.0), now))], Duration::ZERO).await;
+    publish_all(
+        &cfg,
+        vec![(topic.clone(), d.seal(&temp(now, 5.0), now))],
+        Duration::ZERO,
+    )
+    .await;
     assert_eq!(wait_for_readings(&db_url, 6).await, 6);
     assert!(events(&db_url).is_empty(), "{:?}", events(&db_url));
-    assert!(!ingest.metrics().commit_failing.load(std::sync::atomic::Ordering::Relaxed));
+    assert!(!ingest
+        .metrics()
+        .commit_failing
+        .load(std::sync::atomic::Ordering::Relaxed));
     let _ = stop.send(true);
     tokio::time::timeout(Duration::from_secs(15), consumer)
         .await
@@ -724,35 +706,44 @@ async fn a_broker_with_a_password_file() {
         .expect("mosquitto is installed");
     std::thread::sleep(Duration::from_millis(500));
     let db_url = sqlite_url();
-    let key = DeviceKey::generate().unwrap();
-    sync(|| {
-        register(
-            &mut Store::open(&db_url, msec_testkit::test_keys()).unwrap(),
-            "dev-p",
-            &key,
-        )
-    });
+    let key = registered(&db_url, "dev-p");
     let root = msec_testkit::unique("t");
     let ingest = start(&db_url);
     let url = |password: &str| format!("mqtt://msec:{password}@127.0.0.1:{port}");
-    let wrong = MqttConfig::from_url(&url("guess"), &msec_testkit::unique("msec-ingest-"), &root).unwrap();
+    let wrong =
+        MqttConfig::from_url(&url("guess"), &msec_testkit::unique("msec-ingest-"), &root).unwrap();
     let (stop_wrong, stopped) = tokio::sync::watch::channel(false);
     let refused = tokio::spawn(run_mqtt(ingest.clone(), wrong, stopped));
-    let cfg = MqttConfig::from_url(&url("s%40cret%3A%2Fpw"), &msec_testkit::unique("msec-ingest-"), &root).unwrap();
+    let cfg = MqttConfig::from_url(
+        &url("s%40cret%3A%2Fpw"),
+        &msec_testkit::unique("msec-ingest-"),
+        &root,
+    )
+    .unwrap();
     assert!(!format!("{cfg:?}").contains("cret"), "{cfg:?}");
     let topic = readings_topic(&root, "santander", "dev-p");
     let mut d = Device::new("dev-p", key, 1);
     let now = unix_now();
     // With the wrong password nothing is consumed.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    publish_all(&cfg, vec![(topic.clone(), d.seal(&temp(now, 1.0), now))], Duration::ZERO).await;
+    publish_all(
+        &cfg,
+        vec![(topic.clone(), d.seal(&temp(now, 1.0), now))],
+        Duration::ZERO,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(count_readings(&db_url), 0);
     // With the right one, readings flow.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let consumer = tokio::spawn(run_mqtt(ingest.clone(), cfg.clone(), stopped));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    publish_all(&cfg, vec![(topic.clone(), d.seal(&temp(now, 2.0), now))], Duration::ZERO).await;
+    publish_all(
+        &cfg,
+        vec![(topic.clone(), d.seal(&temp(now, 2.0), now))],
+        Duration::ZERO,
+    )
+    .await;
     assert_eq!(wait_for_readings(&db_url, 1).await, 1);
     let _ = stop.send(true);
     let _ = stop_wrong.send(true);
@@ -771,14 +762,7 @@ async fn a_broker_with_a_password_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_during_an_outage_gives_up_instead_of_waiting() {
     let url = sqlite_url();
-    let key = DeviceKey::generate().unwrap();
-    sync(|| {
-        register(
-            &mut Store::open(&url, msec_testkit::test_keys()).unwrap(),
-            "dev-x",
-            &key,
-        )
-    });
+    let key = registered(&url, "dev-x");
     let ingest = start(&url);
     let other = rusqlite::Connection::open(&url).unwrap();
     other
@@ -788,7 +772,11 @@ async fn a_stop_during_an_outage_gives_up_instead_of_waiting() {
     let envelope = Device::new("dev-x", key, 1).seal(&temp(now, 1.0), now);
     let submitting = {
         let ingest = ingest.clone();
-        tokio::spawn(async move { ingest.submit(envelope, Source::Http("127.0.0.1:9".into())).await })
+        tokio::spawn(async move {
+            ingest
+                .submit(envelope, Source::Http("127.0.0.1:9".into()))
+                .await
+        })
     };
     // Running: it waits, however long that takes.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -147,10 +147,12 @@ pub(crate) async fn authorize_hidden(
     what: &str,
     peer: SocketAddr,
 ) -> Result<(), Problem> {
-    authorize(s, p, action, resource, peer).await.map_err(|mut e| {
-        e.detail = format!("you may not {action} {what}");
-        e
-    })
+    authorize(s, p, action, resource, peer)
+        .await
+        .map_err(|mut e| {
+            e.detail = format!("you may not {action} {what}");
+            e
+        })
 }
 
 #[derive(serde::Deserialize)]

@@ -233,7 +233,11 @@ pub(crate) async fn device_for(
     let shown = format!("device {:?}", msec_ingest::bounded(id, 64));
     let resource = match &d {
         Some(d) => device_resource(&d.tenant, &d.owner, &d.id),
-        None => device_resource(auth::NO_TENANT, auth::NO_TENANT, &msec_ingest::bounded(id, 64)),
+        None => device_resource(
+            auth::NO_TENANT,
+            auth::NO_TENANT,
+            &msec_ingest::bounded(id, 64),
+        ),
     };
     auth::authorize_hidden(s, p, action, &resource, &shown, peer).await?;
     d.ok_or_else(|| Problem::not_found(format!("no {shown}")))
@@ -346,7 +350,10 @@ async fn revoke_device(
             Problem::new(
                 StatusCode::CONFLICT,
                 "conflict",
-                format!("device {:?} is already revoked", msec_ingest::bounded(&id, 64)),
+                format!(
+                    "device {:?} is already revoked",
+                    msec_ingest::bounded(&id, 64)
+                ),
             )
         })?;
     s.ingest.refresh_device(&device);

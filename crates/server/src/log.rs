@@ -190,8 +190,7 @@ pub(crate) async fn alarm(
     let a: Alarm = match crate::small_body(body, MAX_NOTE_BYTES, "an alarm")
         .await
         .and_then(|b| {
-            serde_json::from_slice(&b)
-                .map_err(|e| Problem::bad_request(format!("alarm JSON: {e}")))
+            serde_json::from_slice(&b).map_err(|e| Problem::bad_request(format!("alarm JSON: {e}")))
         }) {
         Ok(a) => a,
         Err(p) => return Err(record_refusal(&s, p, "bad_alarm", "malformed alarm", peer).await),

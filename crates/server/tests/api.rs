@@ -337,7 +337,10 @@ fn scenario(addr: Srv) {
         get(addr, "/api/v1/devices/park-env-01/readings?limit=5000").status,
         400
     );
-    let backwards = get(addr, "/api/v1/devices/park-env-01/readings?from=2000&to=1000");
+    let backwards = get(
+        addr,
+        "/api/v1/devices/park-env-01/readings?from=2000&to=1000",
+    );
     assert_eq!(backwards.status, 400, "{}", backwards.body);
     // Errors are problem+json everywhere, a wrong method and an unparsable id included.
     for (method, path, status) in [
@@ -346,7 +349,11 @@ fn scenario(addr: Srv) {
     ] {
         let r = http(addr, method, path, "application/json", b"");
         assert_eq!(r.status, status, "{method} {path}: {}", r.body);
-        assert!(r.headers.contains("application/problem+json"), "{method} {path}: {}", r.headers);
+        assert!(
+            r.headers.contains("application/problem+json"),
+            "{method} {path}: {}",
+            r.headers
+        );
     }
     let events = get(addr, "/api/v1/security-events").json();
     let reasons: Vec<&str> = events["events"]
@@ -460,7 +467,13 @@ fn scenario(addr: Srv) {
         .status,
         200
     );
-    let again = http(addr, "POST", "/api/v1/devices/park-env-01/revoke", "text/plain", b"");
+    let again = http(
+        addr,
+        "POST",
+        "/api/v1/devices/park-env-01/revoke",
+        "text/plain",
+        b"",
+    );
     assert_eq!(again.status, 409, "{}", again.body);
     assert!(again.body.contains("already revoked"), "{}", again.body);
     let r = http(
@@ -822,7 +835,13 @@ async fn concurrent_guesses_cannot_outrun_the_lockout() {
                 .map(|_| {
                     let wrong = wrong.clone();
                     scope.spawn(move || {
-                        let r = http(anon, "POST", "/api/v1/login", "application/json", wrong.as_bytes());
+                        let r = http(
+                            anon,
+                            "POST",
+                            "/api/v1/login",
+                            "application/json",
+                            wrong.as_bytes(),
+                        );
                         (r.status, r.headers)
                     })
                 })
@@ -857,20 +876,40 @@ async fn a_database_failure_is_no_failed_login() {
         let login = serde_json::json!({"user": "admin", "password": PASSWORD}).to_string();
         msec_testkit::raw_sql(srv.db, "ALTER TABLE users RENAME TO users_away");
         for _ in 0..6 {
-            let r = http(anon, "POST", "/api/v1/login", "application/json", login.as_bytes());
+            let r = http(
+                anon,
+                "POST",
+                "/api/v1/login",
+                "application/json",
+                login.as_bytes(),
+            );
             assert_eq!(r.status, 503, "{}", r.body);
             assert_eq!(r.json()["type"], "urn:msec:problem:storage_unavailable");
         }
-        assert_eq!(get(srv, "/api/v1/devices").status, 503, "a token whose owner cannot be looked up");
+        assert_eq!(
+            get(srv, "/api/v1/devices").status,
+            503,
+            "a token whose owner cannot be looked up"
+        );
         msec_testkit::raw_sql(srv.db, "ALTER TABLE users_away RENAME TO users");
-        let r = http(anon, "POST", "/api/v1/login", "application/json", login.as_bytes());
+        let r = http(
+            anon,
+            "POST",
+            "/api/v1/login",
+            "application/json",
+            login.as_bytes(),
+        );
         assert_eq!(r.status, 200, "locked out by the outage: {}", r.body);
         let events = get(srv, "/api/v1/security-events?limit=1000").json();
         let made_up: Vec<_> = events["events"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|e| e["reason"] == "login_failed" || e["reason"] == "invalid_token" || e["reason"] == "rate_limited")
+            .filter(|e| {
+                e["reason"] == "login_failed"
+                    || e["reason"] == "invalid_token"
+                    || e["reason"] == "rate_limited"
+            })
             .collect();
         assert!(made_up.is_empty(), "{made_up:?}");
     })

@@ -372,7 +372,10 @@ impl Db {
         // security events: only msec's own user may read what msec creates, like the key files
         // beside it. What exists already (`/tmp`, a database an operator shared with a group)
         // keeps its permissions.
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
             msec_vault::create_private_dir(dir)
                 .map_err(|e| StoreError::Open(format!("cannot create {}: {e}", dir.display())))?;
         }

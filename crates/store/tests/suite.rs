@@ -77,13 +77,23 @@ fn suite(url: &str) {
             ..device("bad", 9)
         },
     ] {
-        assert!(matches!(s.register_device(&bad), Err(StoreError::Invalid(_))));
+        assert!(matches!(
+            s.register_device(&bad),
+            Err(StoreError::Invalid(_))
+        ));
     }
     assert!(s.device("bad").unwrap().is_none());
     // Consents and grants that could never mean anything are refused, not stored.
-    for (grantee, purpose) in [("a b", "care"), ("caregiver:ana", "line\nbreak"), ("caregiver:ana", " ")] {
+    for (grantee, purpose) in [
+        ("a b", "care"),
+        ("caregiver:ana", "line\nbreak"),
+        ("caregiver:ana", " "),
+    ] {
         assert!(
-            matches!(s.give_consent("owner-of-d1", grantee, purpose), Err(StoreError::Invalid(_))),
+            matches!(
+                s.give_consent("owner-of-d1", grantee, purpose),
+                Err(StoreError::Invalid(_))
+            ),
             "{grantee:?} {purpose:?}"
         );
     }
@@ -99,7 +109,10 @@ fn suite(url: &str) {
     let later = now_ms() + 3_600_000;
     for (from, until) in [(Some(later), Some(later - 1)), (None, Some(1_000))] {
         assert!(
-            matches!(s.add_grant(&window(from, until), "t"), Err(StoreError::Invalid(_))),
+            matches!(
+                s.add_grant(&window(from, until), "t"),
+                Err(StoreError::Invalid(_))
+            ),
             "{from:?} {until:?}"
         );
     }
@@ -336,13 +349,32 @@ fn unreachable_database_is_a_clear_error() {
         "{msg}"
     );
     // A mistyped scheme is not taken for a file name; nor is a database that keeps nothing.
-    let cwd_before: Vec<_> = std::fs::read_dir(".").unwrap().map(|e| e.unwrap().file_name()).collect();
-    for url in ["mysql://root:pw@127.0.0.1/x", "SQLITE:/tmp/x.db", "postgress://u@h/db", "sqlite::memory:", "sqlite:", ""] {
-        let msg = Store::open(url, Arc::new(MemoryKeys::new())).err().unwrap().to_string();
-        assert!(msg.contains("scheme") || msg.contains("file path"), "{url}: {msg}");
+    let cwd_before: Vec<_> = std::fs::read_dir(".")
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    for url in [
+        "mysql://root:pw@127.0.0.1/x",
+        "SQLITE:/tmp/x.db",
+        "postgress://u@h/db",
+        "sqlite::memory:",
+        "sqlite:",
+        "",
+    ] {
+        let msg = Store::open(url, Arc::new(MemoryKeys::new()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains("scheme") || msg.contains("file path"),
+            "{url}: {msg}"
+        );
         assert!(!msg.contains("pw@"), "{msg}");
     }
-    let cwd_after: Vec<_> = std::fs::read_dir(".").unwrap().map(|e| e.unwrap().file_name()).collect();
+    let cwd_after: Vec<_> = std::fs::read_dir(".")
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(cwd_before.len(), cwd_after.len(), "a file was created");
 }
 
