@@ -1005,6 +1005,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         keys: dir.join("keys.json"),
         witnesses: Vec::new(),
         witness_quorum: 0,
+        trusted_proxies: Vec::new(),
     };
     eprintln!("embedded mode (rumqttd + SQLite):");
     let e = run_mode(embedded, readings, devices, latency_rate, latency_secs).await;
@@ -1050,6 +1051,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         max_envelope_bytes: msec_envelope::DEFAULT_MAX_ENVELOPE_BYTES,
         witnesses: Vec::new(),
         witness_quorum: 0,
+        trusted_proxies: Vec::new(),
     };
     let p = run_mode(prod.clone(), readings, devices, latency_rate, latency_secs).await;
     drop_schema(&postgres, schema).await;

@@ -74,6 +74,16 @@ pub struct PlatformArgs {
     /// Witness cosignatures a checkpoint needs to be final [default: 1 if witnesses are given]
     #[arg(long, env = "MSEC_WITNESS_QUORUM", value_name = "K")]
     pub witness_quorum: Option<usize>,
+    /// The address of a reverse proxy in front of msec whose X-Forwarded-For names the client
+    /// (for login throttling and security events); repeat for several. From anyone else the
+    /// header is ignored [default: none]
+    #[arg(
+        long = "trusted-proxy",
+        env = "MSEC_TRUSTED_PROXIES",
+        value_name = "IP",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -89,6 +99,7 @@ struct FileSettings {
     max_envelope_bytes: Option<usize>,
     keys: Option<PathBuf>,
     witnesses: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<std::net::IpAddr>>,
     witness_quorum: Option<usize>,
 }
 
@@ -112,6 +123,7 @@ pub struct Settings {
     pub keys: PathBuf,
     pub witnesses: Vec<msec_notary::Witness>,
     pub witness_quorum: usize,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Settings {
@@ -251,10 +263,16 @@ impl PlatformArgs {
                 witnesses.len()
             );
         }
+        let trusted_proxies = if self.trusted_proxies.is_empty() {
+            file.trusted_proxies.unwrap_or_default()
+        } else {
+            self.trusted_proxies.clone()
+        };
         Ok(Settings {
             keys,
             witnesses,
             witness_quorum,
+            trusted_proxies,
             data_dir,
             database,
             http: self
@@ -301,7 +319,7 @@ mod tests {
         let file = dir.join("msec.toml");
         std::fs::write(
             &file,
-            "http = \"127.0.0.1:9000\"\nbroker = \"mqtt://127.0.0.1:1883\"\nmax_skew = 30\n",
+            "http = \"127.0.0.1:9000\"\nbroker = \"mqtt://127.0.0.1:1883\"\nmax_skew = 30\ntrusted_proxies = [\"127.0.0.1\"]\n",
         )
         .unwrap();
         let args = PlatformArgs {
@@ -313,6 +331,10 @@ mod tests {
         assert_eq!(s.http.to_string(), "127.0.0.1:9000");
         assert_eq!(s.broker, Broker::External("mqtt://127.0.0.1:1883".into()));
         assert_eq!(s.max_skew, 60);
+        assert_eq!(
+            s.trusted_proxies,
+            ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
         assert_eq!(s.database, "sqlite:msec-data/msec.db");
         let s = PlatformArgs::default().resolve().unwrap();
         assert_eq!(s.broker, Broker::Embedded(DEFAULT_MQTT.parse().unwrap()));

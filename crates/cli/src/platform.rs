@@ -262,6 +262,7 @@ impl Platform {
             notary,
             access,
             commands: Some(commander),
+            trusted_proxies: s.trusted_proxies.clone().into(),
         };
         let mut until_stop = stopped;
         let server = tokio::spawn(msec_server::serve(listener, state, async move {

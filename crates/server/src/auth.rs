@@ -2,8 +2,9 @@
 //! cookie-authenticated changes, login/logout, and turning every refusal into exactly one
 //! security event and a problem+json answer.
 
+use crate::client::Client;
 use crate::{AppState, Problem};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -176,7 +177,7 @@ fn set_cookie(headers: &HeaderMap, value: &str, max_age_s: i64) -> HeaderValue {
 
 pub(crate) async fn login(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, Problem> {
@@ -223,7 +224,7 @@ pub(crate) async fn login(
 
 pub(crate) async fn logout(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     caller(&s, &headers, peer, true).await?;
@@ -239,7 +240,7 @@ pub(crate) async fn logout(
 /// Who am I, and (for a session) the CSRF token to send with changes.
 pub(crate) async fn me(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let p = caller(&s, &headers, peer, false).await?;

@@ -2,8 +2,9 @@
 //! platform's command key (docs/protocol.md, "Actuator commands") and published over MQTT to the
 //! device, which verifies it before acting. The signing key never leaves this process.
 
+use crate::client::Client;
 use crate::{auth, AppState, Problem};
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,7 +12,6 @@ use msec_device::{commands_topic, Command, CommandSigner, CommandValue};
 use msec_ingest::CommandPublisher;
 use msec_policy::Action;
 use serde_json::json;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How long a command stays valid: long enough for a queued QoS 1 delivery, short enough
@@ -69,7 +69,7 @@ pub(crate) struct CommandRequest {
 
 pub(crate) async fn send(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: axum::body::Body,

@@ -2,15 +2,15 @@
 //! administrators manage any. Authority over a grant is `manage` on the literal prefix of its
 //! resource pattern (`santander/resident-007/**` needs `manage` on `santander/resident-007`).
 
+use crate::client::Client;
 use crate::{auth, AppState, Problem};
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use msec_policy::{Action, Pattern};
 use msec_store::NewGrant;
 use serde_json::json;
-use std::net::SocketAddr;
 
 /// The part of a pattern before its first wildcard: what a grant is about.
 pub(crate) fn scope(pattern: &str) -> String {
@@ -35,7 +35,7 @@ pub(crate) struct GrantRequest {
 
 pub(crate) async fn create(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, Problem> {
@@ -110,7 +110,7 @@ async fn reload(s: &AppState) -> Result<(), Problem> {
 
 pub(crate) async fn revoke(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
@@ -143,7 +143,7 @@ pub(crate) async fn revoke(
 /// The active grants the caller may manage.
 pub(crate) async fn list(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let p = auth::caller(&s, &headers, peer, false).await?;

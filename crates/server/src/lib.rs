@@ -6,6 +6,7 @@
 //! handlers translate between HTTP and those two.
 
 mod auth;
+mod client;
 mod commands;
 mod db;
 mod grants;
@@ -18,8 +19,9 @@ pub use commands::Commander;
 pub use db::DbHandle;
 pub use problem::Problem;
 
+use crate::client::Client;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -44,6 +46,8 @@ pub struct AppState {
     pub access: std::sync::Arc<msec_access::Access>,
     /// Actuator commands; `None` on a platform started without them.
     pub commands: Option<std::sync::Arc<Commander>>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (see `client`).
+    pub trusted_proxies: std::sync::Arc<[std::net::IpAddr]>,
 }
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -197,7 +201,7 @@ fn limit_param(q: &HashMap<String, String>) -> Result<u32, Problem> {
 /// refused request).
 async fn list_devices(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, Problem> {
     let p = auth::caller(&s, &headers, peer, false).await?;
@@ -245,7 +249,7 @@ pub(crate) async fn device_for(
 
 async fn show_device(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
@@ -276,7 +280,7 @@ struct Registration {
 
 async fn register_device(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
@@ -328,7 +332,7 @@ fn new_device(r: Registration) -> Result<NewDevice, Problem> {
 
 async fn revoke_device(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
@@ -362,7 +366,7 @@ async fn revoke_device(
 
 async fn device_readings(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
@@ -442,7 +446,7 @@ pub(crate) async fn small_body(body: Body, max: usize, what: &str) -> Result<Vec
 /// HTTP ingest: the body is one envelope (`application/cose; cose-type="cose-sign1"`).
 async fn post_reading(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     body: Body,
 ) -> Result<Response, Problem> {
     let limit = s.ingest.config().max_envelope_bytes;
@@ -504,7 +508,7 @@ async fn post_reading(
 
 async fn security_events(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, Problem> {
@@ -524,7 +528,7 @@ async fn security_events(
 /// Counts only, nothing about any one person: any authenticated caller may see them.
 async fn stats(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, Problem> {
     auth::caller(&s, &headers, peer, false).await?;
@@ -548,7 +552,7 @@ async fn stats(
 /// API token with the `audit` scope).
 async fn metrics(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let p = auth::caller(&s, &headers, peer, false).await?;
@@ -625,7 +629,7 @@ async fn metrics(
 /// caller's session or token is re-checked every few seconds; once it is gone the stream ends.
 async fn stream(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>>, Problem>
 {

@@ -1,8 +1,9 @@
 //! The transparency log over HTTP: checkpoints (C2SP text), inclusion and consistency proofs
 //! (JSON, hashes in hex), and the witness side: cosignatures in, alarms in.
 
+use crate::client::Client;
 use crate::{AppState, Problem};
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -123,7 +124,7 @@ pub(crate) async fn consistency(
 /// A witness posts the checkpoint with its cosignature line appended.
 pub(crate) async fn cosign(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     body: axum::body::Body,
 ) -> Result<Response, Problem> {
     let text = match crate::small_body(body, MAX_NOTE_BYTES, "a cosigned checkpoint")
@@ -184,7 +185,7 @@ struct Alarm {
 /// a stranger cannot raise false alarms.
 pub(crate) async fn alarm(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     body: axum::body::Body,
 ) -> Result<Response, Problem> {
     let a: Alarm = match crate::small_body(body, MAX_NOTE_BYTES, "an alarm")

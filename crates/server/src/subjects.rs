@@ -2,17 +2,17 @@
 //! decrypted, with the log position of each record (proofs: `/api/v1/log/proof`). Allowed to
 //! whoever may `read` the subject's data: the resident, their operators, administrators.
 
+use crate::client::Client;
 use crate::{auth, AppState, Problem};
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use msec_policy::Action;
-use std::net::SocketAddr;
 
 pub(crate) async fn export(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
     Path(subject): Path<String>,
 ) -> Result<Response, Problem> {

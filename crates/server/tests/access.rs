@@ -170,6 +170,7 @@ async fn table(url: String) {
         notary,
         access: access.clone(),
         commands: None,
+        trusted_proxies: Default::default(),
     };
     let peer = "127.0.0.1:9".parse().unwrap();
     let events = || {

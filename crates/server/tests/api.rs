@@ -143,6 +143,11 @@ fn read_for(sse: &mut TcpStream, secs: u64) -> String {
 /// A platform on a scratch SQLite database with one administrator, `admin`, whose password is
 /// PASSWORD; requests carry an admin API token.
 async fn start() -> Srv {
+    start_behind(&[]).await
+}
+
+/// [`start`], believing `X-Forwarded-For` from `trusted_proxies`.
+async fn start_behind(trusted_proxies: &[std::net::IpAddr]) -> Srv {
     let dir = std::env::temp_dir().join(msec_testkit::unique("msec-api-"));
     let url = dir.join("msec.db").to_string_lossy().into_owned();
     let keys: Arc<dyn msec_store::KekProvider> = Arc::new(msec_vault::MemoryKeys::new());
@@ -200,6 +205,7 @@ async fn start() -> Srv {
             notary,
             access,
             commands: None,
+            trusted_proxies: trusted_proxies.into(),
         },
         std::future::pending(),
     ));
@@ -954,6 +960,68 @@ async fn a_reading_waits_out_a_database_outage() {
         assert_eq!(stored.status, 201, "{}", stored.body);
         assert_eq!(get(srv, "/healthz").status, 200);
         assert!(get(srv, "/metrics").body.contains("msec_ingest_commit_failing 0"));
+    })
+    .await;
+}
+
+/// Behind a trusted reverse proxy, the client named in `X-Forwarded-For` is who the login
+/// throttle counts and the security events name: guesses through the proxy lock their own
+/// address, not everyone behind the same proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_throttled() {
+    let srv = start_behind(&["127.0.0.1".parse().unwrap()]).await;
+    blocking(move || {
+        let from = |xff: &'static str| Srv { auth: xff, ..srv };
+        let guesser = from("X-Forwarded-For: 10.0.0.1\r\n");
+        for i in 0..5 {
+            let wrong =
+                serde_json::json!({"user": format!("u{i}"), "password": "guess"}).to_string();
+            assert_eq!(
+                http(
+                    guesser,
+                    "POST",
+                    "/api/v1/login",
+                    "application/json",
+                    wrong.as_bytes()
+                )
+                .status,
+                401
+            );
+        }
+        let login = serde_json::json!({"user": "admin", "password": PASSWORD}).to_string();
+        let r = http(
+            guesser,
+            "POST",
+            "/api/v1/login",
+            "application/json",
+            login.as_bytes(),
+        );
+        assert_eq!(r.status, 429, "{}", r.body);
+        let r = http(
+            from("X-Forwarded-For: 10.0.0.2\r\n"),
+            "POST",
+            "/api/v1/login",
+            "application/json",
+            login.as_bytes(),
+        );
+        assert_eq!(
+            r.status, 200,
+            "another client behind the proxy is locked out: {}",
+            r.body
+        );
+        let events = get(srv, "/api/v1/security-events?limit=100").json();
+        let sources: Vec<_> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["reason"] == "login_failed")
+            .map(|e| e["source"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(sources.len(), 5);
+        assert!(
+            sources.iter().all(|s| s == "http 10.0.0.1:0"),
+            "{sources:?}"
+        );
     })
     .await;
 }
