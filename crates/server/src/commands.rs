@@ -124,17 +124,9 @@ pub(crate) async fn send(
         ))
     })?;
     let topic = commands_topic(&commander.topic_root, &device.tenant, &device.id);
-    commander
-        .publisher
-        .publish(&topic, bytes)
-        .await
-        .map_err(|e| {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "broker_unavailable",
-                format!("the command was not delivered to the broker: {e}"),
-            )
-        })?;
+    // Logged before it is sent: an actuation must never reach a device without its trace in
+    // the transparency log. If sending then fails, the log holds a command that was not
+    // delivered, and says so in a second entry; the device never saw it.
     let (actor, target, detail) = (
         p.id.clone(),
         device.id.clone(),
@@ -145,6 +137,22 @@ pub(crate) async fn send(
     );
     s.db.call(move |db| db.log_admin(&actor, "device.command", &target, &detail))
         .await?;
+    if let Err(e) = commander.publisher.publish(&topic, bytes).await {
+        let (actor, target, detail) = (
+            p.id.clone(),
+            device.id.clone(),
+            format!("command {} not delivered: {e}", command.command_id),
+        );
+        // Best effort: the answer below tells the caller either way.
+        let _ =
+            s.db.call(move |db| db.log_admin(&actor, "device.command_failed", &target, &detail))
+                .await;
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            format!("the command was not delivered to the broker: {e}"),
+        ));
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "command_id": command.command_id, "topic": topic, "expires_at": command.expires_at })),
