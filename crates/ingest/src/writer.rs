@@ -182,77 +182,73 @@ impl Writer {
                         .unwrap_or_else(|e| e.into_inner())
                         .get(&reading.key_id)
                         .is_some_and(|d| d.active && d.id == device_id);
-                    let verdict =
-                        if revoked {
-                            Err(reject("revoked_device", "the device was revoked".into()))
-                        } else if last.is_some_and(|last| seq <= last) {
-                            let stored = match digests.get(&(device_id.clone(), seq)) {
+                    let verdict = if revoked {
+                        Err(reject("revoked_device", "the device was revoked".into()))
+                    } else if last.is_some_and(|last| seq <= last) {
+                        let stored = match digests.get(&(device_id.clone(), seq)) {
                             Some(d) => Some(d.to_vec()),
-                            None => self.store.reading_digest(&device_id, seq).unwrap_or_else(|e| {
-                                tracing::error!(error = %e, "cannot look up a stored reading");
-                                None
-                            }),
+                            None => self.stored_digest(&device_id, seq, running),
                         };
-                            if stored.as_deref() == Some(&digest[..]) {
-                                Ok(Pending::Duplicate(Outcome::Duplicate {
-                                    device_id: device_id.clone(),
-                                    sequence: seq as u64,
-                                }))
-                            } else {
-                                Err(reject(
-                                    "replayed_sequence",
-                                    format!(
-                                        "sequence {seq} is not newer than the last accepted {}",
-                                        last.unwrap_or(0)
-                                    ),
-                                ))
-                            }
-                        } else if reading.issued_at < now_s.saturating_sub(skew) {
-                            Err(reject(
-                                "stale_timestamp",
-                                format!(
-                                    "issued {} s before the server clock (limit {skew} s)",
-                                    now_s.saturating_sub(reading.issued_at)
-                                ),
-                            ))
-                        } else if reading.issued_at > now_s.saturating_add(skew) {
-                            Err(reject(
-                                "future_timestamp",
-                                format!(
-                                    "issued {} s after the server clock (limit {skew} s)",
-                                    reading.issued_at.saturating_sub(now_s)
-                                ),
-                            ))
-                        } else {
-                            let update =
-                                updates
-                                    .entry(device_id.clone())
-                                    .or_insert_with(|| DeviceUpdate {
-                                        device_id: device_id.clone(),
-                                        ..Default::default()
-                                    });
-                            update.last_seen_ms = received_ms;
-                            update.last_sequence = seq;
-                            for m in &reading.measurements {
-                                match (m.name.rsplit(':').next(), m.unit.as_deref()) {
-                                    (Some("battery"), Some("%EL")) => update.battery = m.as_f64(),
-                                    (Some("link"), Some("%")) => update.link = m.as_f64(),
-                                    _ => {}
-                                }
-                            }
-                            newest.insert(device_id.clone(), seq);
-                            digests.insert((device_id.clone(), seq), digest);
-                            batch.readings.push(NewReading {
+                        if stored.as_deref() == Some(&digest[..]) {
+                            Ok(Pending::Duplicate(Outcome::Duplicate {
                                 device_id: device_id.clone(),
-                                sequence: seq,
-                                issued_at: reading.issued_at,
-                                received_ms,
-                                envelope,
-                                digest,
-                                measurements_json,
-                            });
-                            Ok(Pending::Reading(batch.readings.len() - 1))
-                        };
+                                sequence: seq as u64,
+                            }))
+                        } else {
+                            Err(reject(
+                                "replayed_sequence",
+                                format!(
+                                    "sequence {seq} is not newer than the last accepted {}",
+                                    last.unwrap_or(0)
+                                ),
+                            ))
+                        }
+                    } else if reading.issued_at < now_s.saturating_sub(skew) {
+                        Err(reject(
+                            "stale_timestamp",
+                            format!(
+                                "issued {} s before the server clock (limit {skew} s)",
+                                now_s.saturating_sub(reading.issued_at)
+                            ),
+                        ))
+                    } else if reading.issued_at > now_s.saturating_add(skew) {
+                        Err(reject(
+                            "future_timestamp",
+                            format!(
+                                "issued {} s after the server clock (limit {skew} s)",
+                                reading.issued_at.saturating_sub(now_s)
+                            ),
+                        ))
+                    } else {
+                        let update =
+                            updates
+                                .entry(device_id.clone())
+                                .or_insert_with(|| DeviceUpdate {
+                                    device_id: device_id.clone(),
+                                    ..Default::default()
+                                });
+                        update.last_seen_ms = received_ms;
+                        update.last_sequence = seq;
+                        for m in &reading.measurements {
+                            match (m.name.rsplit(':').next(), m.unit.as_deref()) {
+                                (Some("battery"), Some("%EL")) => update.battery = m.as_f64(),
+                                (Some("link"), Some("%")) => update.link = m.as_f64(),
+                                _ => {}
+                            }
+                        }
+                        newest.insert(device_id.clone(), seq);
+                        digests.insert((device_id.clone(), seq), digest);
+                        batch.readings.push(NewReading {
+                            device_id: device_id.clone(),
+                            sequence: seq,
+                            issued_at: reading.issued_at,
+                            received_ms,
+                            envelope,
+                            digest,
+                            measurements_json,
+                        });
+                        Ok(Pending::Reading(batch.readings.len() - 1))
+                    };
                     match verdict {
                         Ok(p) => replies.push((reply, Ok(p))),
                         Err(rejection) => {
@@ -289,6 +285,34 @@ impl Writer {
                         device_id: None,
                         event_id: None,
                     }));
+                }
+            }
+        }
+    }
+
+    /// The digest stored for a device's sequence, for telling a resend from a replay. A
+    /// database failure is waited out like a failed commit: judged without the answer, a
+    /// resend would become a `replayed_sequence` event.
+    fn stored_digest(
+        &mut self,
+        device: &str,
+        seq: i64,
+        running: &dyn Fn() -> bool,
+    ) -> Option<Vec<u8>> {
+        let mut attempt = 1;
+        loop {
+            match self.store.reading_digest(device, seq) {
+                Ok(digest) => return digest,
+                Err(e) if attempt >= COMMIT_ATTEMPTS && !running() => {
+                    tracing::error!(error = %e, "cannot look up a stored reading; judging it without");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, attempt, "cannot look up a stored reading; retrying");
+                    std::thread::sleep(
+                        Duration::from_millis(200 * u64::from(attempt)).min(RETRY_AT_MOST),
+                    );
+                    attempt += 1;
                 }
             }
         }

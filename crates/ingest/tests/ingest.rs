@@ -788,3 +788,40 @@ async fn a_stop_during_an_outage_gives_up_instead_of_waiting() {
         .unwrap();
     assert_eq!(outcome.unwrap_err().reason, "storage_unavailable");
 }
+
+/// A resend that arrives while the database cannot say what is stored is judged once it can:
+/// a duplicate, not a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_during_an_outage_is_still_a_duplicate() {
+    let url = sqlite_url();
+    let key = registered(&url, "dev-y");
+    let ingest = start(&url);
+    let http = || Source::Http("127.0.0.1:9".into());
+    let now = unix_now();
+    let envelope = Device::new("dev-y", key, 1).seal(&temp(now, 1.0), now);
+    assert!(matches!(
+        ingest.submit(envelope.clone(), http()).await,
+        Ok(Outcome::Stored { .. })
+    ));
+    let other = rusqlite::Connection::open(&url).unwrap();
+    other
+        .execute_batch("ALTER TABLE readings RENAME TO readings_away")
+        .unwrap();
+    let resend = {
+        let ingest = ingest.clone();
+        tokio::spawn(async move { ingest.submit(envelope, http()).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    other
+        .execute_batch("ALTER TABLE readings_away RENAME TO readings")
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(15), resend)
+        .await
+        .expect("judged once the database answers")
+        .unwrap();
+    assert!(
+        matches!(outcome, Ok(Outcome::Duplicate { .. })),
+        "{outcome:?}"
+    );
+    assert!(events(&url).is_empty(), "{:?}", events(&url));
+}
