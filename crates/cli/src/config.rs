@@ -16,7 +16,8 @@ const MAX_SKEW_SECS: i64 = 7 * 86_400;
 #[derive(Debug, Args, Clone, Default)]
 pub struct PlatformArgs {
     /// TOML file with the platform settings below (keys as the long flags with _ for -, e.g.
-    /// max_skew = 120; --witness is witnesses = ["VKEY", …])
+    /// max_skew = 120; --witness is witnesses = ["VKEY", …], --trusted-proxy is
+    /// trusted_proxies = ["IP", …])
     #[arg(long, env = "MSEC_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where the embedded database and local key files live [default: ./msec-data]

@@ -34,7 +34,8 @@ pub struct Metrics {
     pub duplicates: AtomicU64,
     pub batches: AtomicU64,
     pub storage_failures: AtomicU64,
-    /// True while the writer retries a commit the database refused: ingest is waiting.
+    /// True while the writer retries what the database refused (a commit, or the lookup that
+    /// tells a resend from a replay): ingest is waiting.
     pub commit_failing: std::sync::atomic::AtomicBool,
     rejected: [AtomicU64; REASONS.len()],
 }

@@ -135,6 +135,7 @@ impl Writer {
         let mut newest: HashMap<String, i64> = HashMap::new();
         let mut digests: HashMap<(String, i64), [u8; 32]> = HashMap::new();
         let mut updates: HashMap<String, DeviceUpdate> = HashMap::new();
+        let mut gave_up = false;
         let event = |batch: &mut Batch, r: &Rejection, source: &str| {
             batch.events.push(NewEvent {
                 at_ms: msec_store::now_ms(),
@@ -186,8 +187,14 @@ impl Writer {
                         Err(reject("revoked_device", "the device was revoked".into()))
                     } else if last.is_some_and(|last| seq <= last) {
                         let stored = match digests.get(&(device_id.clone(), seq)) {
-                            Some(d) => Some(d.to_vec()),
-                            None => self.stored_digest(&device_id, seq, running),
+                            Some(d) => Ok(Some(d.to_vec())),
+                            None => self.stored_digest(&device_id, seq, running, &mut gave_up),
+                        };
+                        let Ok(stored) = stored else {
+                            // Stopping with the database away: refused unjudged, no event
+                            // (the sender retries; an external broker redelivers).
+                            let _ = reply.send(Err(storage_unavailable()));
+                            continue;
                         };
                         if stored.as_deref() == Some(&digest[..]) {
                             Ok(Pending::Duplicate(Outcome::Duplicate {
@@ -278,13 +285,7 @@ impl Writer {
                     );
                 }
                 for (reply, _) in replies {
-                    let _ = reply.send(Err(Rejection {
-                        reason: "storage_unavailable",
-                        detail: "the database is unavailable; nothing was stored, retry later"
-                            .into(),
-                        device_id: None,
-                        event_id: None,
-                    }));
+                    let _ = reply.send(Err(storage_unavailable()));
                 }
             }
         }
@@ -292,30 +293,41 @@ impl Writer {
 
     /// The digest stored for a device's sequence, for telling a resend from a replay. A
     /// database failure is waited out like a failed commit: judged without the answer, a
-    /// resend would become a `replayed_sequence` event.
+    /// resend would become a `replayed_sequence` event. `Err` once msec is stopping (and for
+    /// the rest of the batch after that: `gave_up`).
     fn stored_digest(
         &mut self,
         device: &str,
         seq: i64,
         running: &dyn Fn() -> bool,
-    ) -> Option<Vec<u8>> {
+        gave_up: &mut bool,
+    ) -> Result<Option<Vec<u8>>, ()> {
         let mut attempt = 1;
-        loop {
-            match self.store.reading_digest(device, seq) {
-                Ok(digest) => return digest,
-                Err(e) if attempt >= COMMIT_ATTEMPTS && !running() => {
-                    tracing::error!(error = %e, "cannot look up a stored reading; judging it without");
-                    return None;
-                }
+        while !*gave_up {
+            let result = self.store.reading_digest(device, seq);
+            self.metrics
+                .commit_failing
+                .store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
+            match result {
+                Ok(digest) => return Ok(digest),
                 Err(e) => {
-                    tracing::error!(error = %e, attempt, "cannot look up a stored reading; retrying");
-                    std::thread::sleep(
-                        Duration::from_millis(200 * u64::from(attempt)).min(RETRY_AT_MOST),
-                    );
-                    attempt += 1;
+                    self.metrics
+                        .storage_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if attempt >= COMMIT_ATTEMPTS && !running() {
+                        tracing::error!(error = %e, "cannot look up a stored reading while stopping; the reading is refused unjudged");
+                        *gave_up = true;
+                    } else {
+                        tracing::error!(error = %e, attempt, "cannot look up a stored reading; retrying");
+                        std::thread::sleep(
+                            Duration::from_millis(200 * u64::from(attempt)).min(RETRY_AT_MOST),
+                        );
+                        attempt += 1;
+                    }
                 }
             }
         }
+        Err(())
     }
 
     fn commit(
@@ -430,4 +442,14 @@ fn log_event(e: &NewEvent, what: &str) {
         "{what}: {}",
         e.detail
     );
+}
+
+/// The answer to a submission the database could not take: retryable, with no event.
+fn storage_unavailable() -> Rejection {
+    Rejection {
+        reason: "storage_unavailable",
+        detail: "the database is unavailable; nothing was stored, retry later".into(),
+        device_id: None,
+        event_id: None,
+    }
 }

@@ -812,6 +812,11 @@ async fn a_resend_during_an_outage_is_still_a_duplicate() {
         tokio::spawn(async move { ingest.submit(envelope, http()).await })
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The wait shows, as a failing commit does.
+    assert!(ingest
+        .metrics()
+        .commit_failing
+        .load(std::sync::atomic::Ordering::Relaxed));
     other
         .execute_batch("ALTER TABLE readings_away RENAME TO readings")
         .unwrap();

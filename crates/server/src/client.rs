@@ -18,33 +18,53 @@ impl FromRequestParts<AppState> for Client {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Client, Infallible> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+        let peer = match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            Some(c) => c.0,
+            None => {
+                // Only a router served without connect info gets here (see `serve`): every
+                // request would share one throttle bucket.
+                tracing::error!(
+                    "request without a peer address; is the router served by msec_server::serve?"
+                );
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            }
+        };
         Ok(Client(client_of(peer, &parts.headers, &s.trusted_proxies)))
     }
 }
 
+/// One `X-Forwarded-For` entry: an address, possibly with a port or in brackets (some proxies
+/// write them).
+fn hop_address(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .or_else(|_| hop.parse::<SocketAddr>().map(|s| s.ip()))
+        .or_else(|_| hop.trim_start_matches('[').trim_end_matches(']').parse())
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
 fn client_of(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> SocketAddr {
-    if !trusted.contains(&peer.ip()) {
+    // Canonical forms: an IPv4 client of a dual-stack listener arrives as `::ffff:a.b.c.d`,
+    // which must still match `a.b.c.d`.
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|t| t.to_canonical() == ip);
+    if !is_trusted(peer.ip().to_canonical()) {
         return peer;
     }
     // Each proxy appends the address it received from; read from the nearest hop outwards and
-    // stop at the first one that is not a trusted proxy. Anything unparsable ends the walk:
-    // what lies beyond it cannot be trusted either.
-    let hops = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect::<Vec<_>>();
+    // stop at the first one that is not a trusted proxy. Anything unparsable (a line that is
+    // not text included) ends the walk: what lies beyond it cannot be trusted either.
+    let mut hops: Vec<Option<&str>> = Vec::new();
+    for line in headers.get_all("x-forwarded-for") {
+        match line.to_str() {
+            Ok(text) => hops.extend(text.split(',').map(|h| Some(h.trim()))),
+            Err(_) => hops.push(None),
+        }
+    }
     for hop in hops.into_iter().rev() {
-        match hop.parse::<IpAddr>() {
-            Ok(ip) if trusted.contains(&ip) => continue,
-            Ok(ip) => return SocketAddr::new(ip, 0),
-            Err(_) => break,
+        match hop.and_then(hop_address) {
+            Some(ip) if is_trusted(ip) => continue,
+            Some(ip) => return SocketAddr::new(ip, 0),
+            None => break,
         }
     }
     peer
@@ -83,8 +103,34 @@ mod tests {
             client(&with_xff(&["2001:db8::1"]), &trusted),
             "[2001:db8::1]:0"
         );
+        // With ports or brackets, as some proxies write them.
+        assert_eq!(
+            client(&with_xff(&["203.0.113.7:5555"]), &trusted),
+            "203.0.113.7:0"
+        );
+        assert_eq!(
+            client(&with_xff(&["[2001:db8::1]:443"]), &trusted),
+            "[2001:db8::1]:0"
+        );
+        assert_eq!(
+            client(&with_xff(&["[2001:db8::1]"]), &trusted),
+            "[2001:db8::1]:0"
+        );
         // Missing or unparsable: the peer itself.
         assert_eq!(client(&HeaderMap::new(), &trusted), "127.0.0.1:5000");
         assert_eq!(client(&with_xff(&["garbage"]), &trusted), "127.0.0.1:5000");
+        // A line that is not text ends the walk rather than being skipped over.
+        let mut forged = with_xff(&["9.9.9.9"]);
+        forged.append(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes(b"\x80x").unwrap(),
+        );
+        assert_eq!(client(&forged, &trusted), "127.0.0.1:5000");
+        // An IPv4 proxy seen through a dual-stack listener is still the proxy.
+        let mapped = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        assert_eq!(
+            client_of(mapped, &with_xff(&["203.0.113.7"]), &trusted).to_string(),
+            "203.0.113.7:0"
+        );
     }
 }

@@ -125,8 +125,8 @@ pub(crate) async fn send(
     })?;
     let topic = commands_topic(&commander.topic_root, &device.tenant, &device.id);
     // Logged before it is sent: an actuation must never reach a device without its trace in
-    // the transparency log. If sending then fails, the log holds a command that was not
-    // delivered, and says so in a second entry; the device never saw it.
+    // the transparency log. If the broker does not confirm it, a second entry says so (the
+    // device may or may not have received it).
     let (actor, target, detail) = (
         p.id.clone(),
         device.id.clone(),
@@ -141,16 +141,22 @@ pub(crate) async fn send(
         let (actor, target, detail) = (
             p.id.clone(),
             device.id.clone(),
-            format!("command {} not delivered: {e}", command.command_id),
+            format!(
+                "command {}: the broker did not confirm it: {e}",
+                command.command_id
+            ),
         );
         // Best effort: the answer below tells the caller either way.
-        let _ =
-            s.db.call(move |db| db.log_admin(&actor, "device.command_failed", &target, &detail))
-                .await;
+        let _ = s
+            .db
+            .call(move |db| db.log_admin(&actor, "device.command_unconfirmed", &target, &detail))
+            .await;
         return Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "broker_unavailable",
-            format!("the command was not delivered to the broker: {e}"),
+            format!(
+                "the broker did not confirm the command ({e}); the device may or may not receive it"
+            ),
         ));
     }
     Ok((

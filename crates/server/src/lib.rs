@@ -589,7 +589,7 @@ async fn metrics(
     );
     let _ = writeln!(
         out,
-        "# HELP msec_ingest_commit_failing 1 while the database refuses ingest's commits (ingest waits).\n# TYPE msec_ingest_commit_failing gauge\nmsec_ingest_commit_failing {}",
+        "# HELP msec_ingest_commit_failing 1 while the database refuses ingest's work (ingest waits).\n# TYPE msec_ingest_commit_failing gauge\nmsec_ingest_commit_failing {}",
         u8::from(m.commit_failing.load(Relaxed))
     );
     let _ = writeln!(out, "# HELP msec_security_events_total Rejected readings, each recorded as a security event, by reason.");
