@@ -302,32 +302,13 @@ impl Writer {
         running: &dyn Fn() -> bool,
         gave_up: &mut bool,
     ) -> Result<Option<Vec<u8>>, ()> {
-        let mut attempt = 1;
-        while !*gave_up {
-            let result = self.store.reading_digest(device, seq);
-            self.metrics
-                .commit_failing
-                .store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
-            match result {
-                Ok(digest) => return Ok(digest),
-                Err(e) => {
-                    self.metrics
-                        .storage_failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if attempt >= COMMIT_ATTEMPTS && !running() {
-                        tracing::error!(error = %e, "cannot look up a stored reading while stopping; the reading is refused unjudged");
-                        *gave_up = true;
-                    } else {
-                        tracing::error!(error = %e, attempt, "cannot look up a stored reading; retrying");
-                        std::thread::sleep(
-                            Duration::from_millis(200 * u64::from(attempt)).min(RETRY_AT_MOST),
-                        );
-                        attempt += 1;
-                    }
-                }
-            }
+        if *gave_up {
+            return Err(());
         }
-        Err(())
+        self.waited_out("looking up a stored reading", running, |store| {
+            store.reading_digest(device, seq)
+        })
+        .map_err(|_| *gave_up = true)
     }
 
     fn commit(
@@ -335,32 +316,38 @@ impl Writer {
         batch: &Batch,
         running: &dyn Fn() -> bool,
     ) -> Result<Vec<i64>, msec_store::StoreError> {
+        self.waited_out("commit", running, |store| store.commit(batch))
+    }
+
+    /// Runs `op` until the database takes it. Every failure is waited out while msec runs,
+    /// even one that looks permanent: refusing would leave MQTT readings unacknowledged and let
+    /// later ones overtake them (see COMMIT_ATTEMPTS). Stuck ingest is loud (errors, /healthz,
+    /// the gauge); lost readings are not. Once stopping, it gives up after COMMIT_ATTEMPTS.
+    fn waited_out<T>(
+        &mut self,
+        what: &str,
+        running: &dyn Fn() -> bool,
+        mut op: impl FnMut(&mut Store) -> Result<T, msec_store::StoreError>,
+    ) -> Result<T, msec_store::StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut attempt = 1;
         loop {
-            let result = self.store.commit(batch);
-            self.metrics
-                .commit_failing
-                .store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
+            let result = op(&mut self.store);
+            self.metrics.commit_failing.store(result.is_err(), Relaxed);
             match result {
-                Ok(ids) => {
+                Ok(done) => {
                     if attempt > 1 {
-                        tracing::info!(attempt, "commit succeeded; ingest goes on");
+                        tracing::info!(attempt, "{what} succeeded; ingest goes on");
                     }
-                    return Ok(ids);
+                    return Ok(done);
                 }
                 Err(e) => {
-                    self.metrics
-                        .storage_failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    // Every failure is waited out while msec runs, even one that looks
-                    // permanent: refusing the batch would leave its MQTT readings
-                    // unacknowledged and let later ones overtake them (see COMMIT_ATTEMPTS).
-                    // Stuck ingest is loud (errors, /healthz, the gauge); lost readings are not.
+                    self.metrics.storage_failures.fetch_add(1, Relaxed);
                     if attempt >= COMMIT_ATTEMPTS && !running() {
-                        tracing::error!(error = %e, "commit failed; the batch is refused (an external broker redelivers its readings)");
+                        tracing::error!(error = %e, "{what} failed while stopping; given up (nothing is acknowledged; an external broker redelivers)");
                         return Err(e);
                     }
-                    tracing::error!(error = %e, attempt, "commit failed; retrying, and nothing is acknowledged until it succeeds");
+                    tracing::error!(error = %e, attempt, "{what} failed; retrying, and nothing is acknowledged meanwhile");
                     std::thread::sleep(
                         Duration::from_millis(200 * u64::from(attempt)).min(RETRY_AT_MOST),
                     );
