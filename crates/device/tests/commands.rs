@@ -10,6 +10,7 @@ use msec_device::command::{COMMAND_CONTENT_TYPE, MAX_COMMAND_FIELD_BYTES};
 use msec_device::{
     commands_topic, Command, CommandSigner, CommandValue, CommandVerifier, MAX_COMMAND_BYTES,
 };
+use msec_testkit::mutation::{mutate, Rng};
 
 const T: i64 = 1_764_000_000;
 const PLATFORM_SEED: [u8; 32] = [0x40; 32];
@@ -342,44 +343,6 @@ fn topic_is_next_to_the_readings_topic() {
     );
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
-    let mut v = input.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        let i = rng.below(v.len());
-        match rng.below(6) {
-            0 if !v.is_empty() => v[i] ^= 1 << rng.below(8),
-            1 if !v.is_empty() => v[i] = rng.next() as u8,
-            2 => v.insert(i.min(v.len()), rng.next() as u8),
-            3 if !v.is_empty() => {
-                v.remove(i);
-            }
-            4 => v.truncate(i),
-            _ => {
-                let j = rng.below(other.len());
-                v.splice(
-                    i.min(v.len())..i.min(v.len()),
-                    other[j..].iter().take(1 + rng.below(16)).copied(),
-                );
-            }
-        }
-    }
-    v
-}
-
 #[test]
 fn mutated_truncated_and_garbage_input_never_panics_or_forges() {
     let originals: Vec<Vec<u8>> = [
@@ -397,7 +360,7 @@ fn mutated_truncated_and_garbage_input_never_panics_or_forges() {
     .iter()
     .map(|c| platform().seal(c).unwrap())
     .collect();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let (mut accepted, mut rejected) = (0, 0);
     for round in 0..6_000 {
         let k = round % originals.len();
@@ -426,7 +389,7 @@ fn mutated_truncated_and_garbage_input_never_panics_or_forges() {
         }
     }
     for len in 0..600usize {
-        let garbage: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let garbage: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         assert!(verifier().verify(&garbage, T).is_err());
     }
     // Deep nesting is bounded by the parser, not by the stack.

@@ -51,7 +51,11 @@ fn percent_decoded(text: &str) -> Option<String> {
     let mut bytes = text.bytes();
     while let Some(b) = bytes.next() {
         if b == b'%' {
+            // Two hex digits, no more, no less: `from_str_radix` alone would also take "+1".
             let hex = [bytes.next()?, bytes.next()?];
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
             out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
         } else {
             out.push(b);
@@ -331,7 +335,13 @@ mod tests {
         );
         assert_eq!((cfg.host.as_str(), cfg.port), ("::1", 1884));
         assert!(!format!("{cfg:?}").contains("ss"));
-        for bad in ["mqtt://:pw@h", "mqtt://u:%zz@h", "tcp://h"] {
+        for bad in [
+            "mqtt://:pw@h",
+            "mqtt://u:%zz@h",
+            "mqtt://u:%+1@h",
+            "mqtt://u:%4@h",
+            "tcp://h",
+        ] {
             let err = MqttConfig::from_url(bad, "c", "r").unwrap_err();
             assert!(!err.contains("pw") && !err.contains("%zz"), "{err}");
         }

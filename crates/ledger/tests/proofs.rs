@@ -1,9 +1,10 @@
 //! RFC 9162 proofs checked against a reference verifier written independently in this file
 //! (top-down over the tree's recursive definition, not the bit arithmetic of section 2.1.3.2),
 //! against the Certificate Transparency test vectors, and under tampering; and C2SP checkpoints
-//! round-tripped and tampered with.
+//! round-tripped and tampered with; and random claims, fuzzed against the reference.
 
 use msec_ledger::*;
+use msec_testkit::mutation::Rng;
 use sha2::{Digest, Sha256};
 
 fn tree(n: usize) -> Tree {
@@ -303,4 +304,138 @@ fn witness_alarms_are_signed() {
     // Moving text between fields changes what is signed.
     let shifted = witness.sign_alarm(log, t, "rollbacksize", " 7 after 9");
     assert!(!check(log, t, w, "rollback", "size 7 after 9", &shifted));
+}
+
+/// Perturbs a proof the way a forger or a broken server might: drop, repeat, swap or replace
+/// elements (or leave it alone).
+fn perturbed(rng: &mut Rng, t: &Tree, mut proof: Vec<Hash>) -> Vec<Hash> {
+    let n = proof.len();
+    match rng.below(5) {
+        0 if n > 0 => {
+            proof.remove(rng.below(n));
+        }
+        1 if n > 0 => {
+            let copy = proof[rng.below(n)];
+            proof.insert(rng.below(n + 1), copy)
+        }
+        2 if n > 1 => proof.swap(rng.below(n), rng.below(n)),
+        3 => proof.insert(
+            rng.below(n + 1),
+            *t.leaf(rng.below(t.size() as usize) as u64).unwrap(),
+        ),
+        _ => {}
+    }
+    proof
+}
+
+/// Random claims (index, size, leaf, root) with real, perturbed and borrowed proofs: the
+/// verifier agrees with the reference on every one. Sizes up to u64::MAX never panic.
+#[test]
+fn inclusion_verifier_agrees_with_the_reference_on_random_claims() {
+    let t = tree(70);
+    let mut rng = Rng::new(0x6c8e_9cf5_7043_2f11);
+    let mut verified = 0;
+    for _ in 0..50_000 {
+        let size = 1 + rng.below(70) as u64;
+        let index = rng.below(size as usize) as u64;
+        let proof = perturbed(&mut rng, &t, t.inclusion_proof(index, size).unwrap());
+        let mut claim = |real: u64| {
+            if rng.below(3) == 0 {
+                rng.below(75) as u64
+            } else {
+                real
+            }
+        };
+        let (claim_index, claim_size) = (claim(index), claim(size));
+        let leaf = *t.leaf(claim(index).min(69)).unwrap();
+        let root = t.root(claim(size).clamp(1, 70)).unwrap();
+        let got = verify_inclusion(&leaf, claim_index, claim_size, &proof, &root);
+        let want = claim_index < claim_size
+            && reference_root(leaf, claim_index, claim_size, &proof) == Some(root);
+        assert_eq!(
+            got, want,
+            "leaf of {index} at {claim_index}/{claim_size}, proof of {index}/{size}"
+        );
+        verified += usize::from(got);
+    }
+    assert!(verified > 2_000, "only {verified} claims verified");
+    for _ in 0..5_000 {
+        let size = rng.next_u64() | (1 << 63);
+        let proof: Vec<Hash> = (0..rng.below(70))
+            .map(|_| leaf_hash(&rng.bytes(4)))
+            .collect();
+        let root = leaf_hash(b"root");
+        assert!(!verify_inclusion(
+            &leaf_hash(b"x"),
+            rng.next_u64() % size,
+            size,
+            &proof,
+            &root
+        ));
+        let old = rng.next_u64() % size;
+        assert!(!verify_consistency(old, size, &root, &root, &proof));
+    }
+}
+
+/// Random consistency claims between signed-looking tree heads (each root the true root at its
+/// claimed size, of the real tree or of a fork) with real, perturbed and borrowed proofs: a
+/// proof verifies only when the old head is a prefix of the new one, and every real proof
+/// verifies.
+#[test]
+fn consistency_verifier_accepts_only_true_histories() {
+    let t = tree(70);
+    let mut rng = Rng::new(0x3c6e_f372_fe94_f82b);
+    let (mut verified, mut forks_refused) = (0, 0);
+    for _ in 0..50_000 {
+        let new = 1 + rng.below(70) as u64;
+        let old = 1 + rng.below(new as usize) as u64;
+        let real = t.consistency_proof(old, new).unwrap();
+        let proof = perturbed(&mut rng, &t, real.clone());
+        let mut claim = |real: u64| {
+            if rng.below(3) == 0 {
+                1 + rng.below(70) as u64
+            } else {
+                real
+            }
+        };
+        let (claim_old, claim_new) = (claim(old), claim(new));
+        // A fork rewrites one leaf: its heads differ from the real ones from that leaf on.
+        let fork_at = (rng.below(4) == 0).then(|| rng.below(70) as u64);
+        let old_root = match fork_at {
+            Some(j) => Tree::from_leaf_hashes((0..70).map(|i| {
+                if i == j {
+                    leaf_hash(b"forged")
+                } else {
+                    *t.leaf(i).unwrap()
+                }
+            }))
+            .root(claim_old)
+            .unwrap(),
+            None => t.root(claim_old).unwrap(),
+        };
+        let forked = fork_at.is_some_and(|j| j < claim_old);
+        let got = verify_consistency(
+            claim_old,
+            claim_new,
+            &old_root,
+            &t.root(claim_new).unwrap(),
+            &proof,
+        );
+        if got {
+            assert!(
+                !forked && claim_old <= claim_new,
+                "{claim_old}->{claim_new} verified (fork at {fork_at:?}, proof of {old}->{new})"
+            );
+            verified += 1;
+        } else if forked {
+            forks_refused += 1;
+        }
+        if proof == real && !forked && (claim_old, claim_new) == (old, new) {
+            assert!(got, "the real proof {old}->{new} failed");
+        }
+    }
+    assert!(
+        verified > 5_000 && forks_refused > 1_000,
+        "{verified} verified, {forks_refused} forks refused"
+    );
 }

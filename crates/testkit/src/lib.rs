@@ -1,9 +1,11 @@
 //! Test support shared by msec's crates: where the real services are, fresh isolated
-//! PostgreSQL schemas, free loopback ports and unique names.
+//! PostgreSQL schemas, free loopback ports, unique names, and a mutator for fuzzing parsers.
 //!
 //! Tests against real services read their location from the environment. Without it they skip
 //! with a loud line on stderr; with `MSEC_REQUIRE_SERVICES=1` (as CI sets) a missing service is a
 //! failure, so nothing is silently untested. This crate is for tests only and never ships.
+
+pub mod mutation;
 
 /// A random suffix for names that must not collide between concurrent tests.
 pub fn unique(prefix: &str) -> String {
