@@ -1,14 +1,18 @@
 //! The transparency log over HTTP: checkpoints (C2SP text), inclusion and consistency proofs
-//! (JSON, hashes in hex), and the witness side: cosignatures in, alarms in.
+//! (JSON, hashes in hex), and the witness side: cosignatures in, alarms in. Heads and
+//! consistency proofs are public; an inclusion proof is looked up by record id, so it needs
+//! the right to see that record.
 
 use crate::client::Client;
-use crate::{AppState, Problem};
+use crate::{auth, AppState, Problem};
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use msec_ingest::Source;
 use msec_notary::{Notary, NotaryError};
+use msec_policy::Action;
+use msec_store::{RecordId, RecordKind};
 use serde_json::json;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -88,15 +92,31 @@ pub(crate) async fn checkpoint(
     Ok(note(text))
 }
 
+/// An inclusion proof for one record, to whoever may see the record. The log's heads and
+/// consistency proofs are public, but a lookup by record id is not: that a reading with a given
+/// sequence exists, or where it sits in the log, tells when a resident's sensor reported.
 pub(crate) async fn proof(
     State(s): State<AppState>,
+    Client(peer): Client,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
-    let record: msec_store::RecordId = q
+    let p = auth::caller(&s, &headers, peer, false).await?;
+    let record: RecordId = q
         .get("record")
         .ok_or_else(|| Problem::bad_request("give ?record=KIND:REFERENCE, e.g. reading:park-1/42"))?
         .parse()
         .map_err(Problem::bad_request)?;
+    match record.kind {
+        RecordKind::Reading | RecordKind::Device => {
+            // `reading:DEVICE/SEQUENCE`; device ids hold no '/'.
+            let device = record.reference.split('/').next().unwrap_or_default();
+            crate::device_for(&s, &p, device, Action::Read, peer).await?;
+        }
+        RecordKind::Event | RecordKind::Admin | RecordKind::Consent => {
+            auth::authorize(&s, &p, Action::Audit, msec_access::SECURITY_EVENTS, peer).await?
+        }
+    }
     let inclusion = notary(&s, move |n| n.inclusion(&record)).await?;
     Ok(Json(inclusion).into_response())
 }

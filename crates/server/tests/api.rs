@@ -688,9 +688,10 @@ async fn endpoints_refuse_an_authenticated_caller_without_permissions() {
         assert!(!r.body.contains("p-1"), "{}", r.body);
         assert_eq!(get(nobody, "/api/v1/stats").status, 200);
         let other = serde_json::json!({"id": "p-2", "tenant": "santander", "kind": "k", "public_key": hex::encode(DeviceKey::generate().unwrap().public_key())}).to_string();
-        let refused: [(&str, &str, &[u8]); 6] = [
+        let refused: [(&str, &str, &[u8]); 7] = [
             ("GET", "/api/v1/devices/p-1", b""),
             ("GET", "/api/v1/devices/p-1/readings", b""),
+            ("GET", "/api/v1/log/proof?record=event:1", b""),
             ("POST", "/api/v1/devices", other.as_bytes()),
             ("POST", "/api/v1/devices/p-1/revoke", b""),
             ("GET", "/api/v1/security-events", b""),
@@ -707,6 +708,9 @@ async fn endpoints_refuse_an_authenticated_caller_without_permissions() {
         for (known, unknown) in [
             ("/api/v1/devices/p-1", "/api/v1/devices/ghost"),
             ("/api/v1/subjects/santander/export", "/api/v1/subjects/ghost/export"),
+            // Log positions are looked up by record id: the same question in another form.
+            ("/api/v1/log/proof?record=device:p-1", "/api/v1/log/proof?record=device:ghost"),
+            ("/api/v1/log/proof?record=reading:p-1/1", "/api/v1/log/proof?record=reading:ghost/1"),
         ] {
             let before = forbidden();
             let (a, b) = (get(nobody, known), get(nobody, unknown));
@@ -715,6 +719,19 @@ async fn endpoints_refuse_an_authenticated_caller_without_permissions() {
             assert_eq!(detail(&a, if known.contains("p-1") { "p-1" } else { "santander" }), detail(&b, "ghost"));
             assert_eq!(forbidden(), before + 2, "{unknown}");
             assert_eq!(get(srv, unknown).status, 404, "{unknown}");
+        }
+        // Anonymous callers learn nothing from the log by record id either.
+        let anonymous = Srv { auth: "", ..srv };
+        assert_eq!(get(anonymous, "/api/v1/log/proof?record=device:p-1").status, 401);
+        // An administrator gets the proof, once a checkpoint covers the record.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let r = get(srv, "/api/v1/log/proof?record=device:p-1");
+            if r.status == 200 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{} {}", r.status, r.body);
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
         // Nothing changed behind the refusals.
         let d = get(srv, "/api/v1/devices/p-1").json();
