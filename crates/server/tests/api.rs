@@ -90,7 +90,12 @@ fn add_token(srv: Srv, principal: &str, scopes: &[&str], expires_ms: i64) -> (St
 /// Logs in as admin with `extra` header lines; the reply, the session cookie
 /// (`msec_session=…`) and its CSRF token.
 fn login_admin(srv: Srv, extra: &'static str) -> (Reply, String, String) {
-    let login = serde_json::json!({"user": "admin", "password": PASSWORD}).to_string();
+    login_as(srv, "admin", extra)
+}
+
+/// [`login_admin`] for any user whose password is PASSWORD.
+fn login_as(srv: Srv, user: &str, extra: &'static str) -> (Reply, String, String) {
+    let login = serde_json::json!({"user": user, "password": PASSWORD}).to_string();
     let r = http(
         Srv { auth: extra, ..srv },
         "POST",
@@ -609,6 +614,129 @@ async fn live_stream_stops_after_logout() {
         post(2.0);
         let after = read_for(&mut sse, 1);
         assert!(!after.contains("event: reading"), "a reading reached a logged-out session: {after}");
+    })
+    .await;
+}
+
+/// Every request that changes something, made with a session cookie, needs the session's CSRF
+/// token: without it each is refused (403 `csrf_failed`, exactly one event) and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_by_cookie_needs_the_csrf_token() {
+    let srv = start().await;
+    blocking(move || {
+        let key = DeviceKey::generate().unwrap();
+        let reg = |id: &str| serde_json::json!({"id": id, "tenant": "santander", "kind": "k", "public_key": hex::encode(DeviceKey::generate().unwrap().public_key())}).to_string();
+        let first = serde_json::json!({"id": "p-1", "tenant": "santander", "kind": "k", "public_key": hex::encode(key.public_key())}).to_string();
+        assert_eq!(http(srv, "POST", "/api/v1/devices", "application/json", first.as_bytes()).status, 201);
+        let grant = serde_json::json!({"principal": "ana", "actions": ["read"], "resource": "santander/**"}).to_string();
+        let r = http(srv, "POST", "/api/v1/grants", "application/json", grant.as_bytes());
+        assert_eq!(r.status, 201, "{}", r.body);
+        let grant_id = r.json()["id"].as_i64().unwrap();
+        let (_, cookie, _) = login_admin(srv, "");
+        let session = srv.with(format!("Cookie: {cookie}\r\n"));
+        let csrf_events = || {
+            get(srv, "/api/v1/security-events?limit=1000").json()["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["reason"] == "csrf_failed")
+                .count()
+        };
+        let other = reg("p-2");
+        let delete_grant = format!("/api/v1/grants/{grant_id}");
+        let changes: [(&str, &str, &[u8]); 6] = [
+            ("POST", "/api/v1/devices", other.as_bytes()),
+            ("POST", "/api/v1/devices/p-1/revoke", b""),
+            ("POST", "/api/v1/devices/p-1/commands", br#"{"resource": "plug/switch", "value": true}"#),
+            ("POST", "/api/v1/grants", grant.as_bytes()),
+            ("DELETE", &delete_grant, b""),
+            ("POST", "/api/v1/logout", b""),
+        ];
+        for (method, path, body) in changes {
+            let before = csrf_events();
+            let r = http(session, method, path, "application/json", body);
+            assert_eq!(
+                (r.status, r.json()["type"].as_str().unwrap_or_default()),
+                (403, "urn:msec:problem:csrf_failed"),
+                "{method} {path}: {}",
+                r.body
+            );
+            assert_eq!(csrf_events(), before + 1, "{method} {path}: not one event");
+        }
+        // Nothing changed: the device is active, p-2 unknown, one grant, the session alive.
+        assert_eq!(get(srv, "/api/v1/devices/p-1").json()["status"], "active");
+        assert_eq!(get(srv, "/api/v1/devices/p-2").status, 404);
+        assert_eq!(get(srv, "/api/v1/grants").json()["grants"].as_array().unwrap().len(), 1);
+        assert_eq!(get(session, "/api/v1/me").status, 200);
+    })
+    .await;
+}
+
+/// A disabled user is nobody: their open session, their API tokens and their live stream all
+/// stop, without a logout or a revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_user_is_nobody() {
+    let srv = start().await;
+    blocking(move || {
+        let store = || Store::open(srv.db, Arc::new(msec_vault::MemoryKeys::new())).unwrap();
+        store()
+            .add_user(
+                &msec_store::NewUser {
+                    id: "olga".into(),
+                    tenant: "santander".into(),
+                    roles: vec!["operator".into()],
+                    password_hash: msec_identity::hash_password(PASSWORD).unwrap(),
+                },
+                "test",
+            )
+            .unwrap();
+        let (_, _, token) = add_token(
+            srv,
+            "olga",
+            &["read", "subscribe"],
+            msec_store::now_ms() + 3_600_000,
+        );
+        let (_, cookie, _) = login_as(srv, "olga", "");
+        let session = srv.with(format!(
+            "Cookie: {cookie}
+"
+        ));
+        let mut sse = open_stream(
+            srv,
+            &format!(
+                "Cookie: {cookie}
+"
+            ),
+        );
+        assert_eq!(get(session, "/api/v1/devices").status, 200);
+        assert_eq!(get(token, "/api/v1/devices").status, 200);
+        assert!(
+            read_for(&mut sse, 1).starts_with("HTTP/1.1 200"),
+            "the stream opens"
+        );
+
+        assert!(store().disable_user("olga", "test").unwrap());
+        assert_eq!(get(session, "/api/v1/devices").status, 401);
+        assert_eq!(get(token, "/api/v1/devices").status, 401);
+        // The stream ends within the 3 s between its checks of the caller.
+        let rest = read_for(&mut sse, 4);
+        assert!(
+            rest.ends_with("0\r\n\r\n"),
+            "the stream outlived its user: {rest:?}"
+        );
+        // And the password no longer opens a session.
+        let login = serde_json::json!({"user": "olga", "password": PASSWORD}).to_string();
+        assert_eq!(
+            http(
+                srv,
+                "POST",
+                "/api/v1/login",
+                "application/json",
+                login.as_bytes()
+            )
+            .status,
+            401
+        );
     })
     .await;
 }

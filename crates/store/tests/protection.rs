@@ -199,8 +199,11 @@ fn protection(url: &str) {
 
     // 4. Erasure: keep a copy of the subject's key row, as a backup taken now would.
     let backup = key_row(url, "alice");
+    assert!(backup.0.is_some() && backup.1.is_some(), "{backup:?}");
     let erased = s.erase_subject("alice", "test").unwrap();
     assert_eq!(erased.devices_revoked, 1);
+    // The wrapped data key itself is gone from the database, not just marked erased.
+    assert_eq!(key_row(url, "alice"), (None, None));
     assert!(matches!(
         s.readings(
             "alice-bed",
@@ -366,7 +369,10 @@ fn audit_while_writing(url: &str) {
     assert_eq!(findings(&mut s), vec![]);
 }
 
-fn key_row(url: &str, subject: &str) -> (String, Vec<u8>) {
+/// A subject's stored data-key row: the KEK it is wrapped under, and the wrapped key.
+type KeyRow = (Option<String>, Option<Vec<u8>>);
+
+fn key_row(url: &str, subject: &str) -> KeyRow {
     let sql = "SELECT kek_id, wrapped FROM subject_keys WHERE subject = $1";
     if url.starts_with("postgres") {
         let row = postgres::Client::connect(url, postgres::NoTls)
@@ -384,7 +390,7 @@ fn key_row(url: &str, subject: &str) -> (String, Vec<u8>) {
     }
 }
 
-fn restore_key_row(url: &str, subject: &str, (kek, wrapped): &(String, Vec<u8>)) {
+fn restore_key_row(url: &str, subject: &str, (kek, wrapped): &KeyRow) {
     let sql =
         "UPDATE subject_keys SET kek_id = $2, wrapped = $3, erased_ms = NULL WHERE subject = $1";
     if url.starts_with("postgres") {

@@ -263,10 +263,19 @@ fn suite(url: &str) {
         roles: vec!["operator".into(), "auditor".into()],
         password_hash: "$argon2id$stand-in".into(),
     };
+    // Every change of users, tokens or grants moves the access version: a running server
+    // polls it to pick up what another process (the CLI) changed, a revoked grant included.
+    let mut version = s.access_version().unwrap();
+    let mut moved = |s: &mut Store, what: &str| {
+        let now = s.access_version().unwrap();
+        assert!(now > version, "{what} did not move the access version");
+        version = now;
+    };
     assert_eq!(
         s.add_user(&user, "test").unwrap().roles,
         ["operator", "auditor"]
     );
+    moved(&mut s, "add_user");
     assert!(matches!(
         s.add_user(&user, "test"),
         Err(StoreError::Conflict(_))
@@ -276,6 +285,7 @@ fn suite(url: &str) {
         Some("$argon2id$stand-in")
     );
     assert!(s.disable_user("user:olga", "test").unwrap());
+    moved(&mut s, "disable_user");
     assert!(!s.disable_user("user:olga", "test").unwrap());
     assert!(
         s.password_hash("user:olga").unwrap().is_none(),
@@ -300,6 +310,20 @@ fn suite(url: &str) {
         (vec!["read".to_string()], 99, false, vec![7u8; 32])
     );
     assert!(s.revoke_token("0123456789abcdef", "test").unwrap());
+    moved(&mut s, "revoke_token");
+    let grant = NewGrant {
+        effect: "deny".into(),
+        subject: "user:olga".into(),
+        actions: vec!["read".into()],
+        resource: "santander/**".into(),
+        valid_from_ms: None,
+        valid_until_ms: None,
+        purpose: None,
+    };
+    let grant = s.add_grant(&grant, "test").unwrap();
+    moved(&mut s, "add_grant");
+    assert!(s.revoke_grant(grant.id, "test").unwrap());
+    moved(&mut s, "revoke_grant");
     assert!(s.tokens().unwrap()[0].revoked);
     assert!(s.token("nope").unwrap().is_none());
 
