@@ -1548,15 +1548,28 @@ fn actuator_command_round_trips_to_a_simulated_plug() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(plug_state(&auth), Some(true));
-    // Every command sent is an administrative action in the transparency log.
-    let (ok, out, _) = run(&["log", "checkpoint", "--data-dir", &dir]);
-    assert!(
-        ok && out
-            .lines()
-            .nth(1)
-            .is_some_and(|n| n.parse::<u64>().unwrap_or(0) > 0),
-        "{out}"
-    );
+    // Every command sent is an administrative action with its log leaf (and the refused one
+    // is not): two commands, two logged actions, each at a place in the log.
+    let db = rusqlite::Connection::open(format!("{dir}/msec.db")).unwrap();
+    let logged: Vec<(i64, String)> = db
+        .prepare("SELECT id, target FROM admin_actions WHERE action = 'device.command'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    for (id, target) in logged {
+        assert_eq!(target, "home-001-plug");
+        let leaves: i64 = db
+            .query_row(
+                "SELECT count(*) FROM log_leaves WHERE kind = 'admin' AND ref = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(leaves, 1, "command {id} has {leaves} log leaves");
+    }
 }
 
 /// The first start on an empty database creates `admin` with a random password, shown once;

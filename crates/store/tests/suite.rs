@@ -324,6 +324,28 @@ fn suite(url: &str) {
     moved(&mut s, "add_grant");
     assert!(s.revoke_grant(grant.id, "test").unwrap());
     moved(&mut s, "revoke_grant");
+    // Each of those changes is an administrative action with its own log leaf.
+    let logged: Vec<Vec<u8>> = (1..)
+        .map_while(|i| {
+            s.record_leaf(&format!("admin:{i}").parse().unwrap())
+                .unwrap()
+        })
+        .map(|(_, leaf)| leaf)
+        .collect();
+    for action in [
+        "user.add",
+        "user.disable",
+        "token.create",
+        "token.revoke",
+        "grant.create",
+        "grant.revoke",
+    ] {
+        let found = logged
+            .iter()
+            .filter(|leaf| leaf.windows(action.len()).any(|w| w == action.as_bytes()))
+            .count();
+        assert_eq!(found, 1, "{action} logged {found} times");
+    }
     assert!(s.tokens().unwrap()[0].revoked);
     assert!(s.token("nope").unwrap().is_none());
 
