@@ -279,6 +279,36 @@ fn help_teaches_and_errors_are_clear() {
     );
 }
 
+/// The current key-encryption key of a data directory's key file, as its bytes.
+fn current_kek(dir: &str) -> Vec<u8> {
+    let ring: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/keys.json")).unwrap())
+            .unwrap();
+    hex::decode(ring["current"]["key"].as_str().unwrap()).unwrap()
+}
+
+/// The files under `dir` (names relative to it) holding `key`, raw or as hex text.
+fn files_holding(dir: &str, key: &[u8]) -> Vec<String> {
+    let needles = [key.to_vec(), hex::encode(key).into_bytes()];
+    let mut found = Vec::new();
+    let mut todo = vec![std::path::PathBuf::from(dir)];
+    while let Some(path) = todo.pop() {
+        if path.is_dir() {
+            todo.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            if needles
+                .iter()
+                .any(|n| bytes.windows(n.len()).any(|w| w == n.as_slice()))
+            {
+                let name = path.strip_prefix(dir).unwrap();
+                found.push(name.to_string_lossy().into_owned());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 fn tmp() -> String {
     std::env::temp_dir()
         .join(msec_testkit::unique("msec-cli-"))
@@ -1118,6 +1148,11 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
         "a name is readable in the database file"
     );
 
+    // The key-encryption key lives in keys.json only: not in the database, its log or any
+    // other file of the data directory.
+    let old_kek = current_kek(&dir);
+    assert_eq!(files_holding(&dir, &old_kek), ["keys.json"]);
+
     // Erasure: API reads become 410, the audit still passes, the erasure itself is logged.
     let (ok, _, err) = run(&["erase", "--subject", "resident-007", "--data-dir", &dir]);
     assert!(!ok && err.contains("--yes"), "{err}");
@@ -1143,6 +1178,10 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
         &dir,
     ]);
     assert!(ok && out.contains("erased resident-007"), "{out}{err}");
+    // Erasure rotated the KEK and destroyed the old one: no file holds it any more, so a
+    // backup of the wrapped data key opens nothing.
+    assert_ne!(current_kek(&dir), old_kek);
+    assert_eq!(files_holding(&dir, &old_kek), Vec::<String>::new());
     let mut gone = String::new();
     wait_until("410 for erased data", 10, || {
         gone = http_get_raw(&http, "/api/v1/devices/bed-7/readings", &auth);
