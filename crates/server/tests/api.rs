@@ -672,6 +672,53 @@ async fn every_change_by_cookie_needs_the_csrf_token() {
     .await;
 }
 
+/// Bodies are read to their limit and no further: a client announcing 10 GB, or streaming
+/// chunks without end, hears 413 as soon as it has sent one byte past the limit, without the
+/// server waiting for (or buffering) the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_refused_without_reading_them_whole() {
+    let srv = start().await;
+    blocking(move || {
+        let endpoints = [
+            ("/api/v1/login", 4096),
+            ("/api/v1/devices", 4096),
+            ("/api/v1/grants", 4096),
+            ("/api/v1/log/cosignatures", 8 * 1024),
+            ("/api/v1/log/alarms", 8 * 1024),
+            ("/api/v1/readings", 64 * 1024),
+        ];
+        for (path, limit) in endpoints {
+            for chunked in [false, true] {
+                let mut s = TcpStream::connect(srv.addr).unwrap();
+                s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+                let framing = if chunked {
+                    "Transfer-Encoding: chunked"
+                } else {
+                    "Content-Length: 10000000000"
+                };
+                write!(s, "POST {path} HTTP/1.1\r\nHost: localhost\r\n{}Content-Type: application/json\r\n{framing}\r\n\r\n", srv.auth).unwrap();
+                let body = vec![b'{'; limit + 2];
+                if chunked {
+                    write!(s, "{:x}\r\n", body.len()).unwrap();
+                    s.write_all(&body).unwrap();
+                    s.write_all(b"\r\n").unwrap();
+                } else {
+                    s.write_all(&body).unwrap();
+                }
+                // The rest never comes: the answer must not wait for it.
+                let mut status = [0u8; 12];
+                let read = s.read_exact(&mut status);
+                assert!(
+                    read.is_ok() && &status == b"HTTP/1.1 413",
+                    "{path} (chunked: {chunked}): {read:?} {:?}",
+                    String::from_utf8_lossy(&status)
+                );
+            }
+        }
+    })
+    .await;
+}
+
 /// A disabled user is nobody: their open session, their API tokens and their live stream all
 /// stop, without a logout or a revocation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
