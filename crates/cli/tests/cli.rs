@@ -1683,6 +1683,60 @@ fn first_start_creates_an_admin_with_a_password_shown_once() {
 
 /// Secrets never reach the log, even at trace level: a password (right or wrong), an API
 /// token, a session cookie and its CSRF token, all used against a running server.
+/// Database and broker passwords given in URLs reach no log line at trace level (drivers and
+/// the MQTT client included), though the URLs themselves are logged, redacted.
+#[test]
+fn url_passwords_stay_out_of_the_log_even_at_trace_level() {
+    let (Some(database), Some(broker)) = (msec_testkit::postgres_url(), msec_testkit::mqtt_url())
+    else {
+        return;
+    };
+    // Trust authentication (as in CI) and an anonymous broker accept any password, so the
+    // passwords reach the drivers without being needed.
+    let (db_secret, broker_secret) = ("DbSecret-4711", "BrokerSecret-4712");
+    let database = database.replacen("://postgres@", &format!("://postgres:{db_secret}@"), 1);
+    assert!(database.contains(db_secret), "{database}");
+    let broker = broker.replacen("mqtt://", &format!("mqtt://msec:{broker_secret}@"), 1);
+    let dir = tmp();
+    let http = addr();
+    let log = format!("{dir}.log");
+    let server = Running(
+        msec()
+            .env("MSEC_LOG", "trace")
+            .args([
+                "serve",
+                "--data-dir",
+                &dir,
+                "--http",
+                &http,
+                "--database",
+                &database,
+                "--broker",
+                &broker,
+                "--topic-root",
+                &msec_testkit::unique("t"),
+            ])
+            .stdout(std::fs::File::create(format!("{log}.out")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("msec serve", 30, || {
+        http_get(&http, "/healthz").is_some_and(|b| b.contains("ok"))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    drop(server);
+    let text = std::fs::read_to_string(&log).unwrap()
+        + &std::fs::read_to_string(format!("{log}.out")).unwrap();
+    assert!(
+        text.contains("consuming readings") && text.contains("mqtt://msec:"),
+        "the broker URL was not logged: {text}"
+    );
+    for secret in [db_secret, broker_secret] {
+        assert!(!text.contains(secret), "{secret} reached the log");
+    }
+}
+
 #[test]
 fn secrets_stay_out_of_the_log_even_at_trace_level() {
     let dir = tmp();
