@@ -101,6 +101,27 @@ impl Notary {
                 witnesses.len()
             )));
         }
+        // One witness listed twice, by name or under another name with the same key (the
+        // signed message names no witness, so its one signature would verify for both), would
+        // count twice towards the quorum.
+        let key_of = |w: &Witness| {
+            w.verifier_key
+                .trim()
+                .splitn(3, '+')
+                .nth(2)
+                .map(str::to_owned)
+        };
+        for (i, w) in witnesses.iter().enumerate() {
+            if let Some(twin) = witnesses[..i]
+                .iter()
+                .find(|o| o.name == w.name || key_of(o) == key_of(w))
+            {
+                return Err(NotaryError::Refused(format!(
+                    "witnesses {:?} and {:?} are the same witness (same name or same key); each witness counts once towards the quorum",
+                    twin.name, w.name
+                )));
+            }
+        }
         let mut tree = Tree::new();
         load_new_leaves(&mut store, &mut tree)?;
         let notary = Notary {

@@ -249,6 +249,59 @@ fn postgres_log() {
     }
 }
 
+/// A quorum of K means K different witnesses: one witness cosigning twice is one, and one
+/// witness cannot be configured twice (under its name or under another name with its key).
+#[test]
+fn a_quorum_counts_each_witness_once() {
+    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-quorum-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = dir.join("msec.db").to_string_lossy().into_owned();
+    let keys: Arc<dyn KekProvider> = Arc::new(MemoryKeys::new());
+    let open = || Store::open(&url, keys.clone()).unwrap();
+    let key = || LogKey::from_seed("example.org/msec-test", [5; 32]).unwrap();
+    let as_witness = |k: &CosignerKey| Witness {
+        name: k.name().into(),
+        verifier_key: k.verifier_key(),
+    };
+    let (w1, w2) = (
+        CosignerKey::new("example.org/w1", [6; 32]).unwrap(),
+        CosignerKey::new("example.org/w2", [7; 32]).unwrap(),
+    );
+    let alias = CosignerKey::new("example.org/alias", [6; 32]).unwrap();
+    for twins in [
+        vec![as_witness(&w1), as_witness(&w1)],
+        vec![as_witness(&w1), as_witness(&alias)],
+    ] {
+        let refused = Notary::open(open(), key(), dir.join("state"), twins, 2);
+        assert!(
+            matches!(&refused, Err(NotaryError::Refused(m)) if m.contains("same witness")),
+            "{:?}",
+            refused.err()
+        );
+    }
+
+    let mut s = open();
+    s.log_admin("test", "note", "x", "").unwrap();
+    let witnesses = vec![as_witness(&w1), as_witness(&w2)];
+    let notary = Notary::open(open(), key(), dir.join("state"), witnesses, 2).unwrap();
+    let first = notary.tick().unwrap().unwrap();
+    let cosigned = |w: &CosignerKey, time: u64| {
+        notary
+            .add_cosignature(&format!(
+                "{}{}",
+                first.note,
+                w.cosign(&first.checkpoint, time)
+            ))
+            .unwrap();
+    };
+    cosigned(&w1, 1_700_000_000);
+    cosigned(&w1, 1_700_000_060);
+    assert_eq!(notary.final_size().unwrap(), None, "one witness, twice");
+    cosigned(&w2, 1_700_000_000);
+    assert_eq!(notary.final_size().unwrap(), Some(first.checkpoint.size));
+    std::fs::remove_dir_all(dir).ok();
+}
+
 /// The log's signing key and a witness's cosigning key are written readable by their owner
 /// only: anyone who reads them can sign checkpoints or cosignatures.
 #[cfg(unix)]
