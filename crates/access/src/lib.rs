@@ -382,7 +382,7 @@ impl Access {
         let ok = match &hash {
             Some(h) => msec_identity::verify_password(password, h),
             None => {
-                let _ = msec_identity::verify_password(password, dummy_hash());
+                let _ = msec_identity::verify_password(password, msec_identity::decoy_hash());
                 false
             }
         };
@@ -554,17 +554,6 @@ impl Access {
             retry_after_s: None,
         })
     }
-}
-
-/// An Argon2id hash (same parameters as real ones) of a random password nobody knows,
-/// verified for unknown users.
-fn dummy_hash() -> &'static str {
-    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| {
-        msec_identity::generate_password()
-            .and_then(|p| msec_identity::hash_password(&p))
-            .unwrap_or_default()
-    })
 }
 
 fn msec_ingest_bounded(s: &str) -> String {

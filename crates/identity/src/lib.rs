@@ -52,6 +52,22 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
             .is_ok()
 }
 
+/// A hash to check a password against when the account does not exist: the same work as a
+/// real check, so the time a refusal takes does not say whether the user exists. Its password
+/// and salt are fixed, so that it cannot fail for want of randomness (an empty stand-in would
+/// make unknown users fast to refuse); logging in with its password gains nothing, since the
+/// caller refuses unknown users whatever the check says.
+pub fn decoy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        Argon2::default()
+            .hash_password_with_salt(b"msec decoy password", b"msec-decoy-salt.")
+            .map(|h| h.to_string())
+            // Fixed inputs: this either always works or never does, and a test checks it does.
+            .expect("the decoy hash is computable")
+    })
+}
+
 /// A random password for accounts created without one (nothing in msec has a default
 /// password): 24 characters of base64url, 144 bits.
 pub fn generate_password() -> Result<String, IdentityError> {
@@ -131,6 +147,16 @@ pub fn verify_token(text: &str, stored: &StoredToken) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_decoy_costs_what_a_real_hash_costs_and_opens_nothing() {
+        let real = hash_password("a real password 123").unwrap();
+        let params = |phc: &str| phc.split('$').take(4).collect::<Vec<_>>().join("$");
+        assert!(decoy_hash().starts_with("$argon2id$"), "{}", decoy_hash());
+        assert_eq!(params(decoy_hash()), params(&real));
+        assert!(!verify_password("a real password 123", decoy_hash()));
+        assert!(!verify_password("", decoy_hash()));
+    }
 
     #[test]
     fn passwords_hash_with_argon2id_and_verify() {
