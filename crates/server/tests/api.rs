@@ -719,6 +719,63 @@ async fn oversized_bodies_are_refused_without_reading_them_whole() {
     .await;
 }
 
+/// Residents see, create and revoke grants on their own data only (docs/access-control.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn residents_manage_only_their_own_grants() {
+    let srv = start().await;
+    blocking(move || {
+        for id in ["resident-007", "resident-008"] {
+            Store::open(srv.db, Arc::new(msec_vault::MemoryKeys::new()))
+                .unwrap()
+                .add_user(
+                    &msec_store::NewUser {
+                        id: id.into(),
+                        tenant: "santander".into(),
+                        roles: vec!["resident".into()],
+                        password_hash: msec_identity::hash_password(PASSWORD).unwrap(),
+                    },
+                    "test",
+                )
+                .unwrap();
+        }
+        let grant = |resource: &str| serde_json::json!({"principal": "caregiver-ana", "actions": ["read"], "resource": resource}).to_string();
+        let create = |as_: Srv, resource: &str| http(as_, "POST", "/api/v1/grants", "application/json", grant(resource).as_bytes());
+        let own = create(srv, "santander/resident-007/**").json()["id"].as_i64().unwrap();
+        let other = create(srv, "santander/resident-008/**").json()["id"].as_i64().unwrap();
+        let (_, cookie, csrf) = login_as(srv, "resident-007", "");
+        let resident = srv.with(format!("Cookie: {cookie}\r\nX-CSRF-Token: {csrf}\r\n"));
+        let listed = || -> Vec<i64> {
+            get(resident, "/api/v1/grants").json()["grants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g["id"].as_i64().unwrap())
+                .collect()
+        };
+        // The server picks up the new users within half a second.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while listed() != [own] && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(listed(), [own], "a resident sees exactly her own grants");
+        assert_eq!(create(resident, "santander/resident-008/**").status, 403);
+        assert_eq!(create(resident, "santander/**").status, 403);
+        let mine = create(resident, "santander/resident-007/home-007-bed");
+        assert_eq!(mine.status, 201, "{}", mine.body);
+        let delete = |id: i64| http(resident, "DELETE", &format!("/api/v1/grants/{id}"), "text/plain", b"").status;
+        assert_eq!(delete(other), 403);
+        assert_eq!(delete(own), 204);
+        let remaining: Vec<i64> = get(srv, "/api/v1/grants").json()["grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(remaining, [other, mine.json()["id"].as_i64().unwrap()]);
+    })
+    .await;
+}
+
 /// A disabled user is nobody: their open session, their API tokens and their live stream all
 /// stop, without a logout or a revocation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
