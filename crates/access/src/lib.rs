@@ -354,7 +354,7 @@ impl Access {
         from: &str,
         now_ms: i64,
     ) -> Result<Session, Denied> {
-        let user_shown = msec_ingest_bounded(user);
+        let user_shown = msec_store::bounded(user, 64);
         if let Err((until, what)) = self
             .throttle
             .lock()
@@ -554,10 +554,6 @@ impl Access {
             retry_after_s: None,
         })
     }
-}
-
-fn msec_ingest_bounded(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ fn answer(method: &str, url: &str, mut resp: ureq::http::Response<ureq::Body>) -
         .unwrap_or_else(|| body.chars().take(300).collect());
     bail!(
         "{method} {url}: {status}: {}",
-        msec_ingest::bounded(&detail, 300)
+        msec_store::bounded(&detail, 300)
     )
 }
 

@@ -21,7 +21,7 @@ pub use mqtt::{run_mqtt, MqttConfig};
 
 use ed25519_dalek::VerifyingKey;
 use msec_envelope::{Reading, KEY_ID_LEN};
-use msec_store::{Device, DeviceStatus, SecurityEvent, Store, StoredReading};
+use msec_store::{bounded, Device, DeviceStatus, SecurityEvent, Store, StoredReading};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -74,14 +74,6 @@ impl std::fmt::Display for Source {
             Source::Http(peer) => write!(f, "http {}", bounded(peer, 100)),
         }
     }
-}
-
-/// At most `max` characters of `s`, control characters replaced.
-pub fn bounded(s: &str, max: usize) -> String {
-    s.chars()
-        .take(max)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 /// What happened to an accepted submission.
@@ -450,18 +442,4 @@ impl Ingest {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    /// Text from the wire goes into logs and events only through `bounded`: no control
-    /// character (a forged log line, a terminal escape) and no more than `max` characters.
-    #[test]
-    fn bounded_cuts_and_neutralises_control_characters() {
-        assert_eq!(
-            super::bounded("ok\nFAKE LOG LINE\u{1b}[2J", 100),
-            "ok?FAKE LOG LINE?[2J"
-        );
-        assert_eq!(super::bounded("ééééé", 3), "ééé");
-    }
 }

@@ -30,7 +30,7 @@ pub(crate) async fn refuse(s: &AppState, d: Denied, peer: SocketAddr) -> Problem
     let rule = d.rule.clone().unwrap_or_else(|| "-".into());
     // Resources and names in the detail come from the request: bound them before they reach
     // the log and the dashboard.
-    let detail = msec_ingest::bounded(&format!("{} (principal {who}, rule {rule})", d.detail), 600);
+    let detail = msec_store::bounded(&format!("{} (principal {who}, rule {rule})", d.detail), 600);
     let event = s
         .ingest
         .record_denial(d.reason, detail, Source::Http(peer.to_string()))

@@ -234,13 +234,13 @@ pub(crate) async fn device_for(
 ) -> Result<msec_store::Device, Problem> {
     let lookup = id.to_string();
     let d = s.db.call(move |db| db.device(&lookup)).await?;
-    let shown = format!("device {:?}", msec_ingest::bounded(id, 64));
+    let shown = format!("device {:?}", msec_store::bounded(id, 64));
     let resource = match &d {
         Some(d) => device_resource(&d.tenant, &d.owner, &d.id),
         None => device_resource(
             auth::NO_TENANT,
             auth::NO_TENANT,
-            &msec_ingest::bounded(id, 64),
+            &msec_store::bounded(id, 64),
         ),
     };
     auth::authorize_hidden(s, p, action, &resource, &shown, peer).await?;
@@ -292,9 +292,9 @@ async fn register_device(
     // below, and the attempt is recorded.
     let owner = r.owner.as_deref().unwrap_or(&r.tenant);
     let resource = device_resource(
-        &msec_ingest::bounded(&r.tenant, 64),
-        &msec_ingest::bounded(owner, 64),
-        &msec_ingest::bounded(&r.id, 64),
+        &msec_store::bounded(&r.tenant, 64),
+        &msec_store::bounded(owner, 64),
+        &msec_store::bounded(&r.id, 64),
     );
     auth::authorize(&s, &p, Action::Manage, &resource, peer).await?;
     let device = new_device(r)?;
@@ -356,7 +356,7 @@ async fn revoke_device(
                 "conflict",
                 format!(
                     "device {:?} is already revoked",
-                    msec_ingest::bounded(&id, 64)
+                    msec_store::bounded(&id, 64)
                 ),
             )
         })?;
@@ -395,7 +395,7 @@ async fn device_readings(
         })
         .await?
         .ok_or_else(|| {
-            Problem::not_found(format!("no device {:?}", msec_ingest::bounded(&id, 64)))
+            Problem::not_found(format!("no device {:?}", msec_store::bounded(&id, 64)))
         })?;
     let next = (readings.len() == limit)
         .then(|| readings.last().map(|r| r.sequence.to_string()))

@@ -175,7 +175,7 @@ async fn record_refusal(
 ) -> Problem {
     let callers_fault = p.status.is_client_error() && p.code != crate::UNREADABLE_BODY;
     if callers_fault {
-        let detail = format!("{what}: {}", msec_ingest::bounded(&p.detail, 300));
+        let detail = format!("{what}: {}", msec_store::bounded(&p.detail, 300));
         let event = s
             .ingest
             .record_denial(reason, detail, Source::Http(peer.to_string()))
@@ -230,15 +230,15 @@ pub(crate) async fn alarm(
     {
         let what = format!(
             "alarm claiming witness {} refused",
-            msec_ingest::bounded(&a.witness, 80)
+            msec_store::bounded(&a.witness, 80)
         );
         return Err(record_refusal(&s, p, "bad_alarm", &what, peer).await);
     }
     let detail = format!(
         "witness {} reports {}: {}",
-        msec_ingest::bounded(&a.witness, 80),
-        msec_ingest::bounded(&a.kind, 40),
-        msec_ingest::bounded(&a.detail, 300)
+        msec_store::bounded(&a.witness, 80),
+        msec_store::bounded(&a.kind, 40),
+        msec_store::bounded(&a.detail, 300)
     );
     tracing::warn!(peer = %peer, "{detail}");
     let event = s

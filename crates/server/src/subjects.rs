@@ -30,10 +30,10 @@ pub(crate) async fn export(
         })
         .await?;
     // Whether msec holds anything about a person is itself personal data.
-    let shown = format!("subject {:?}", msec_ingest::bounded(&subject, 64));
+    let shown = format!("subject {:?}", msec_store::bounded(&subject, 64));
     let resource = match &tenant {
         Some(t) => format!("{t}/{subject}"),
-        None => format!("{}/{}", auth::NO_TENANT, msec_ingest::bounded(&subject, 64)),
+        None => format!("{}/{}", auth::NO_TENANT, msec_store::bounded(&subject, 64)),
     };
     auth::authorize_hidden(&s, &p, Action::Read, &resource, &shown, peer).await?;
     if tenant.is_none() {

@@ -719,6 +719,67 @@ async fn oversized_bodies_are_refused_without_reading_them_whole() {
     .await;
 }
 
+/// Text an attacker chooses (a user name, a device id in a URL) reaches security events only
+/// cut short and without control characters: no forged log lines, no terminal escapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_text_reaches_events_bounded_and_without_control_characters() {
+    let srv = start().await;
+    blocking(move || {
+        let (_, _, nobody) = add_token(
+            srv,
+            "svc-nobody",
+            &["read"],
+            msec_store::now_ms() + 3_600_000,
+        );
+        let forged = format!("x\nFAKE LOG LINE\u{1b}[2J{}", "y".repeat(1000));
+        let login =
+            serde_json::json!({"user": forged, "password": "wrong password 123"}).to_string();
+        assert_eq!(
+            http(
+                srv,
+                "POST",
+                "/api/v1/login",
+                "application/json",
+                login.as_bytes()
+            )
+            .status,
+            401
+        );
+        let path = format!(
+            "/api/v1/devices/x%0AFAKE%20LOG%20LINE%1B%5B2J{}",
+            "y".repeat(1000)
+        );
+        assert_eq!(get(nobody, &path).status, 403);
+        let events = get(srv, "/api/v1/security-events?limit=10").json()["events"]
+            .as_array()
+            .unwrap()
+            .clone();
+        for reason in ["login_failed", "forbidden"] {
+            let e = events
+                .iter()
+                .find(|e| e["reason"] == reason)
+                .unwrap_or_else(|| panic!("no {reason} event: {events:?}"));
+            for field in ["detail", "source"] {
+                let text = e[field].as_str().unwrap_or_default();
+                assert!(
+                    !text.chars().any(char::is_control),
+                    "{reason} {field}: {text:?}"
+                );
+                assert!(
+                    text.len() < 1000,
+                    "{reason} {field} is {} bytes",
+                    text.len()
+                );
+            }
+            assert!(
+                e["detail"].as_str().unwrap().contains("FAKE LOG LINE"),
+                "{e}"
+            );
+        }
+    })
+    .await;
+}
+
 /// Residents see, create and revoke grants on their own data only (docs/access-control.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn residents_manage_only_their_own_grants() {

@@ -140,6 +140,16 @@ pub struct StoredReading {
     pub measurements: serde_json::Value,
 }
 
+/// At most `max` characters of `s`, control characters replaced by `?`: the one way text from
+/// the wire (topics, ids, user names, peers) enters a security event or a log line, so that it
+/// can forge no line and carry no terminal escape.
+pub fn bounded(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// A security event: something that was refused or looked hostile. `detail` is written by msec,
 /// never copied from attacker input without bounds, and carries no secrets.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -769,5 +779,19 @@ impl Store {
             readings: one(&mut self.db, "SELECT COUNT(*) FROM readings")?,
             security_events: one(&mut self.db, "SELECT COUNT(*) FROM security_events")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Text from the wire goes into logs and events only through `bounded`: no control
+    /// character (a forged log line, a terminal escape) and no more than `max` characters.
+    #[test]
+    fn bounded_cuts_and_neutralises_control_characters() {
+        assert_eq!(
+            super::bounded("ok\nFAKE LOG LINE\u{1b}[2J", 100),
+            "ok?FAKE LOG LINE?[2J"
+        );
+        assert_eq!(super::bounded("ééééé", 3), "ééé");
     }
 }
