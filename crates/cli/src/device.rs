@@ -87,12 +87,6 @@ pub enum DeviceCommand {
     },
 }
 
-fn valid_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
 fn table(devices: &[Device]) {
     println!(
         "{:<20} {:<10} {:<22} {:<8} {:>8} {:>14}",
@@ -122,7 +116,7 @@ fn table(devices: &[Device]) {
 pub async fn run(cmd: DeviceCommand) -> Result<()> {
     match cmd {
         DeviceCommand::Keygen { id, tenant, out } => {
-            if !valid_id(&id) || !valid_id(&tenant) {
+            if !msec_store::valid_id(&id) || !msec_store::valid_id(&tenant) {
                 bail!("id and tenant must be 1-64 characters of A-Z a-z 0-9 . _ -");
             }
             if out.exists() {
@@ -183,9 +177,6 @@ pub async fn run(cmd: DeviceCommand) -> Result<()> {
                 }
             };
             let owner = owner.unwrap_or_else(|| tenant.clone());
-            if !valid_id(&id) || !valid_id(&tenant) || !valid_id(&owner) {
-                bail!("id, tenant and owner must be 1-64 characters of A-Z a-z 0-9 . _ -");
-            }
             let device = NewDevice {
                 owner,
                 name: name.unwrap_or_else(|| id.clone()),

@@ -257,14 +257,18 @@ fn scenario(addr: Srv) {
         .status,
         409
     );
-    let bad = http(
-        addr,
-        "POST",
-        "/api/v1/devices",
-        "application/json",
-        br#"{"id":"x y","tenant":"t","kind":"k","public_key":"00"}"#,
-    );
-    assert_eq!(bad.status, 400);
+    for (id, tenant) in [("x y", "t"), ("x", "t/+"), ("x", "#")] {
+        let reg = serde_json::json!({"id": id, "tenant": tenant, "kind": "k", "public_key": hex::encode(DeviceKey::generate().unwrap().public_key())});
+        let bad = http(
+            addr,
+            "POST",
+            "/api/v1/devices",
+            "application/json",
+            reg.to_string().as_bytes(),
+        );
+        assert_eq!(bad.status, 400, "{id} {tenant}: {}", bad.body);
+        assert!(bad.body.contains("A-Z a-z 0-9"), "{}", bad.body);
+    }
     let weak = format!(
         r#"{{"id":"w","tenant":"t","kind":"k","public_key":"01{}"}}"#,
         "00".repeat(31)
@@ -281,7 +285,7 @@ fn scenario(addr: Srv) {
         "{}",
         r.body
     );
-    assert!(bad
+    assert!(r
         .headers
         .contains("content-type: application/problem+json"));
     assert_eq!(

@@ -41,7 +41,27 @@ pub struct Location {
 
 /// What a registration may say about a device. Checked before anything is stored: a NaN
 /// latitude, for one, would be stored as `null` and then fail every later read of the registry.
+/// Whether `s` may be a device id, tenant or owner: 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
+/// These appear in MQTT topics and URLs, where `/`, `+`, `#` or a space would change meaning.
+pub fn valid_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 fn check_profile(d: &NewDevice) -> Result<(), StoreError> {
+    for (what, id) in [
+        ("a device id", &d.id),
+        ("a tenant", &d.tenant),
+        ("an owner", &d.owner),
+    ] {
+        if !valid_id(id) {
+            return Err(StoreError::Invalid(format!(
+                "{what} must be 1 to 64 characters of A-Z a-z 0-9 . _ - (got {:?})",
+                bounded(id, 80)
+            )));
+        }
+    }
     let text = |what: &str, s: &str, max: usize| {
         if s.is_empty() || s.chars().count() > max || s.chars().any(char::is_control) {
             Err(StoreError::Invalid(format!(

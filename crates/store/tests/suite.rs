@@ -83,6 +83,31 @@ fn suite(url: &str) {
         ));
     }
     assert!(s.device("bad").unwrap().is_none());
+    // Ids, tenants and owners become MQTT topic levels and URL segments: `/`, `+`, `#`, spaces
+    // or length would change what they address.
+    let long = "x".repeat(65);
+    for bad in ["", "a b", "a/b", "a+b", "a#b", "é", long.as_str()] {
+        for d in [
+            NewDevice {
+                id: bad.into(),
+                ..device("bad", 9)
+            },
+            NewDevice {
+                tenant: bad.into(),
+                ..device("bad", 9)
+            },
+            NewDevice {
+                owner: bad.into(),
+                ..device("bad", 9)
+            },
+        ] {
+            assert!(
+                matches!(s.register_device(&d), Err(StoreError::Invalid(_))),
+                "{bad:?} accepted"
+            );
+        }
+    }
+    assert!(s.devices().unwrap().iter().all(|d| d.id == "d1"));
     // Consents and grants that could never mean anything are refused, not stored.
     for (grantee, purpose) in [
         ("a b", "care"),
