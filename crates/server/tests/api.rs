@@ -285,9 +285,7 @@ fn scenario(addr: Srv) {
         "{}",
         r.body
     );
-    assert!(r
-        .headers
-        .contains("content-type: application/problem+json"));
+    assert!(r.headers.contains("content-type: application/problem+json"));
     assert_eq!(
         get(addr, "/api/v1/devices").json()["devices"][0]["id"],
         "park-env-01"

@@ -233,6 +233,21 @@ fn protection(url: &str) {
         s.erase_subject("alice", "test"),
         Err(StoreError::Conflict(_))
     ));
+    // A subject erased before anything is held about it never gets a data key: a device for
+    // it is refused, and its key row stays empty.
+    s.erase_subject("carol", "test").unwrap();
+    assert!(matches!(
+        s.register_device(&new_device(
+            "carol-bed",
+            "carol",
+            7,
+            SECRET_NAME,
+            SECRET_PLACE
+        )),
+        Err(StoreError::Erased(_))
+    ));
+    assert_eq!(key_row(url, "carol"), (None, None));
+    assert!(s.device("carol-bed").unwrap().is_none());
     // Other subjects are untouched; the log still audits clean.
     assert_eq!(
         s.readings(
