@@ -149,6 +149,12 @@ async fn rules(url: String) {
             a.seal(&temp(now, 1.0), now),
             Source::Mqtt("msec/v1/santander/dev-b/readings".into()),
         ),
+        // The right device id under another tenant is another device's topic too.
+        (
+            "topic_mismatch",
+            a.seal(&temp(now, 1.0), now),
+            Source::Mqtt("msec/v1/fujisawa/dev-a/readings".into()),
+        ),
     ];
     for (reason, bytes, source) in cases {
         let rejection = ingest.submit(bytes, source).await.expect_err(reason);
@@ -184,10 +190,11 @@ fn check_rules_outcome(url: &str, ingest: &Ingest) {
         "malformed_senml",
         "topic_mismatch",
     ] {
+        let cases = if reason == "topic_mismatch" { 2 } else { 1 };
         assert_eq!(
             counts.get(reason),
-            Some(&1),
-            "exactly one event for {reason}: {counts:?}"
+            Some(&cases),
+            "exactly one event per refusal for {reason}: {counts:?}"
         );
         assert_eq!(
             ingest
@@ -197,7 +204,7 @@ fn check_rules_outcome(url: &str, ingest: &Ingest) {
                 .find(|r| r.0 == reason)
                 .unwrap()
                 .1,
-            1
+            cases as u64
         );
     }
     let stored = s
@@ -211,12 +218,14 @@ fn check_rules_outcome(url: &str, ingest: &Ingest) {
         .unwrap();
     assert_eq!(
         stored.iter().map(|r| r.sequence).collect::<Vec<_>>(),
-        [107, 100],
+        // The first reading, and the one after the refusals (every reading dev-a sealed for
+        // them used up a sequence number).
+        [108, 100],
         "only valid readings stored"
     );
     assert_eq!(stored[1].measurements[0]["v"], 21.0);
     let dev = s.device("dev-a").unwrap().unwrap();
-    assert_eq!((dev.last_sequence, dev.battery), (Some(107), Some(77.0)));
+    assert_eq!((dev.last_sequence, dev.battery), (Some(108), Some(77.0)));
 }
 
 /// Sequence edge cases: a different reading under the sequence already accepted is a replay,
