@@ -3,13 +3,15 @@
 //! This crate owns the acceptance rules (known active device, valid signature, fresh sequence,
 //! timestamp within the allowed skew, size limit, well-formed SenML) and the promise behind an
 //! acknowledgement: [`Ingest::submit`] returns only after the reading, or the security event
-//! recording its rejection, is durably committed. It never speaks HTTP, and it never
-//! acknowledges a reading that is not stored.
+//! recording its rejection, is durably committed (past the event budget of [`budget`], a
+//! rejection is counted instead, and the counts are stored within seconds). It never speaks
+//! HTTP, and it never acknowledges a reading that is not stored.
 //!
 //! Work is split in two stages. Stateless checks (size, structure, key lookup, signature) run
 //! on the caller's task, so they spread over all cores. Stateful checks (sequence, duplicates,
 //! clock) run on one writer thread that owns a database connection and commits in batches.
 
+pub mod budget;
 pub mod commands;
 mod metrics;
 mod mqtt;

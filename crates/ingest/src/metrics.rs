@@ -37,6 +37,9 @@ pub struct Metrics {
     /// True while the writer retries what the database refused (a commit, or the lookup that
     /// tells a resend from a replay): ingest is waiting.
     pub commit_failing: std::sync::atomic::AtomicBool,
+    /// Refusals past the event budget: counted in `rejected` and in an `events_suppressed`
+    /// event, not stored one by one (see `budget`).
+    pub suppressed: AtomicU64,
     rejected: [AtomicU64; REASONS.len()],
 }
 

@@ -1,6 +1,7 @@
 //! The writer thread: the stateful checks (sequence, duplicates, clock) and batched commits.
 //! Replies go out only after the commit that made their outcome durable.
 
+use crate::budget::EventBudget;
 use crate::{known, Job, Live, Metrics, Outcome, Registry, Rejection, Reply, Verdict};
 use msec_store::{
     Batch, Device, DeviceUpdate, NewEvent, NewReading, SecurityEvent, Store, StoredReading,
@@ -30,6 +31,7 @@ pub(crate) struct Writer {
     last_sequence: HashMap<String, i64>,
     refreshed_ms: i64,
     flags: Flags,
+    budget: EventBudget,
     /// Lives as long as the writer.
     _checkpoints: Option<msec_store::WalCheckpointer>,
 }
@@ -46,6 +48,41 @@ pub(crate) struct Flags {
 enum Pending {
     Reading(usize),
     Duplicate(Outcome),
+}
+
+/// A refusal on its way to its sender, and whether it has a stored event of its own (see
+/// [`EventBudget`]).
+struct Refused {
+    rejection: Rejection,
+    stored: bool,
+}
+
+/// Turns a refusal into a security event of its own in `batch`, if the budget allows; past it
+/// the refusal is only counted (in the metrics now, and in the budget's next summary).
+fn refuse(
+    budget: &mut EventBudget,
+    metrics: &Metrics,
+    batch: &mut Batch,
+    rejection: Rejection,
+    source: &str,
+) -> Refused {
+    let now = msec_store::now_ms();
+    let stored = budget.admit(rejection.reason, now);
+    if stored {
+        batch.events.push(NewEvent {
+            at_ms: now,
+            reason: rejection.reason.to_string(),
+            device_id: rejection.device_id.clone(),
+            source: source.to_string(),
+            detail: rejection.detail.clone(),
+        });
+    } else {
+        metrics.reject(rejection.reason);
+        metrics
+            .suppressed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Refused { rejection, stored }
 }
 
 impl Writer {
@@ -74,6 +111,7 @@ impl Writer {
             last_sequence,
             refreshed_ms: msec_store::now_ms(),
             flags,
+            budget: EventBudget::new(msec_store::now_ms()),
             _checkpoints: checkpoints,
         })
     }
@@ -104,6 +142,20 @@ impl Writer {
                 !jobs.is_closed() && !stopping.load(Ordering::Acquire)
             });
         }
+        // Refusals counted since the last summary are stored before the writer goes.
+        if let Some(summary) = self.budget.summary(msec_store::now_ms(), true) {
+            let batch = Batch {
+                events: vec![summary],
+                ..Batch::default()
+            };
+            match self.commit(&batch, &|| false) {
+                Ok(ids) => self.deliver(batch, Vec::new(), &ids),
+                Err(_) => log_event(
+                    &batch.events[0],
+                    "security event (not stored: the database is unavailable)",
+                ),
+            }
+        }
     }
 
     fn refresh_registry(&mut self) {
@@ -131,20 +183,11 @@ impl Writer {
         let now_s = msec_store::now_ms() / 1000;
         let skew = self.config.max_skew_secs;
         let mut batch = Batch::default();
-        let mut replies: Vec<(Reply, Result<Pending, Rejection>)> = Vec::with_capacity(jobs.len());
+        let mut replies: Vec<(Reply, Result<Pending, Refused>)> = Vec::with_capacity(jobs.len());
         let mut newest: HashMap<String, i64> = HashMap::new();
         let mut digests: HashMap<(String, i64), [u8; 32]> = HashMap::new();
         let mut updates: HashMap<String, DeviceUpdate> = HashMap::new();
         let mut gave_up = false;
-        let event = |batch: &mut Batch, r: &Rejection, source: &str| {
-            batch.events.push(NewEvent {
-                at_ms: msec_store::now_ms(),
-                reason: r.reason.to_string(),
-                device_id: r.device_id.clone(),
-                source: source.to_string(),
-                detail: r.detail.clone(),
-            });
-        };
         for job in jobs {
             let Job::Submit(verdict, reply) = job else {
                 self.flags.tick_queued.store(false, Ordering::Release);
@@ -152,8 +195,14 @@ impl Writer {
             };
             match verdict {
                 Verdict::Rejected { rejection, source } => {
-                    event(&mut batch, &rejection, &source);
-                    replies.push((reply, Err(rejection)));
+                    let refused = refuse(
+                        &mut self.budget,
+                        &self.metrics,
+                        &mut batch,
+                        rejection,
+                        &source,
+                    );
+                    replies.push((reply, Err(refused)));
                 }
                 Verdict::Verified {
                     reading,
@@ -259,14 +308,24 @@ impl Writer {
                     match verdict {
                         Ok(p) => replies.push((reply, Ok(p))),
                         Err(rejection) => {
-                            event(&mut batch, &rejection, &source);
-                            replies.push((reply, Err(rejection)));
+                            let refused = refuse(
+                                &mut self.budget,
+                                &self.metrics,
+                                &mut batch,
+                                rejection,
+                                &source,
+                            );
+                            replies.push((reply, Err(refused)));
                         }
                     }
                 }
             }
         }
         batch.devices = updates.into_values().collect();
+        // Last in the batch: the refusals' own events come first, in reply order.
+        batch
+            .events
+            .extend(self.budget.summary(msec_store::now_ms(), !running()));
         match self.commit(&batch, running) {
             Ok(ids) => {
                 self.last_sequence.extend(newest);
@@ -357,12 +416,7 @@ impl Writer {
         }
     }
 
-    fn deliver(
-        &self,
-        batch: Batch,
-        replies: Vec<(Reply, Result<Pending, Rejection>)>,
-        ids: &[i64],
-    ) {
+    fn deliver(&self, batch: Batch, replies: Vec<(Reply, Result<Pending, Refused>)>, ids: &[i64]) {
         use std::sync::atomic::Ordering::Relaxed;
         let Batch {
             readings, events, ..
@@ -398,8 +452,8 @@ impl Writer {
                 let _ = self.live.send(Live::Reading(Arc::new(stored)));
             }
         }
-        // Every rejection pushed exactly one event, in reply order: the i-th rejection's event
-        // has the i-th id.
+        // Every stored refusal pushed exactly one event, in reply order: the i-th such
+        // refusal's event has the i-th id.
         let mut events_seen = 0;
         for (reply, pending) in replies {
             let result = match pending {
@@ -408,9 +462,14 @@ impl Writer {
                     self.metrics.duplicates.fetch_add(1, Relaxed);
                     Ok(o)
                 }
-                Err(mut rejection) => {
-                    rejection.event_id = ids.get(events_seen).copied();
-                    events_seen += 1;
+                Err(Refused {
+                    mut rejection,
+                    stored,
+                }) => {
+                    if stored {
+                        rejection.event_id = ids.get(events_seen).copied();
+                        events_seen += 1;
+                    }
                     Err(rejection)
                 }
             };

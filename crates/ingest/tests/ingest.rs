@@ -839,3 +839,85 @@ async fn a_resend_during_an_outage_is_still_a_duplicate() {
     );
     assert!(events(&url).is_empty(), "{:?}", events(&url));
 }
+
+/// A flood of refusals (anyone who reaches the broker or the API can cause them) stores a
+/// burst of events and then only counts: every refusal is in the metrics, the ones past the
+/// budget are in one `events_suppressed` event, and a device's reading in the middle of the
+/// flood is stored as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refusals_is_counted_not_stored_one_by_one() {
+    use msec_ingest::budget::{BURST, SUPPRESSED};
+    use std::sync::atomic::Ordering::Relaxed;
+    const FLOOD: usize = 3000;
+    let url = sqlite_url();
+    let key = registered(&url, "dev-a");
+    let (ingest, writer) = sync(|| {
+        Ingest::start(
+            Store::open(&url, msec_testkit::test_keys()).unwrap(),
+            Config::default(),
+        )
+        .unwrap()
+    });
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..FLOOD {
+        let ingest = ingest.clone();
+        flood.spawn(async move {
+            let source = Source::Http(format!("192.0.2.{}:9", i % 250));
+            ingest
+                .submit(format!("junk {i}").into_bytes(), source)
+                .await
+        });
+    }
+    let mut dev = Device::new("dev-a", key, 1);
+    let now = unix_now();
+    let reading = dev.seal(&temp(now, 20.0), now);
+    assert!(matches!(
+        ingest
+            .submit(reading, Source::Http("127.0.0.1:9".into()))
+            .await,
+        Ok(Outcome::Stored { .. })
+    ));
+    let mut with_event = 0;
+    while let Some(answer) = flood.join_next().await {
+        let refusal = answer.unwrap().expect_err("junk is refused");
+        assert_eq!(refusal.reason, "malformed_envelope");
+        with_event += usize::from(refusal.event_id.is_some());
+    }
+    let m = ingest.metrics();
+    let counted = m
+        .rejected()
+        .into_iter()
+        .find(|r| r.0 == "malformed_envelope");
+    assert_eq!(counted, Some(("malformed_envelope", FLOOD as u64)));
+    let suppressed = m.suppressed.load(Relaxed) as usize;
+    assert_eq!(with_event + suppressed, FLOOD);
+    // The burst, and what the steady rate refilled while the flood lasted (a few seconds).
+    assert!(
+        (BURST as usize..BURST as usize + 100).contains(&with_event),
+        "{with_event} refusals stored one by one"
+    );
+    drop(ingest);
+    sync(|| writer.join().unwrap());
+    let (counts, newest) = sync(|| {
+        let mut s = Store::open(&url, msec_testkit::test_keys()).unwrap();
+        (
+            s.security_event_counts().unwrap(),
+            s.security_events(10, None).unwrap(),
+        )
+    });
+    let stored = |reason: &str| counts.iter().find(|c| c.0 == reason).map(|c| c.1);
+    assert_eq!(stored("malformed_envelope"), Some(with_event as i64));
+    assert_eq!(stored(SUPPRESSED), Some(1));
+    let summaries: Vec<_> = newest.iter().filter(|e| e.reason == SUPPRESSED).collect();
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    assert!(
+        summaries[0]
+            .detail
+            .starts_with(&format!("{suppressed} refusals"))
+            && summaries[0]
+                .detail
+                .ends_with(&format!("malformed_envelope {suppressed}")),
+        "{}",
+        summaries[0].detail
+    );
+}

@@ -93,6 +93,7 @@ function dashboard() {
     malformed_envelope: "not a valid COSE_Sign1 envelope",
     malformed_senml: "the signed payload is not valid SenML",
     topic_mismatch: "published on another device's MQTT topic",
+    events_suppressed: "refusals came faster than the event budget allows; their counts by reason are in the detail",
   };
 
   const reasonText = (r) => (typeof r === "string" && Object.hasOwn(REASONS, r) ? REASONS[r] : "");
@@ -1056,7 +1057,7 @@ function dashboard() {
 
     view.replaceChildren(
       el("h2", {}, "Security events", total),
-      el("p", { class: "muted" }, "Every rejected message is stored with its reason; new events appear at the top as they happen. Click a count to filter."),
+      el("p", { class: "muted" }, "Every rejected message is stored with its reason (during a flood, counted in an events_suppressed event); new events appear at the top as they happen. Click a count to filter."),
       tilesBox,
       table("events-table", ["Time", "Reason", "Device", "Source", "Detail"], tbody),
       emptyNote,

@@ -576,12 +576,17 @@ async fn metrics(
         "Commit attempts the database failed (each is retried; ingest waits meanwhile).",
         m.storage_failures.load(Relaxed),
     );
+    counter(
+        "msec_security_events_suppressed_total",
+        "Refusals past the event budget: counted by reason below and in events_suppressed events, not stored one by one.",
+        m.suppressed.load(Relaxed),
+    );
     let _ = writeln!(
         out,
         "# HELP msec_ingest_commit_failing 1 while the database refuses ingest's work (ingest waits).\n# TYPE msec_ingest_commit_failing gauge\nmsec_ingest_commit_failing {}",
         u8::from(m.commit_failing.load(Relaxed))
     );
-    let _ = writeln!(out, "# HELP msec_security_events_total Rejected readings, each recorded as a security event, by reason.");
+    let _ = writeln!(out, "# HELP msec_security_events_total Refusals by reason, each recorded as a security event of its own or, past the event budget, counted in an events_suppressed event.");
     let _ = writeln!(out, "# TYPE msec_security_events_total counter");
     for (reason, n) in m.rejected() {
         let _ = writeln!(out, "msec_security_events_total{{reason=\"{reason}\"}} {n}");
