@@ -8,7 +8,7 @@
 
 mod senml;
 
-pub use senml::{Measurement, SenmlError, Value, MAX_NAME_BYTES, MAX_RECORDS};
+pub use senml::{Measurement, SenmlError, Value, MAX_NAME_BYTES, MAX_RECORDS, MAX_UNIT_BYTES};
 
 use coset::{
     cbor::value::Value as Cbor, iana, CborSerializable, CoseSign1, CoseSign1Builder,

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 pub const MAX_RECORDS: usize = 1024;
 /// Longest resolved name accepted, in bytes.
 pub const MAX_NAME_BYTES: usize = 255;
+/// Longest unit accepted, in bytes. Registered SenML units are a few characters; a base unit
+/// is copied into every record, so an unbounded one would let one envelope resolve into a
+/// thousand copies of itself.
+pub const MAX_UNIT_BYTES: usize = 32;
 /// SenML: times below 2^28 are relative to "now" (RFC 8428 section 4.5.3).
 const RELATIVE_TIME_LIMIT: f64 = 268_435_456.0;
 
@@ -235,6 +239,12 @@ pub fn decode(bytes: &[u8], now: f64) -> Result<Vec<Measurement>, SenmlError> {
             other => other,
         };
         let unit = u.or_else(|| bu.clone()).filter(|u| !u.is_empty());
+        if unit
+            .as_ref()
+            .is_some_and(|u| u.len() > MAX_UNIT_BYTES || !u.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(err("a unit is at most 32 printable ASCII characters"));
+        }
         if matches!(value, Value::Number(_) | Value::Sum(_)) && unit.is_none() {
             return Err(err("numeric value without a unit"));
         }
@@ -385,6 +395,35 @@ mod tests {
             (int(VB), Cbor::Bool(true)),
         ])]));
         assert!(decode(&split, 0.0).is_err());
+    }
+
+    /// A base unit is copied into every record: bounded, one envelope cannot resolve into a
+    /// thousand copies of itself.
+    #[test]
+    fn units_are_short_and_printable() {
+        let pack = |unit: &str| {
+            cbor(Cbor::Array(vec![
+                Cbor::Map(vec![
+                    (int(BU), Cbor::Text(unit.into())),
+                    (int(N), Cbor::Text("a".into())),
+                    (int(V), Cbor::Float(1.0)),
+                ]),
+                Cbor::Map(vec![
+                    (int(N), Cbor::Text("b".into())),
+                    (int(VS), Cbor::Text("x".into())),
+                ]),
+            ]))
+        };
+        assert!(decode(&pack("m/s2"), 0.0).is_ok());
+        assert!(decode(&pack(&"u".repeat(MAX_UNIT_BYTES)), 0.0).is_ok());
+        for bad in [
+            "u".repeat(MAX_UNIT_BYTES + 1),
+            "deg C".into(),
+            "Cel\n".into(),
+            "°C".into(),
+        ] {
+            assert!(decode(&pack(&bad), 0.0).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

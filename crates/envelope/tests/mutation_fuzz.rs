@@ -8,7 +8,9 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use coset::cbor::value::Value as Cbor;
 use coset::{CoseSign1, CoseSign1Builder, TaggedCborSerializable};
 use ed25519_dalek::{Signer, SigningKey};
-use msec_envelope::{open, seal, Measurement, Reading, Value, MAX_NAME_BYTES, MAX_RECORDS};
+use msec_envelope::{
+    open, seal, Measurement, Reading, Value, MAX_NAME_BYTES, MAX_RECORDS, MAX_UNIT_BYTES,
+};
 use msec_testkit::mutation::{mutate, Rng};
 
 #[test]
@@ -108,6 +110,14 @@ fn check_accepted(reading: &Reading, payload: &[u8]) {
             hex::encode(payload)
         );
         assert!(m.time.is_finite(), "{}", hex::encode(payload));
+        assert!(
+            m.unit.as_deref().is_none_or(|u| !u.is_empty()
+                && u.len() <= MAX_UNIT_BYTES
+                && u.bytes().all(|b| b.is_ascii_graphic())),
+            "unit {:?} from {}",
+            m.unit,
+            hex::encode(payload)
+        );
         match &m.value {
             Value::Number(v) | Value::Sum(v) => assert!(
                 v.is_finite() && m.unit.as_deref().is_some_and(|u| !u.is_empty()),
