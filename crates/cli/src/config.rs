@@ -160,6 +160,49 @@ impl Settings {
     pub fn log_key_file(&self) -> PathBuf {
         self.data_dir.join("log-key.json")
     }
+    /// The secret part of the platform's MQTT client ids (see [`Settings::mqtt_client_secret`]).
+    pub fn mqtt_client_file(&self) -> PathBuf {
+        self.data_dir.join("mqtt-client-id")
+    }
+    /// A random suffix for the platform's MQTT client ids, made on first start and kept,
+    /// readable by its owner only. The ids must stay the same across restarts (the broker keeps
+    /// the consumer's session, and the readings queued for it, under its id) and must not be
+    /// guessable: a broker hands a session to whoever connects with its client id, so on a
+    /// broker anyone may connect to, a known id would let anyone take over the consumer and
+    /// acknowledge readings away.
+    pub fn mqtt_client_secret(&self) -> Result<String> {
+        let path = self.mqtt_client_file();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let secret = text.trim();
+                if secret.len() != 32 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    bail!(
+                        "{} is not an msec client id secret (32 hex digits); delete it to make a new one",
+                        path.display()
+                    );
+                }
+                Ok(secret.to_string())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut bytes = [0u8; 16];
+                getrandom::fill(&mut bytes).map_err(|e| {
+                    anyhow::anyhow!("the operating system's random source failed: {e}")
+                })?;
+                let secret = hex::encode(bytes);
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                use std::io::Write;
+                options
+                    .open(&path)
+                    .and_then(|mut f| f.write_all(secret.as_bytes()).and_then(|()| f.sync_all()))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                Ok(secret)
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
     /// The newest checkpoint this platform published, kept outside the database.
     pub fn log_state_file(&self) -> PathBuf {
         self.data_dir.join("log-checkpoint.txt")

@@ -176,10 +176,15 @@ pub fn open_notary(settings: &Settings, store: Store) -> Result<Notary> {
     )?)
 }
 
-/// The MQTT client id of the platform's consumer. Stable across restarts (so the broker keeps
-/// its session and queued readings) and distinct per topic root.
-pub fn consumer_id(topic_root: &str) -> String {
-    format!("msec-ingest-{topic_root}")
+/// The MQTT client ids of the platform's consumer and command publisher: stable across
+/// restarts (so the broker keeps the consumer's session and queued readings), distinct per
+/// topic root, and unguessable (see [`Settings::mqtt_client_secret`]).
+fn client_ids(s: &Settings) -> Result<(String, String)> {
+    let secret = s.mqtt_client_secret()?;
+    Ok((
+        format!("msec-ingest-{}-{secret}", s.topic_root),
+        format!("msec-commands-{}-{secret}", s.topic_root),
+    ))
 }
 
 impl Platform {
@@ -232,13 +237,11 @@ impl Platform {
                     }
                 })?;
         }
-        let publisher = msec_ingest::CommandPublisher::connect(
-            &broker_url,
-            &format!("msec-commands-{}", s.topic_root),
-        )
-        .await
-        .map_err(anyhow::Error::msg)
-        .context("cannot connect the actuator-command publisher to the MQTT broker")?;
+        let (consumer_id, publisher_id) = client_ids(s)?;
+        let publisher = msec_ingest::CommandPublisher::connect(&broker_url, &publisher_id)
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("cannot connect the actuator-command publisher to the MQTT broker")?;
         let commander = Arc::new(msec_server::Commander::new(
             command_signer(s)?,
             publisher,
@@ -251,9 +254,8 @@ impl Platform {
                 .context("cannot start ingest")?;
         let db = msec_server::DbHandle::start(open_store(s).await?)?;
         let (stop, stopped) = watch::channel(false);
-        let mut mqtt =
-            MqttConfig::from_url(&broker_url, &consumer_id(&s.topic_root), &s.topic_root)
-                .map_err(anyhow::Error::msg)?;
+        let mut mqtt = MqttConfig::from_url(&broker_url, &consumer_id, &s.topic_root)
+            .map_err(anyhow::Error::msg)?;
         mqtt.drain_on_stop = matches!(s.broker, Broker::Embedded(_));
         let consumer = tokio::spawn(msec_ingest::run_mqtt(ingest.clone(), mqtt, stopped.clone()));
         let state = msec_server::AppState {

@@ -370,6 +370,22 @@ fn serve_accepts_a_registered_device_over_mqtt_and_rejects_after_revocation() {
     assert!(http_get(&http, "/api/v1/devices")
         .unwrap()
         .contains("unauthenticated"));
+    // The consumer's MQTT client id carries a secret made on first start: a broker hands a
+    // session to whoever presents its id.
+    let secret = std::fs::read_to_string(format!("{dir}/mqtt-client-id")).unwrap();
+    assert!(
+        secret.len() == 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{secret:?}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(format!("{dir}/mqtt-client-id"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     // A second platform on the same data directory would append to the same log: refused.
     let (ok, _, err) = run(&[
         "serve",
