@@ -12,6 +12,8 @@ pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 pub const DEFAULT_MQTT: &str = "127.0.0.1:1884";
 /// The largest `--max-skew`: a week.
 const MAX_SKEW_SECS: i64 = 7 * 86_400;
+/// The largest `--max-age`: 30 days.
+const MAX_AGE_SECS: i64 = 30 * 86_400;
 
 #[derive(Debug, Args, Clone, Default)]
 pub struct PlatformArgs {
@@ -52,9 +54,12 @@ pub struct PlatformArgs {
     /// First MQTT topic level; devices publish on ROOT/v1/TENANT/DEVICE/readings [default: msec]
     #[arg(long, env = "MSEC_TOPIC_ROOT", value_name = "ROOT")]
     pub topic_root: Option<String>,
-    /// Largest accepted clock difference between a device and this server, in seconds, at most a week [default: 300]
+    /// How far ahead of this server's clock a device's clock may run, in seconds, at most a week [default: 300]
     #[arg(long, env = "MSEC_MAX_SKEW", value_name = "SECS")]
     pub max_skew: Option<i64>,
+    /// How long after signing a reading may arrive, in seconds, at most 30 days: devices that buffer offline, broker backlogs after an outage [default: 86400]
+    #[arg(long, env = "MSEC_MAX_AGE", value_name = "SECS")]
+    pub max_age: Option<i64>,
     /// Largest accepted reading envelope in bytes [default: 65536]
     #[arg(long, env = "MSEC_MAX_ENVELOPE_BYTES", value_name = "BYTES")]
     pub max_envelope_bytes: Option<usize>,
@@ -97,6 +102,7 @@ struct FileSettings {
     broker: Option<String>,
     topic_root: Option<String>,
     max_skew: Option<i64>,
+    max_age: Option<i64>,
     max_envelope_bytes: Option<usize>,
     keys: Option<PathBuf>,
     witnesses: Option<Vec<String>>,
@@ -120,6 +126,7 @@ pub struct Settings {
     pub broker: Broker,
     pub topic_root: String,
     pub max_skew: i64,
+    pub max_age: i64,
     pub max_envelope_bytes: usize,
     pub keys: PathBuf,
     pub witnesses: Vec<msec_notary::Witness>,
@@ -273,6 +280,10 @@ impl PlatformArgs {
         if !(1..=MAX_SKEW_SECS).contains(&max_skew) {
             bail!("max skew must be between 1 and {MAX_SKEW_SECS} seconds (a week)");
         }
+        let max_age = self.max_age.or(file.max_age).unwrap_or(86_400);
+        if !(1..=MAX_AGE_SECS).contains(&max_age) {
+            bail!("max age must be between 1 and {MAX_AGE_SECS} seconds (30 days)");
+        }
         let max_envelope_bytes = self
             .max_envelope_bytes
             .or(file.max_envelope_bytes)
@@ -326,6 +337,7 @@ impl PlatformArgs {
             broker,
             topic_root,
             max_skew,
+            max_age,
             max_envelope_bytes,
         })
     }
@@ -411,6 +423,16 @@ mod tests {
             assert!(
                 format!("{:#}", bad.resolve().unwrap_err()).contains("max skew"),
                 "{skew}"
+            );
+        }
+        for age in [0, -1, 30 * 86_400 + 1, i64::MAX] {
+            let bad = PlatformArgs {
+                max_age: Some(age),
+                ..Default::default()
+            };
+            assert!(
+                format!("{:#}", bad.resolve().unwrap_err()).contains("max age"),
+                "{age}"
             );
         }
     }

@@ -205,6 +205,7 @@ impl Platform {
         let config = msec_ingest::Config {
             max_envelope_bytes: s.max_envelope_bytes,
             max_skew_secs: s.max_skew,
+            max_age_secs: s.max_age,
             ..Default::default()
         };
         let notary_store = open_store(s).await?;

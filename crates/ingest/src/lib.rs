@@ -37,8 +37,13 @@ pub const DENIAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct Config {
     /// Largest envelope accepted, in bytes.
     pub max_envelope_bytes: usize,
-    /// Largest accepted difference between a reading's `iat` and the server clock, in seconds.
+    /// How far a reading's `iat` may be ahead of the server clock, in seconds (device clocks
+    /// run fast).
     pub max_skew_secs: i64,
+    /// How long after its `iat` a reading may reach msec, in seconds: long enough for devices
+    /// that buffer while offline and for a broker's backlog across an outage. The sequence
+    /// number, not the age, is what stops replays.
+    pub max_age_secs: i64,
     /// Most jobs committed in one transaction.
     pub batch_max: usize,
     /// Least time from the start of one commit to the start of the next. Readings that arrive
@@ -53,6 +58,7 @@ impl Default for Config {
         Config {
             max_envelope_bytes: msec_envelope::DEFAULT_MAX_ENVELOPE_BYTES,
             max_skew_secs: 300,
+            max_age_secs: 86_400,
             batch_max: 2048,
             commit_interval: std::time::Duration::from_millis(2),
         }

@@ -180,8 +180,7 @@ impl Writer {
     /// `running` says whether submissions may still come; a failed commit is retried until
     /// it succeeds while they may.
     fn process(&mut self, jobs: Vec<Job>, running: &dyn Fn() -> bool) {
-        let now_s = msec_store::now_ms() / 1000;
-        let skew = self.config.max_skew_secs;
+        let (skew, max_age) = (self.config.max_skew_secs, self.config.max_age_secs);
         let mut batch = Batch::default();
         let mut replies: Vec<(Reply, Result<Pending, Refused>)> = Vec::with_capacity(jobs.len());
         let mut newest: HashMap<String, i64> = HashMap::new();
@@ -213,6 +212,9 @@ impl Writer {
                     received_ms,
                     source,
                 } => {
+                    // Judged as of its arrival: time it then spends waiting here (a database outage)
+                    // must not age it.
+                    let received_s = received_ms / 1000;
                     let seq = reading.sequence as i64;
                     let last = newest
                         .get(&device_id)
@@ -259,20 +261,20 @@ impl Writer {
                                 ),
                             ))
                         }
-                    } else if reading.issued_at < now_s.saturating_sub(skew) {
+                    } else if reading.issued_at < received_s.saturating_sub(max_age) {
                         Err(reject(
                             "stale_timestamp",
                             format!(
-                                "issued {} s before the server clock (limit {skew} s)",
-                                now_s.saturating_sub(reading.issued_at)
+                                "issued {} s before it reached msec (limit {max_age} s)",
+                                received_s.saturating_sub(reading.issued_at)
                             ),
                         ))
-                    } else if reading.issued_at > now_s.saturating_add(skew) {
+                    } else if reading.issued_at > received_s.saturating_add(skew) {
                         Err(reject(
                             "future_timestamp",
                             format!(
                                 "issued {} s after the server clock (limit {skew} s)",
-                                reading.issued_at.saturating_sub(now_s)
+                                reading.issued_at.saturating_sub(received_s)
                             ),
                         ))
                     } else {

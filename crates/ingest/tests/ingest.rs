@@ -58,6 +58,7 @@ fn sync<T>(f: impl FnOnce() -> T) -> T {
 fn start(url: &str) -> Ingest {
     let config = Config {
         max_skew_secs: 60,
+        max_age_secs: 600,
         ..Config::default()
     };
     sync(|| {
@@ -170,6 +171,12 @@ async fn rules(url: String) {
         ingest.submit(next, http()).await,
         Ok(Outcome::Stored { .. })
     ));
+    // Older than the skew, within the age: a device that buffered while offline.
+    let buffered = a.seal(&temp(now - 400.0, 23.0), now - 400.0);
+    assert!(matches!(
+        ingest.submit(buffered, http()).await,
+        Ok(Outcome::Stored { .. })
+    ));
 
     sync(|| check_rules_outcome(&url, &ingest));
 }
@@ -218,14 +225,14 @@ fn check_rules_outcome(url: &str, ingest: &Ingest) {
         .unwrap();
     assert_eq!(
         stored.iter().map(|r| r.sequence).collect::<Vec<_>>(),
-        // The first reading, and the one after the refusals (every reading dev-a sealed for
+        // The first reading, and the two after the refusals (every reading dev-a sealed for
         // them used up a sequence number).
-        [108, 100],
+        [109, 108, 100],
         "only valid readings stored"
     );
-    assert_eq!(stored[1].measurements[0]["v"], 21.0);
+    assert_eq!(stored[2].measurements[0]["v"], 21.0);
     let dev = s.device("dev-a").unwrap().unwrap();
-    assert_eq!((dev.last_sequence, dev.battery), (Some(108), Some(77.0)));
+    assert_eq!((dev.last_sequence, dev.battery), (Some(109), Some(77.0)));
 }
 
 /// Sequence edge cases: a different reading under the sequence already accepted is a replay,
