@@ -40,6 +40,8 @@ pub struct Metrics {
     /// Refusals past the event budget: counted in `rejected` and in an `events_suppressed`
     /// event, not stored one by one (see `budget`).
     pub suppressed: AtomicU64,
+    /// QoS 0 readings dropped because too many were already in the pipeline (see `mqtt`).
+    pub qos0_dropped: AtomicU64,
     rejected: [AtomicU64; REASONS.len()],
 }
 

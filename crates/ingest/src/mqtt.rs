@@ -137,6 +137,11 @@ const DRAINED_AFTER: Duration = Duration::from_millis(250);
 /// The longest a stop waits for the broker to drain; devices that keep publishing would
 /// otherwise hold it forever.
 const DRAIN_AT_MOST: Duration = Duration::from_secs(10);
+/// Most QoS 0 readings in the pipeline at once. QoS 1 deliveries are bounded by the broker's
+/// in-flight window; QoS 0 ones (Mosquitto passes a QoS 0 publish on as QoS 0) are not, so past
+/// this a flood of them is dropped and counted, as QoS 0 allows, instead of queueing without
+/// end.
+const QOS0_AT_MOST: usize = 4096;
 
 /// Consumes readings until `stop` turns true (with [`MqttConfig::drain_on_stop`], until the
 /// broker has nothing more for us as well), then acknowledges what was committed and
@@ -205,7 +210,22 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
                     tracing::error!(error = %e, "cannot subscribe");
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
+            Ok(Event::Incoming(Packet::Publish(mut publish))) => {
+                if publish.qos == QoS::AtMostOnce && unacked.load(Ordering::Acquire) >= QOS0_AT_MOST
+                {
+                    let dropped = ingest
+                        .metrics()
+                        .qos0_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    if dropped.is_multiple_of(10_000) {
+                        tracing::warn!(
+                            target: "msec::security",
+                            dropped = dropped + 1,
+                            "QoS 0 readings arrive faster than ingest takes them; dropping them (devices must publish with QoS 1)"
+                        );
+                    }
+                    continue;
+                }
                 let ingest = ingest.clone();
                 let topic = publish.topic.clone();
                 // Past the size limit one byte is enough for ingest to refuse and record it;
@@ -215,6 +235,8 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
                     .len()
                     .min(ingest.config().max_envelope_bytes + 1);
                 let payload = publish.payload[..keep].to_vec();
+                // The acknowledgement needs only the packet id: the payload need not wait with it.
+                publish.payload = Default::default();
                 let check = tokio::spawn(async move { ingest.check(payload, Source::Mqtt(topic)) });
                 if queue
                     .send((publish, check, Unsettled::new(&unacked)))

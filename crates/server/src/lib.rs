@@ -577,6 +577,11 @@ async fn metrics(
         m.storage_failures.load(Relaxed),
     );
     counter(
+        "msec_mqtt_qos0_dropped_total",
+        "QoS 0 readings dropped because too many were already waiting (devices must publish with QoS 1).",
+        m.qos0_dropped.load(Relaxed),
+    );
+    counter(
         "msec_security_events_suppressed_total",
         "Refusals past the event budget: counted by reason below and in events_suppressed events, not stored one by one.",
         m.suppressed.load(Relaxed),
