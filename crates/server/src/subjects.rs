@@ -39,6 +39,13 @@ pub(crate) async fn export(
     if tenant.is_none() {
         return Err(Problem::not_found(format!("nothing is held about {shown}")));
     }
+    // A tenant owns its public infrastructure; it is no person with a right of access, and
+    // exporting everything every park monitor ever sent in one answer would tie the server up.
+    if tenant.as_deref() == Some(subject.as_str()) {
+        return Err(Problem::bad_request(format!(
+            "{shown} is a tenant, not a data subject: read its devices' readings page by page (GET /api/v1/devices/{{id}}/readings)"
+        )));
+    }
     let export = s.db.call(move |db| db.export_subject(&subject)).await?;
     Ok(Json(export).into_response())
 }

@@ -1015,6 +1015,10 @@ async fn endpoints_refuse_an_authenticated_caller_without_permissions() {
             assert_eq!(forbidden(), before + 2, "{unknown}");
             assert_eq!(get(srv, unknown).status, 404, "{unknown}");
         }
+        // A tenant is no data subject: its public infrastructure is read device by device, not
+        // exported whole (one answer with every park reading ever sent), even by an admin.
+        let tenant = get(srv, "/api/v1/subjects/santander/export");
+        assert_eq!(tenant.status, 400, "{}", tenant.body);
         // Anonymous callers learn nothing from the log by record id either.
         let anonymous = Srv { auth: "", ..srv };
         assert_eq!(get(anonymous, "/api/v1/log/proof?record=device:p-1").status, 401);
