@@ -1670,7 +1670,7 @@ fn first_start_creates_an_admin_with_a_password_shown_once() {
     };
     let login = |http: &str, password: &str| {
         let body = serde_json::json!({"user": "admin", "password": password}).to_string();
-        http_post(http, "/api/v1/login", body.as_bytes())
+        http_send(http, "POST", "/api/v1/login", "", body.as_bytes())
     };
     let (server, http, said) = start(&dir);
     let password = said
@@ -1784,7 +1784,7 @@ fn secrets_stay_out_of_the_log_even_at_trace_level() {
     });
     let login = |password: &str| {
         let body = serde_json::json!({"user": "ops", "password": password}).to_string();
-        http_post(&http, "/api/v1/login", body.as_bytes())
+        http_send(&http, "POST", "/api/v1/login", "", body.as_bytes())
     };
     assert!(login("a wrong guess 4711").starts_with("HTTP/1.1 401"));
     let ok = login("ops password for tests");

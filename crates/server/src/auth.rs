@@ -157,6 +157,7 @@ pub(crate) async fn authorize_hidden(
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Login {
     user: String,
     password: String,
@@ -181,6 +182,21 @@ pub(crate) async fn login(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, Problem> {
+    // A login needs no session, so no CSRF token guards it; a JSON content type does. A form on
+    // another site can post only form or plain-text bodies without the browser asking us first,
+    // and could otherwise log a visitor into the attacker's account (login CSRF).
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "a login is JSON: send Content-Type: application/json",
+        ));
+    }
     let body = crate::small_body(body, 4096, "a login").await?;
     let l: Login = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("login JSON: {e}")))?;

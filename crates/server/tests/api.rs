@@ -1110,6 +1110,16 @@ async fn login_sessions_csrf_tokens_and_lockout() {
         assert_eq!(r.status, 401);
         assert_eq!(events("invalid_token"), 1);
 
+        // Login CSRF: another site's form can post plain text that happens to be JSON (an extra
+        // field soaks up the form's `=`); a login must be application/json with known fields.
+        let forged = br#"{"user":"admin","password":"PASSWORD","x":"=""}"#;
+        let r = http(anon, "POST", "/api/v1/login", "text/plain", forged);
+        assert_eq!(r.status, 415, "{}", r.body);
+        let genuine = serde_json::json!({"user": "admin", "password": PASSWORD, "x": "="});
+        let r = http(anon, "POST", "/api/v1/login", "application/json", genuine.to_string().as_bytes());
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(!r.headers.contains("set-cookie"), "{}", r.head);
+
         // A session: HttpOnly, SameSite=Strict cookie; changes need the CSRF token.
         let login = serde_json::json!({"user": "admin", "password": PASSWORD}).to_string();
         let r = http(anon, "POST", "/api/v1/login", "application/json", login.as_bytes());
