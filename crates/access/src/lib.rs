@@ -13,6 +13,7 @@ use msec_policy::{
 };
 use msec_store::{Grant, Store, StoreError};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -136,7 +137,13 @@ pub struct Access {
     store: Mutex<Store>,
     snapshot: RwLock<Snapshot>,
     throttle: Mutex<Throttle>,
+    /// Grant changes per principal in the current minute (see [`Access::count_grant_change`]).
+    grant_changes: Mutex<HashMap<String, (i64, u32)>>,
 }
+
+/// Grant changes one principal may make through the API in a minute. Each rebuilds the rule
+/// set that every decision reads and adds a log leaf; a resident needs a handful a day.
+pub const GRANT_CHANGES_PER_MINUTE: u32 = 30;
 
 fn role_rule(id: &str, role: &str, actions: &[Action], resource: &str) -> Rule {
     Rule {
@@ -155,7 +162,8 @@ fn rule_set(store: &mut Store) -> Result<PolicySet, AccessError> {
     use Action::*;
     let users = store.users()?;
     let mut tenants: Vec<String> = users.iter().map(|u| u.tenant.clone()).collect();
-    tenants.extend(store.devices()?.into_iter().map(|d| d.tenant));
+    // Tenants only: reading whole devices would decrypt every profile on each rebuild.
+    tenants.extend(store.device_tenants()?);
     tenants.sort();
     tenants.dedup();
     let mut rules = vec![
@@ -287,7 +295,37 @@ impl Access {
                 set: Arc::new(set),
             }),
             throttle: Mutex::new(Throttle::default()),
+            grant_changes: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Counts one grant change by `p`; refused (`rate_limited`, with the seconds to wait) past
+    /// [`GRANT_CHANGES_PER_MINUTE`] in the current minute.
+    pub fn count_grant_change(&self, p: &Principal, now_ms: i64) -> Result<(), Denied> {
+        let minute = now_ms.div_euclid(60_000);
+        let mut changes = self.grant_changes.lock().unwrap_or_else(|e| e.into_inner());
+        // Principals are authenticated, so few; forget past minutes now and then all the same.
+        if changes.len() > 10_000 {
+            changes.retain(|_, (m, _)| *m == minute);
+        }
+        let entry = changes.entry(p.id.clone()).or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        if entry.1 >= GRANT_CHANGES_PER_MINUTE {
+            let wait = ((minute + 1) * 60_000 - now_ms) / 1000 + 1;
+            let mut d = Denied::new(
+                "rate_limited",
+                format!(
+                    "at most {GRANT_CHANGES_PER_MINUTE} grant changes a minute; retry in {wait} s"
+                ),
+            );
+            d.principal = Some(p.id.clone());
+            d.retry_after_s = Some(wait);
+            return Err(d);
+        }
+        entry.1 += 1;
+        Ok(())
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {

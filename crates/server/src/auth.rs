@@ -45,6 +45,17 @@ pub(crate) async fn refuse(s: &AppState, d: Denied, peer: SocketAddr) -> Problem
     p
 }
 
+/// [`refuse`] as a response, with `Retry-After` when the refusal says how long to wait.
+pub(crate) async fn refusal_response(s: &AppState, d: Denied, peer: SocketAddr) -> Response {
+    let retry_after = d.retry_after_s;
+    let mut resp = refuse(s, d, peer).await.into_response();
+    if let Some(secs) = retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
 fn cookie(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
@@ -226,15 +237,7 @@ pub(crate) async fn login(
             );
             Ok(resp)
         }
-        Err(d) => {
-            let retry_after = d.retry_after_s;
-            let mut resp = refuse(&s, d, peer).await.into_response();
-            if let Some(secs) = retry_after {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            }
-            Ok(resp)
-        }
+        Err(d) => Ok(refusal_response(&s, d, peer).await),
     }
 }
 

@@ -61,6 +61,11 @@ pub(crate) async fn create(
     if g.actions.is_empty() {
         return Err(Problem::bad_request("a grant needs at least one action"));
     }
+    if g.resource.len() > 256 || g.resource.chars().any(char::is_control) {
+        return Err(Problem::bad_request(
+            "resource: at most 256 characters, no control characters",
+        ));
+    }
     g.resource
         .parse::<Pattern>()
         .map_err(|e| Problem::bad_request(format!("resource: {e}")))?;
@@ -71,6 +76,9 @@ pub(crate) async fn create(
         ));
     }
     auth::authorize(&s, &p, Action::Manage, &scope, peer).await?;
+    if let Err(d) = s.access.count_grant_change(&p, msec_store::now_ms()) {
+        return Ok(auth::refusal_response(&s, d, peer).await);
+    }
     let new = NewGrant {
         effect: "allow".into(),
         subject: g.principal,
@@ -134,6 +142,9 @@ pub(crate) async fn revoke(
         _ => scope(&grant.resource),
     };
     auth::authorize(&s, &p, Action::Manage, &needed, peer).await?;
+    if let Err(d) = s.access.count_grant_change(&p, msec_store::now_ms()) {
+        return Ok(auth::refusal_response(&s, d, peer).await);
+    }
     let actor = p.id.clone();
     s.db.call(move |db| db.revoke_grant(id, &actor)).await?;
     reload(&s).await?;

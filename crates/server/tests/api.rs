@@ -839,6 +839,35 @@ async fn residents_manage_only_their_own_grants() {
     .await;
 }
 
+/// Each grant change rebuilds the rules every decision reads: one caller gets 30 a minute, then
+/// 429 with Retry-After and a `rate_limited` event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_changes_are_rate_limited_per_caller() {
+    let srv = start().await;
+    blocking(move || {
+        let grant = serde_json::json!({"principal": "ana", "actions": ["read"], "resource": "santander/**"}).to_string();
+        let mut made = 0;
+        let refused = loop {
+            let r = http(srv, "POST", "/api/v1/grants", "application/json", grant.as_bytes());
+            if r.status != 201 {
+                break r;
+            }
+            made += 1;
+            assert!(made <= 60, "no limit after {made} changes");
+        };
+        // 30 a minute; a minute may have turned during the loop.
+        assert!((30..=60).contains(&made), "{made}");
+        assert_eq!(refused.status, 429, "{}", refused.body);
+        assert!(refused.headers.contains("retry-after: "), "{}", refused.head);
+        assert_eq!(refused.json()["type"], "urn:msec:problem:rate_limited");
+        assert!(refused.json()["security_event_id"].is_i64(), "{}", refused.body);
+        // Over-long or control-character resources are refused before anything is counted.
+        let long = serde_json::json!({"principal": "ana", "actions": ["read"], "resource": format!("santander/{}", "x".repeat(300))}).to_string();
+        assert_eq!(http(srv, "POST", "/api/v1/grants", "application/json", long.as_bytes()).status, 400);
+    })
+    .await;
+}
+
 /// A disabled user is nobody: their open session, their API tokens and their live stream all
 /// stop, without a logout or a revocation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -514,6 +514,15 @@ impl Store {
         self.open_devices(rows)
     }
 
+    /// The tenants that have devices, without opening any device's sealed profile.
+    pub fn device_tenants(&mut self) -> Result<Vec<String>, StoreError> {
+        self.db.query(
+            "SELECT DISTINCT tenant FROM devices ORDER BY tenant",
+            &[],
+            |r| r.text(0),
+        )
+    }
+
     /// Devices whose registration changed (registered or revoked) at or after `since_ms`: lets a
     /// running ingest pick up changes made by another process (the CLI) without a restart.
     pub fn devices_changed_since(&mut self, since_ms: i64) -> Result<Vec<Device>, StoreError> {
