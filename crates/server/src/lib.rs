@@ -521,9 +521,7 @@ async fn stats(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, Problem> {
     auth::caller(&s, &headers, peer, false).await?;
-    let (counts, by_reason) =
-        s.db.call(|db| Ok((db.counts()?, db.security_event_counts()?)))
-            .await?;
+    let (counts, by_reason) = s.db.stats().await?;
     let m = s.ingest.metrics();
     use std::sync::atomic::Ordering::Relaxed;
     Ok(Json(json!({
@@ -596,7 +594,7 @@ async fn metrics(
     for (reason, n) in m.rejected() {
         let _ = writeln!(out, "msec_security_events_total{{reason=\"{reason}\"}} {n}");
     }
-    if let Ok(c) = s.db.call(|db| db.counts()).await {
+    if let Ok((c, _)) = s.db.stats().await {
         let _ = writeln!(
             out,
             "# HELP msec_devices Registered devices by status.\n# TYPE msec_devices gauge"
