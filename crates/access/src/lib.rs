@@ -434,6 +434,17 @@ impl Access {
         };
         let Some(principal) = principal else {
             // The attempt already counts as a failure (see `Throttle::begin`).
+            if hash.is_none() {
+                // A name no enabled user has is kept out of the event: it is often a password
+                // typed into the wrong field.
+                return Err(Denied::new(
+                    "login_failed",
+                    format!(
+                        "wrong user name or password for a name of {} characters that no enabled user has (not recorded: it may be a mistyped password)",
+                        user.chars().count()
+                    ),
+                ));
+            }
             let mut d = Denied::new(
                 "login_failed",
                 format!("wrong user name or password for {user_shown:?}"),
