@@ -6,6 +6,9 @@
 //! budget (a burst, refilled at a steady rate); past it they are counted, and the counts are
 //! stored as one `events_suppressed` event at most every [`SUMMARY_EVERY_MS`]. Nothing is
 //! silently dropped: every refusal is in `/metrics` and in a stored event, alone or counted.
+//!
+//! Refusals of authenticated callers (`forbidden`, `csrf_failed`: their events name who) have a
+//! budget of their own, so that a flood of anonymous junk cannot cost them their detail.
 
 use msec_store::NewEvent;
 use std::collections::BTreeMap;
@@ -20,9 +23,10 @@ pub const SUMMARY_EVERY_MS: i64 = 10_000;
 pub const SUPPRESSED: &str = "events_suppressed";
 
 pub(crate) struct EventBudget {
-    /// What may still be stored, in thousandths of an event (refills exactly per millisecond).
-    milli: i64,
-    refilled_ms: i64,
+    /// What may still be stored, per class (anonymous, authenticated), in thousandths of an
+    /// event (refills exactly per millisecond).
+    milli: [i64; 2],
+    refilled_ms: [i64; 2],
     counts: BTreeMap<&'static str, u64>,
     /// When the first refusal not yet in a summary was counted.
     since_ms: Option<i64>,
@@ -31,8 +35,8 @@ pub(crate) struct EventBudget {
 impl EventBudget {
     pub(crate) fn new(now_ms: i64) -> EventBudget {
         EventBudget {
-            milli: BURST * 1000,
-            refilled_ms: now_ms,
+            milli: [BURST * 1000; 2],
+            refilled_ms: [now_ms; 2],
             counts: BTreeMap::new(),
             since_ms: None,
         }
@@ -41,15 +45,16 @@ impl EventBudget {
     /// Whether a refusal for `reason` may be stored as an event of its own; if not, it is
     /// counted for the next summary.
     pub(crate) fn admit(&mut self, reason: &'static str, now_ms: i64) -> bool {
+        let class = usize::from(matches!(reason, "forbidden" | "csrf_failed"));
+        let (milli, refilled_ms) = (&mut self.milli[class], &mut self.refilled_ms[class]);
         // Clocks can step back: never refill for negative time, never lose the allowance.
-        let elapsed = now_ms.saturating_sub(self.refilled_ms).max(0);
-        self.milli = self
-            .milli
+        let elapsed = now_ms.saturating_sub(*refilled_ms).max(0);
+        *milli = milli
             .saturating_add(elapsed.saturating_mul(PER_SECOND))
             .min(BURST * 1000);
-        self.refilled_ms = self.refilled_ms.max(now_ms);
-        if self.milli >= 1000 {
-            self.milli -= 1000;
+        *refilled_ms = (*refilled_ms).max(now_ms);
+        if *milli >= 1000 {
+            *milli -= 1000;
             return true;
         }
         *self.counts.entry(reason).or_default() += 1;
@@ -113,6 +118,15 @@ mod tests {
             b.summary(later + 1, true).is_some(),
             "stopping reports at once"
         );
+    }
+
+    #[test]
+    fn anonymous_junk_cannot_spend_the_authenticated_budget() {
+        let mut b = EventBudget::new(0);
+        assert!((0..BURST).all(|_| b.admit("unknown_device", 0)));
+        assert!(!b.admit("unauthenticated", 0));
+        assert!((0..BURST).all(|_| b.admit("forbidden", 0)));
+        assert!(!b.admit("csrf_failed", 0));
     }
 
     #[test]
