@@ -71,8 +71,8 @@ pub fn start(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
         tracing::warn!(
             %listen,
             "the embedded MQTT broker authenticates no client and has no TLS: anyone who can reach \
-             this address can subscribe to every device's readings and publish on any topic. Keep it \
-             on a loopback address, or use --broker with a Mosquitto that has TLS and ACLs \
+             this address can subscribe to every device's readings and commands, publish on any topic, \
+             and exhaust msec's memory. Keep it on a loopback address, or use --broker with a Mosquitto that has TLS and ACLs \
              (docs/operations.md)"
         );
     }
