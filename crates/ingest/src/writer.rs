@@ -29,6 +29,9 @@ pub(crate) struct Writer {
     metrics: Arc<Metrics>,
     live: broadcast::Sender<Live>,
     last_sequence: HashMap<String, i64>,
+    /// The digest of each device's newest reading committed since start: a redelivery (or a
+    /// replay) of it is judged without a database query on this, the only writer thread.
+    last_digest: HashMap<String, [u8; 32]>,
     refreshed_ms: i64,
     flags: Flags,
     budget: EventBudget,
@@ -109,6 +112,7 @@ impl Writer {
             metrics,
             live,
             last_sequence,
+            last_digest: HashMap::new(),
             refreshed_ms: msec_store::now_ms(),
             flags,
             budget: EventBudget::new(msec_store::now_ms()),
@@ -237,7 +241,12 @@ impl Writer {
                     let verdict = if revoked {
                         Err(reject("revoked_device", "the device was revoked".into()))
                     } else if last.is_some_and(|last| seq <= last) {
-                        let stored = match digests.get(&(device_id.clone(), seq)) {
+                        let known = digests.get(&(device_id.clone(), seq)).or_else(|| {
+                            self.last_digest
+                                .get(&device_id)
+                                .filter(|_| self.last_sequence.get(&device_id) == Some(&seq))
+                        });
+                        let stored = match known {
                             Some(d) => Ok(Some(d.to_vec())),
                             None => self.stored_digest(&device_id, seq, running, &mut gave_up),
                         };
@@ -330,6 +339,11 @@ impl Writer {
             .extend(self.budget.summary(msec_store::now_ms(), !running()));
         match self.commit(&batch, running) {
             Ok(ids) => {
+                for (device, seq) in &newest {
+                    if let Some(d) = digests.get(&(device.clone(), *seq)) {
+                        self.last_digest.insert(device.clone(), *d);
+                    }
+                }
                 self.last_sequence.extend(newest);
                 self.metrics
                     .batches
