@@ -128,20 +128,25 @@ pub(crate) async fn revoke(
         .map_err(|_| Problem::bad_request("a grant id is a number (see GET /api/v1/grants)"))?;
     let grant =
         s.db.call(move |db| Ok(db.grants()?.into_iter().find(|g| g.id == id)))
-            .await?
-            .ok_or_else(|| Problem::not_found(format!("no active grant {id}")))?;
+            .await?;
     // A deny is a safeguard set over someone: lifting it takes managing the whole tenant, not
     // just the resources it covers (a resident manages her own data, yet must not lift a deny
-    // an administrator set on it).
-    let needed = match grant.effect.as_str() {
-        "deny" => scope(&grant.resource)
+    // an administrator set on it). Which grants exist is not everyone's to probe: an unknown
+    // id is refused like a foreign one, except to those who may manage everything.
+    let needed = match &grant {
+        Some(g) if g.effect == "deny" => scope(&g.resource)
             .split('/')
             .next()
             .unwrap_or_default()
             .to_string(),
-        _ => scope(&grant.resource),
+        Some(g) => scope(&g.resource),
+        None => auth::NO_TENANT.to_string(),
     };
-    auth::authorize(&s, &p, Action::Manage, &needed, peer).await?;
+    let shown = format!("grant {id}");
+    auth::authorize_hidden(&s, &p, Action::Manage, &needed, &shown, peer).await?;
+    if grant.is_none() {
+        return Err(Problem::not_found(format!("no active grant {id}")));
+    }
     if let Err(d) = s.access.count_grant_change(&p, msec_store::now_ms()) {
         return Ok(auth::refusal_response(&s, d, peer).await);
     }

@@ -847,6 +847,12 @@ async fn residents_manage_only_their_own_grants() {
         assert_eq!(mine.status, 201, "{}", mine.body);
         let delete = |id: i64| http(resident, "DELETE", &format!("/api/v1/grants/{id}"), "text/plain", b"").status;
         assert_eq!(delete(other), 403);
+        // A grant id nobody has reads the same as a foreign one: ids are not hers to probe.
+        let detail = |id: i64| {
+            let r = http(resident, "DELETE", &format!("/api/v1/grants/{id}"), "text/plain", b"");
+            (r.status, r.json()["detail"].as_str().unwrap().replace(&id.to_string(), "N"))
+        };
+        assert_eq!(detail(other), detail(99_999));
         assert_eq!(delete(own), 204);
         let remaining: Vec<i64> = get(srv, "/api/v1/grants").json()["grants"]
             .as_array()
