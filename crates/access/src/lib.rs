@@ -13,7 +13,7 @@ use msec_policy::{
 };
 use msec_store::{Grant, Store, StoreError};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -137,8 +137,9 @@ pub struct Access {
     store: Mutex<Store>,
     snapshot: RwLock<Snapshot>,
     throttle: Mutex<Throttle>,
-    /// Grant changes per principal in the current minute (see [`Access::count_grant_change`]).
-    grant_changes: Mutex<HashMap<String, (i64, u32)>>,
+    /// When each principal's grant changes of the last minute were made (see
+    /// [`Access::count_grant_change`]).
+    grant_changes: Mutex<HashMap<String, VecDeque<i64>>>,
 }
 
 /// Grant changes one principal may make through the API in a minute. Each rebuilds the rule
@@ -299,21 +300,23 @@ impl Access {
         })
     }
 
-    /// Counts one grant change by `p`; refused (`rate_limited`, with the seconds to wait) past
-    /// [`GRANT_CHANGES_PER_MINUTE`] in the current minute.
+    /// Counts one grant change by `p`; refused (`rate_limited`, with the seconds to wait) once
+    /// [`GRANT_CHANGES_PER_MINUTE`] were made in the 60 s before `now_ms`.
     pub fn count_grant_change(&self, p: &Principal, now_ms: i64) -> Result<(), Denied> {
-        let minute = now_ms.div_euclid(60_000);
+        let since = now_ms.saturating_sub(60_000);
         let mut changes = self.grant_changes.lock().unwrap_or_else(|e| e.into_inner());
-        // Principals are authenticated, so few; forget past minutes now and then all the same.
+        // Principals are authenticated, so few; forget idle ones now and then all the same.
         if changes.len() > 10_000 {
-            changes.retain(|_, (m, _)| *m == minute);
+            changes.retain(|_, times| times.back().is_some_and(|t| *t > since));
         }
-        let entry = changes.entry(p.id.clone()).or_insert((minute, 0));
-        if entry.0 != minute {
-            *entry = (minute, 0);
+        let times = changes.entry(p.id.clone()).or_default();
+        while times.front().is_some_and(|t| *t <= since) {
+            times.pop_front();
         }
-        if entry.1 >= GRANT_CHANGES_PER_MINUTE {
-            let wait = ((minute + 1) * 60_000 - now_ms) / 1000 + 1;
+        if times.len() >= GRANT_CHANGES_PER_MINUTE as usize {
+            // Allowed again once the oldest of them is a minute old.
+            let oldest = times.front().copied().unwrap_or(now_ms);
+            let wait = (oldest - since) / 1000 + 1;
             let mut d = Denied::new(
                 "rate_limited",
                 format!(
@@ -324,7 +327,7 @@ impl Access {
             d.retry_after_s = Some(wait);
             return Err(d);
         }
-        entry.1 += 1;
+        times.push_back(now_ms);
         Ok(())
     }
 
@@ -367,6 +370,25 @@ impl Access {
         Ok(())
     }
 
+    /// How a login's user name appears in its security event, and the principal it names: as
+    /// typed when an enabled user has it; otherwise only its length, since such a name is often
+    /// a password typed into the wrong field.
+    fn login_name(&self, user: &str) -> (String, Option<String>) {
+        match self.store().user(user) {
+            Ok(Some(u)) if !u.disabled => {
+                let shown = msec_store::bounded(user, 64);
+                (format!("{shown:?}"), Some(shown))
+            }
+            _ => (
+                format!(
+                    "a name of {} characters that no enabled user has (not recorded: it may be a mistyped password)",
+                    user.chars().count()
+                ),
+                None,
+            ),
+        }
+    }
+
     fn principal(
         &self,
         id: &str,
@@ -392,18 +414,19 @@ impl Access {
         from: &str,
         now_ms: i64,
     ) -> Result<Session, Denied> {
-        let user_shown = msec_store::bounded(user, 64);
-        if let Err((until, what)) = self
+        // The throttle's lock ends with this statement: `login_name` takes the store's.
+        let begun = self
             .throttle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .begin(user, from, now_ms)
-        {
+            .begin(user, from, now_ms);
+        if let Err((until, what)) = begun {
+            let (shown, principal) = self.login_name(user);
             let mut d = Denied::new(
                 "rate_limited",
-                format!("login for {user_shown:?} refused: too many failed logins {what}; locked for {} more seconds", (until - now_ms).max(0) / 1000 + 1),
+                format!("login for {shown} refused: too many failed logins {what}; locked for {} more seconds", (until - now_ms).max(0) / 1000 + 1),
             );
-            d.principal = Some(user_shown);
+            d.principal = principal;
             d.retry_after_s = Some((until - now_ms).max(0) / 1000 + 1);
             return Err(d);
         }
@@ -434,22 +457,12 @@ impl Access {
         };
         let Some(principal) = principal else {
             // The attempt already counts as a failure (see `Throttle::begin`).
-            if hash.is_none() {
-                // A name no enabled user has is kept out of the event: it is often a password
-                // typed into the wrong field.
-                return Err(Denied::new(
-                    "login_failed",
-                    format!(
-                        "wrong user name or password for a name of {} characters that no enabled user has (not recorded: it may be a mistyped password)",
-                        user.chars().count()
-                    ),
-                ));
-            }
+            let (shown, principal) = self.login_name(user);
             let mut d = Denied::new(
                 "login_failed",
-                format!("wrong user name or password for {user_shown:?}"),
+                format!("wrong user name or password for {shown}"),
             );
-            d.principal = Some(user_shown);
+            d.principal = principal;
             return Err(d);
         };
         self.throttle

@@ -196,14 +196,17 @@ impl Settings {
                     anyhow::anyhow!("the operating system's random source failed: {e}")
                 })?;
                 let secret = hex::encode(bytes);
+                // Written whole, then renamed into place: a crash halfway leaves no empty file.
+                let tmp = path.with_extension("tmp");
                 let mut options = std::fs::OpenOptions::new();
-                options.write(true).create_new(true);
+                options.write(true).create(true).truncate(true);
                 #[cfg(unix)]
                 std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
                 use std::io::Write;
                 options
-                    .open(&path)
+                    .open(&tmp)
                     .and_then(|mut f| f.write_all(secret.as_bytes()).and_then(|()| f.sync_all()))
+                    .and_then(|()| std::fs::rename(&tmp, &path))
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 Ok(secret)
             }

@@ -7,8 +7,9 @@
 //! stored as one `events_suppressed` event at most every [`SUMMARY_EVERY_MS`]. Nothing is
 //! silently dropped: every refusal is in `/metrics` and in a stored event, alone or counted.
 //!
-//! Refusals of authenticated callers (`forbidden`, `csrf_failed`: their events name who) have a
-//! budget of their own, so that a flood of anonymous junk cannot cost them their detail.
+//! Events whose origin is known (`forbidden` and `csrf_failed` name an authenticated caller; a
+//! `witness_alarm` is signed by a configured witness) have a budget of their own, so that a
+//! flood of anonymous junk cannot cost them their detail.
 
 use msec_store::NewEvent;
 use std::collections::BTreeMap;
@@ -45,7 +46,10 @@ impl EventBudget {
     /// Whether a refusal for `reason` may be stored as an event of its own; if not, it is
     /// counted for the next summary.
     pub(crate) fn admit(&mut self, reason: &'static str, now_ms: i64) -> bool {
-        let class = usize::from(matches!(reason, "forbidden" | "csrf_failed"));
+        let class = usize::from(matches!(
+            reason,
+            "forbidden" | "csrf_failed" | "witness_alarm"
+        ));
         let (milli, refilled_ms) = (&mut self.milli[class], &mut self.refilled_ms[class]);
         // Clocks can step back: never refill for negative time, never lose the allowance.
         let elapsed = now_ms.saturating_sub(*refilled_ms).max(0);
@@ -112,8 +116,8 @@ mod tests {
         assert!(b.summary(30_000, true).is_none(), "nothing new to report");
         // Idle long enough, the burst is back, and no more than the burst.
         let later = 100 + BURST * 1000 / PER_SECOND;
-        assert!((0..BURST).all(|_| b.admit("forbidden", later)));
-        assert!(!b.admit("forbidden", later));
+        assert!((0..BURST).all(|_| b.admit("unknown_device", later)));
+        assert!(!b.admit("unknown_device", later));
         assert!(
             b.summary(later + 1, true).is_some(),
             "stopping reports at once"
@@ -127,6 +131,10 @@ mod tests {
         assert!(!b.admit("unauthenticated", 0));
         assert!((0..BURST).all(|_| b.admit("forbidden", 0)));
         assert!(!b.admit("csrf_failed", 0));
+        // A verified witness alarm is no anonymous junk either.
+        let mut b = EventBudget::new(0);
+        assert!((0..BURST).all(|_| b.admit("malformed_envelope", 0)));
+        assert!(b.admit("witness_alarm", 0));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Ingest: every reading that reaches msec, from MQTT or HTTP, passes through here.
 //!
 //! This crate owns the acceptance rules (known active device, valid signature, fresh sequence,
-//! timestamp within the allowed skew, size limit, well-formed SenML) and the promise behind an
+//! timestamp neither too far ahead nor too old, size limit, well-formed SenML) and the promise behind an
 //! acknowledgement: [`Ingest::submit`] returns only after the reading, or the security event
 //! recording its rejection, is durably committed (past the event budget of [`budget`], a
 //! rejection is counted instead, and the counts are stored within seconds). It never speaks

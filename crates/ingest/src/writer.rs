@@ -494,7 +494,8 @@ impl Writer {
     }
 }
 
-/// Every security event goes to the log under `msec::security`, stored or not.
+/// Every security event goes to the log under `msec::security`, stored or not (refusals past
+/// the event budget only within their summary).
 fn log_event(e: &NewEvent, what: &str) {
     tracing::warn!(
         target: "msec::security",

@@ -531,6 +531,8 @@ async fn stats(
         "accepted": m.accepted.load(Relaxed),
         "duplicates": m.duplicates.load(Relaxed),
         "rejected": counts.security_events,
+        // Refusals past the event budget since start: counted, not stored one by one.
+        "rejected_not_stored": m.suppressed.load(Relaxed),
         "rejected_by_reason": by_reason.into_iter().collect::<HashMap<_, _>>(),
     })))
 }

@@ -113,7 +113,19 @@ pub(crate) async fn proof(
             let device = record.reference.split('/').next().unwrap_or_default();
             crate::device_for(&s, &p, device, Action::Read, peer).await?;
         }
-        RecordKind::Event | RecordKind::Admin | RecordKind::Consent => {
+        // A consent is the subject's: hers to see, and her tenant's operators'.
+        RecordKind::Consent => {
+            let id = record.reference.parse::<i64>().unwrap_or(-1);
+            let subject = s.db.call(move |db| db.consent_subject(id)).await?;
+            let (tenant, subject) = match subject {
+                Some(subject) => (crate::subjects::tenant_of(&s, &subject).await?, subject),
+                None => (None, record.reference.clone()),
+            };
+            let resource = crate::subjects::resource(&tenant, &subject);
+            let shown = format!("consent {}", msec_store::bounded(&record.reference, 24));
+            auth::authorize_hidden(&s, &p, Action::Read, &resource, &shown, peer).await?;
+        }
+        RecordKind::Event | RecordKind::Admin => {
             auth::authorize(&s, &p, Action::Audit, msec_access::SECURITY_EVENTS, peer).await?
         }
     }

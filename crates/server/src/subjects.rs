@@ -17,25 +17,18 @@ pub(crate) async fn export(
     Path(subject): Path<String>,
 ) -> Result<Response, Problem> {
     let p = auth::caller(&s, &headers, peer, false).await?;
-    let lookup = subject.clone();
-    // The subject's tenant: the tenant of its devices, or of the user it is.
-    let tenant =
-        s.db.call(move |db| {
-            let from_devices = db
-                .devices()?
-                .into_iter()
-                .find(|d| d.owner == lookup)
-                .map(|d| d.tenant);
-            Ok(from_devices.or(db.user(&lookup)?.map(|u| u.tenant)))
-        })
-        .await?;
+    let tenant = tenant_of(&s, &subject).await?;
     // Whether msec holds anything about a person is itself personal data.
     let shown = format!("subject {:?}", msec_store::bounded(&subject, 64));
-    let resource = match &tenant {
-        Some(t) => format!("{t}/{subject}"),
-        None => format!("{}/{}", auth::NO_TENANT, msec_store::bounded(&subject, 64)),
-    };
-    auth::authorize_hidden(&s, &p, Action::Read, &resource, &shown, peer).await?;
+    auth::authorize_hidden(
+        &s,
+        &p,
+        Action::Read,
+        &resource(&tenant, &subject),
+        &shown,
+        peer,
+    )
+    .await?;
     if tenant.is_none() {
         return Err(Problem::not_found(format!("nothing is held about {shown}")));
     }
@@ -48,4 +41,29 @@ pub(crate) async fn export(
     }
     let export = s.db.call(move |db| db.export_subject(&subject)).await?;
     Ok(Json(export).into_response())
+}
+
+/// A subject's tenant: the tenant of its devices, or of the user it is; `None` when msec holds
+/// nothing about it.
+pub(crate) async fn tenant_of(s: &AppState, subject: &str) -> Result<Option<String>, Problem> {
+    let lookup = subject.to_string();
+    Ok(s.db
+        .call(move |db| {
+            let from_devices = db
+                .devices()?
+                .into_iter()
+                .find(|d| d.owner == lookup)
+                .map(|d| d.tenant);
+            Ok(from_devices.or(db.user(&lookup)?.map(|u| u.tenant)))
+        })
+        .await?)
+}
+
+/// The resource a subject's data is under: `TENANT/SUBJECT`, or under [`auth::NO_TENANT`] for
+/// a subject msec holds nothing about (so that only those who may see everything can tell).
+pub(crate) fn resource(tenant: &Option<String>, subject: &str) -> String {
+    match tenant {
+        Some(t) => format!("{t}/{subject}"),
+        None => format!("{}/{}", auth::NO_TENANT, msec_store::bounded(subject, 64)),
+    }
 }

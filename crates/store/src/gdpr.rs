@@ -128,6 +128,19 @@ impl Store {
         })
     }
 
+    /// The subject a consent (by id) is about, withdrawn or not.
+    pub fn consent_subject(&mut self, id: i64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .db
+            .query(
+                "SELECT subject FROM consents WHERE id = $1",
+                &[P::I64(id)],
+                |r| r.text(0),
+            )?
+            .into_iter()
+            .next())
+    }
+
     pub fn consents(&mut self, subject: &str) -> Result<Vec<Consent>, StoreError> {
         self.db.query(
             "SELECT id, subject, grantee, purpose, given_ms, withdrawn_ms FROM consents WHERE subject = $1 ORDER BY id",

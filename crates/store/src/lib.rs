@@ -39,8 +39,6 @@ pub struct Location {
     pub label: String,
 }
 
-/// What a registration may say about a device. Checked before anything is stored: a NaN
-/// latitude, for one, would be stored as `null` and then fail every later read of the registry.
 /// Whether `s` may be a device id, tenant or owner: 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
 /// These appear in MQTT topics and URLs, where `/`, `+`, `#` or a space would change meaning.
 pub fn valid_id(s: &str) -> bool {
@@ -49,6 +47,8 @@ pub fn valid_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+/// What a registration may say about a device. Checked before anything is stored: a NaN
+/// latitude, for one, would be stored as `null` and then fail every later read of the registry.
 fn check_profile(d: &NewDevice) -> Result<(), StoreError> {
     for (what, id) in [
         ("a device id", &d.id),
