@@ -82,14 +82,28 @@ pub fn prepare(
 /// Writes a file only its owner can read: it holds private keys.
 pub fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
+    // All or nothing, readable by the owner only: a fresh file beside the target (create-new
+    // never follows a link, and a looser mode of an old file is not inherited), synced, then
+    // renamed over the target. A crash leaves the old file or the new one, never a torn one.
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let _ = std::fs::remove_file(&tmp); // a leftover of an earlier crash
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options
-        .open(path)
+    options
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path))
         .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
+    // The rename itself is durable once the directory is synced (best effort: not every
+    // platform lets a directory be opened).
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
     Ok(())
 }
 

@@ -56,10 +56,15 @@ mod hex_hash {
     }
 }
 
+/// The longest one request to the log may take, answer included: a log that accepts a
+/// connection and never answers must not hold the witness up for good.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn get(url: &str) -> Result<String> {
     let resp = ureq::get(url)
         .config()
         .http_status_as_error(false)
+        .timeout_global(Some(HTTP_TIMEOUT))
         .build()
         .call()
         .with_context(|| format!("GET {url}"))?;
@@ -70,6 +75,7 @@ fn post(url: &str, content_type: &str, body: String) -> Result<String> {
     let resp = ureq::post(url)
         .config()
         .http_status_as_error(false)
+        .timeout_global(Some(HTTP_TIMEOUT))
         .build()
         .header("content-type", content_type)
         .send(body)
@@ -124,26 +130,56 @@ pub fn run(args: WitnessArgs) -> Result<()> {
         .state
         .clone()
         .unwrap_or_else(|| args.key.with_extension("state"));
+    if state_path == args.key {
+        bail!(
+            "--state {} is the key file: the first cosignature would overwrite the witness key",
+            state_path.display()
+        );
+    }
+    // One run per state file: two that overlap could each read the same last checkpoint and
+    // cosign two different views of the log, one each.
+    let lock_path = PathBuf::from(format!("{}.lock", state_path.display()));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "another witness is running on {} (it holds {}); two on one state could cosign two views of the log",
+            state_path.display(),
+            lock_path.display()
+        );
+    }
     loop {
         if let Err(e) = check_and_cosign(&base, &key, args.log_key.as_deref(), &state_path) {
-            if let Some(alarm) = e.downcast_ref::<Alarm>() {
-                let time = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                let body = serde_json::json!({
-                    "witness": key.name(),
-                    "kind": alarm.kind,
-                    "detail": alarm.detail,
-                    "time": time,
-                    "signature": key.sign_alarm(&alarm.origin, time, alarm.kind, &alarm.detail),
-                });
-                if let Err(report) = post(
-                    &format!("{base}/api/v1/log/alarms"),
-                    "application/json",
-                    body.to_string(),
-                ) {
-                    eprintln!("(could not report the alarm to the log: {report:#})");
+            let Some(alarm) = e.downcast_ref::<Alarm>() else {
+                // Not the log's fault that we can tell (unreachable, an error answer): a
+                // running witness tries again; a single check reports it.
+                if args.once {
+                    return Err(e);
                 }
+                eprintln!("witness check failed ({e:#}); trying again");
+                std::thread::sleep(Duration::from_secs_f64(args.interval));
+                continue;
+            };
+            let time = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let body = serde_json::json!({
+                "witness": key.name(),
+                "kind": alarm.kind,
+                "detail": alarm.detail,
+                "time": time,
+                "signature": key.sign_alarm(&alarm.origin, time, alarm.kind, &alarm.detail),
+            });
+            if let Err(report) = post(
+                &format!("{base}/api/v1/log/alarms"),
+                "application/json",
+                body.to_string(),
+            ) {
+                eprintln!("(could not report the alarm to the log: {report:#})");
             }
             return Err(e);
         }
@@ -186,12 +222,15 @@ fn check_and_cosign(
     pinned: Option<&str>,
     state_path: &Path,
 ) -> Result<()> {
+    // Only a missing file is a first contact: an unreadable one must not reset what this
+    // witness has already vouched for.
     let last: Option<State> = match std::fs::read_to_string(state_path) {
         Ok(t) => Some(
             serde_json::from_str(&t)
                 .with_context(|| format!("{} is corrupt", state_path.display()))?,
         ),
-        Err(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", state_path.display())),
     };
     let log_key = match (pinned, &last) {
         (Some(k), _) => k.to_string(),
@@ -203,7 +242,10 @@ fn check_and_cosign(
                 .as_str()
                 .context("the log did not say its verifier key")?
                 .to_string();
-            println!("pinned the log's key on first contact: {k}");
+            println!(
+                "pinned the log's key on first contact: {}",
+                msec_store::bounded(&k, 200)
+            );
             k
         }
     };
@@ -231,7 +273,13 @@ fn check_and_cosign(
                     format!("two different trees of size {}", cp.size),
                 ));
             }
-            return Ok(()); // already cosigned
+            // Already vouched for. The platform shows the cosignatures it holds: if ours is
+            // missing (the last post failed after the state was saved), send it again.
+            let ours = format!("\u{2014} {} ", key.name());
+            if !note.lines().any(|l| l.starts_with(&ours)) {
+                post_cosignature(base, key, &cp, &note)?;
+            }
+            return Ok(());
         }
         if last.size > 0 {
             let proof: serde_json::Value = serde_json::from_str(&get(&format!(
@@ -268,16 +316,24 @@ fn check_and_cosign(
         root: cp.root,
     };
     crate::simrun::write_private(state_path, &serde_json::to_string_pretty(&state)?)?;
+    post_cosignature(base, key, &cp, &note)
+}
+
+fn post_cosignature(base: &str, key: &CosignerKey, cp: &Checkpoint, note: &str) -> Result<()> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let line = key.cosign(&cp, now);
+    let line = key.cosign(cp, now);
     post(
         &format!("{base}/api/v1/log/cosignatures"),
         "text/plain",
-        format!("{}{line}", note_without_cosignatures(&note)),
+        format!("{}{line}", note_without_cosignatures(note)),
     )?;
-    println!("cosigned {} size {}", cp.origin, cp.size);
+    println!(
+        "cosigned {} size {}",
+        msec_store::bounded(&cp.origin, 200),
+        cp.size
+    );
     Ok(())
 }
 

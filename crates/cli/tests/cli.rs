@@ -1825,3 +1825,38 @@ fn secrets_stay_out_of_the_log_even_at_trace_level() {
         assert!(!text.contains(secret), "the {what} reached the log");
     }
 }
+
+/// A witness guards what it has vouched for: one run per state file (two overlapping runs
+/// could cosign two views), a state file it cannot read is an error rather than a first
+/// contact, and the state may not be the key file.
+#[test]
+fn a_witness_never_shares_or_forgets_its_state() {
+    let dir = tmp();
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = format!("{dir}/w.json");
+    assert!(run(&["witness", "--key", &key, "--init"]).0);
+    let state = format!("{dir}/w.state");
+    let lock = std::fs::File::create(format!("{state}.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let once = |extra: &[&str]| {
+        let mut args = vec![
+            "witness",
+            "--once",
+            "--log",
+            "http://127.0.0.1:9",
+            "--key",
+            &key,
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let (ok, _, err) = once(&[]);
+    assert!(!ok && err.contains("another witness is running"), "{err}");
+    drop(lock);
+    std::fs::write(&state, b"\xff\xfe not text").unwrap();
+    let (ok, _, err) = once(&[]);
+    assert!(!ok && err.contains("cannot read"), "{err}");
+    assert_eq!(std::fs::read(&state).unwrap(), b"\xff\xfe not text");
+    let (ok, _, err) = once(&["--state", &key]);
+    assert!(!ok && err.contains("is the key file"), "{err}");
+}
