@@ -223,9 +223,21 @@ pub async fn erase(args: EraseArgs) -> Result<()> {
     })
     .await
     .context("erasure failed")?;
-    println!(
-        "erased {}: data key destroyed, {} device(s) revoked, key-encryption key rotated to {}; the log still verifies",
-        e.subject, e.devices_revoked, e.kek
-    );
+    match &e.kek {
+        Ok(kek) => println!(
+            "erased {}: data key destroyed, {} device(s) revoked, key-encryption key rotated to {kek}; the log still verifies",
+            e.subject, e.devices_revoked
+        ),
+        Err(why) => {
+            println!(
+                "erased {}: data key destroyed, {} device(s) revoked; the log still verifies",
+                e.subject, e.devices_revoked
+            );
+            eprintln!(
+                "WARNING: the key-encryption key was NOT rotated ({why}). Database backups taken before now still hold {}'s data key under a key that exists: destroy them, or rotate the key where it is kept and restore no older backup.",
+                e.subject
+            );
+        }
+    }
     Ok(())
 }

@@ -1860,3 +1860,62 @@ fn a_witness_never_shares_or_forgets_its_state() {
     let (ok, _, err) = once(&["--state", &key]);
     assert!(!ok && err.contains("is the key file"), "{err}");
 }
+
+/// With the key-encryption key from MSEC_KEK (read-only to msec), an erasure still destroys the
+/// subject's data key, and says plainly that the KEK could not be rotated, instead of
+/// reporting a failure that invites running it again.
+#[test]
+fn an_erasure_with_a_read_only_key_says_what_it_could_not_do() {
+    let dir = tmp();
+    let kek = format!("kek-1:{}", "ab".repeat(32));
+    let with_kek = |args: &[&str]| {
+        let out = msec().env("MSEC_KEK", &kek).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let key_file = format!("{dir}-bed.json");
+    assert!(
+        run(&[
+            "device",
+            "keygen",
+            "--id",
+            "bed-9",
+            "--tenant",
+            "santander",
+            "--out",
+            &key_file
+        ])
+        .0
+    );
+    let (ok, _, err) = with_kek(&[
+        "device",
+        "register",
+        "--key-file",
+        &key_file,
+        "--kind",
+        "bed-sensor",
+        "--owner",
+        "resident-9",
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = with_kek(&[
+        "erase",
+        "--subject",
+        "resident-9",
+        "--yes",
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(ok && out.contains("erased resident-9"), "{out}{err}");
+    assert!(
+        err.contains("NOT rotated") && err.contains("backups"),
+        "{err}"
+    );
+    let (ok, _, err) = with_kek(&["export", "--subject", "resident-9", "--data-dir", &dir]);
+    assert!(!ok && err.contains("erased"), "{err}");
+}

@@ -41,7 +41,10 @@ pub struct ExportedReading {
 pub struct Erasure {
     pub subject: String,
     pub devices_revoked: u64,
-    pub kek: String,
+    /// The new key-encryption key's id; or why the KEK could not be rotated (keys from a
+    /// read-only source), in which case backups taken before the erasure still hold the
+    /// subject's data key wrapped under a KEK that exists.
+    pub kek: Result<String, String>,
 }
 
 fn valid_subject(s: &str) -> Result<(), StoreError> {
@@ -268,7 +271,13 @@ impl Store {
             crate::keys::bump_epoch(&mut s.db)?;
             Ok(revoked)
         })?;
-        let (kek, _) = self.rotate_keys(actor)?;
+        // The erasure has taken effect: a rotation that cannot be done is reported with it,
+        // not as a failure that would invite running it again.
+        let kek = match self.rotate_keys(actor) {
+            Ok((kek, _)) => Ok(kek),
+            Err(StoreError::Keys(why)) => Err(why),
+            Err(e) => return Err(e),
+        };
         Ok(Erasure {
             subject: subject.into(),
             devices_revoked,
