@@ -41,8 +41,7 @@ pub fn audit(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<AuditReport, NotaryError> {
     let scan = store.audit_scan(progress)?;
-    let tree = scan.tree;
-    let leaves = tree.size();
+    let mut tree = scan.tree;
     let mut findings = scan.findings;
     let mut against: Vec<TrustedCheckpoint> = trusted.to_vec();
 
@@ -71,6 +70,12 @@ pub fn audit(
             note,
         });
     }
+    // A running platform goes on appending, and checkpointing, while the records are scanned:
+    // the checkpoints just read may cover leaves the scan did not see. Those leaves are read
+    // now (they are checked against their records by the next audit), so that a live log is
+    // not mistaken for a rolled-back one.
+    crate::load_new_leaves(store, &mut tree)?;
+    let leaves = tree.size();
 
     let mut checked = Vec::new();
     for t in against {

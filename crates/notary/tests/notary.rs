@@ -249,6 +249,50 @@ fn postgres_log() {
     }
 }
 
+/// An audit of a platform that keeps appending and checkpointing while the records are scanned
+/// (the server checkpoints within a second of any growth) finds nothing: a checkpoint newer
+/// than the scan is no rollback.
+#[test]
+fn an_audit_of_a_live_log_reports_no_rollback() {
+    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-live-audit-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = dir.join("msec.db").to_string_lossy().into_owned();
+    let keys: Arc<dyn KekProvider> = Arc::new(MemoryKeys::new());
+    let open = || Store::open(&url, keys.clone()).unwrap();
+    let key = || LogKey::from_seed("example.org/msec-test", [5; 32]).unwrap();
+    let mut s = open();
+    s.register_device(&NewDevice {
+        id: "park-1".into(),
+        tenant: "santander".into(),
+        owner: "santander".into(),
+        name: "Park 1".into(),
+        kind: "environmental-monitor".into(),
+        location: None,
+        public_key: [9; 32],
+        key_id: [9; 16],
+    })
+    .unwrap();
+    add_readings(&mut s, 1, 20);
+    let notary = Notary::open(open(), key(), dir.join("state"), Vec::new(), 0).unwrap();
+    notary.tick().unwrap().unwrap();
+    let mut writer = open();
+    let mut grown = false;
+    let report = audit(&mut s, &notary_key(), &[], &[], 0, &mut |done, total| {
+        // Meanwhile the platform goes on: more readings, and a checkpoint covering them
+        // (at the end of the scan, once the log has been read).
+        if done == total && total > 0 && !grown {
+            grown = true;
+            add_readings(&mut writer, 21, 30);
+            notary.tick().unwrap().unwrap();
+        }
+    })
+    .unwrap();
+    assert!(grown);
+    assert_eq!(kinds(&report), vec![], "{:?}", report.findings);
+    assert_eq!(report.leaves, 31);
+    std::fs::remove_dir_all(dir).ok();
+}
+
 /// A quorum of K means K different witnesses: one witness cosigning twice is one, and one
 /// witness cannot be configured twice (under its name or under another name with its key).
 #[test]
