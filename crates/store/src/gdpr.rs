@@ -247,6 +247,10 @@ impl Store {
             )));
         }
         let devices_revoked = self.transaction(|s| {
+            // The epoch first: on PostgreSQL this takes the vault row before any other, so
+            // that the ingest writer (which holds it shared while it updates devices) and
+            // this erasure cannot wait on each other.
+            crate::keys::bump_epoch(&mut s.db)?;
             let now = now_ms();
             let updated = s.db.exec(
                 "UPDATE subject_keys SET kek_id = NULL, wrapped = NULL, erased_ms = $2 WHERE subject = $1",
@@ -268,7 +272,6 @@ impl Store {
                 &[P::Text(subject), P::I64(now)],
             )?;
             s.admin_in_tx(actor, "subject.erase", subject, &format!("{revoked} devices revoked"))?;
-            crate::keys::bump_epoch(&mut s.db)?;
             Ok(revoked)
         })?;
         // The erasure has taken effect: a rotation that cannot be done is reported with it,

@@ -45,10 +45,17 @@ impl Keys {
 
     /// Drops cached keys if another process rotated keys or erased a subject since last time.
     pub(crate) fn sync(&mut self, db: &mut Db) -> Result<(), StoreError> {
+        // Inside a transaction on PostgreSQL, the shared row lock makes a rotation wait for
+        // this transaction, and this one for a rotation under way (it bumps the epoch first):
+        // a data key made here is never wrapped under a KEK that a rotation then destroys.
+        // (SQLite's write transactions already exclude each other.)
+        let sql = if db.engine() == "postgres" {
+            "SELECT epoch FROM vault_state WHERE id = 1 FOR SHARE"
+        } else {
+            "SELECT epoch FROM vault_state WHERE id = 1"
+        };
         let epoch = db
-            .query("SELECT epoch FROM vault_state WHERE id = 1", &[], |r| {
-                r.i64(0)
-            })?
+            .query(sql, &[], |r| r.i64(0))?
             .first()
             .copied()
             .unwrap_or(0);
@@ -164,6 +171,9 @@ impl Keys {
         loop {
             db.begin()?;
             let step = (|| {
+                // First, so that a transaction that may wrap a new data key either commits
+                // before this pass reads the keys, or sees the new epoch (see `sync`).
+                bump_epoch(db)?;
                 let rows = db.query(
                     "SELECT subject, kek_id, wrapped FROM subject_keys \
                      WHERE wrapped IS NOT NULL AND kek_id <> $1",
@@ -178,7 +188,6 @@ impl Keys {
                         &[P::Text(subject), P::Text(&new_id), P::Bytes(&again)],
                     )?;
                 }
-                bump_epoch(db)?;
                 Ok::<usize, StoreError>(rows.len())
             })();
             match step {

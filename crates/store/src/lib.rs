@@ -405,8 +405,13 @@ impl Store {
         &mut self,
         f: impl FnOnce(&mut Store) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.keys.sync(&mut self.db)?;
         self.db.begin()?;
+        // Inside the transaction: a rotation that finished while this one waited to begin
+        // must be seen before any data key is made (see `Keys::sync`).
+        if let Err(e) = self.keys.sync(&mut self.db) {
+            let _ = self.db.rollback();
+            return Err(e);
+        }
         match f(self) {
             Ok(v) => match self.db.commit() {
                 Ok(()) => Ok(v),
