@@ -60,34 +60,6 @@ struct Refused {
     stored: bool,
 }
 
-/// Turns a refusal into a security event of its own in `batch`, if the budget allows; past it
-/// the refusal is only counted (in the metrics now, and in the budget's next summary).
-fn refuse(
-    budget: &mut EventBudget,
-    metrics: &Metrics,
-    batch: &mut Batch,
-    rejection: Rejection,
-    source: &str,
-) -> Refused {
-    let now = msec_store::now_ms();
-    let stored = budget.admit(rejection.reason, now);
-    if stored {
-        batch.events.push(NewEvent {
-            at_ms: now,
-            reason: rejection.reason.to_string(),
-            device_id: rejection.device_id.clone(),
-            source: source.to_string(),
-            detail: rejection.detail.clone(),
-        });
-    } else {
-        metrics.reject(rejection.reason);
-        metrics
-            .suppressed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    Refused { rejection, stored }
-}
-
 impl Writer {
     pub(crate) fn new(
         mut store: Store,
@@ -162,6 +134,28 @@ impl Writer {
         }
     }
 
+    /// Turns a refusal into a security event of its own in `batch`, if the budget allows; past
+    /// it the refusal is only counted (in the metrics now, and in the budget's next summary).
+    fn refuse(&mut self, batch: &mut Batch, rejection: Rejection, source: &str) -> Refused {
+        let now = msec_store::now_ms();
+        let stored = self.budget.admit(rejection.reason, now);
+        if stored {
+            batch.events.push(NewEvent {
+                at_ms: now,
+                reason: rejection.reason.to_string(),
+                device_id: rejection.device_id.clone(),
+                source: source.to_string(),
+                detail: rejection.detail.clone(),
+            });
+        } else {
+            self.metrics.reject(rejection.reason);
+            self.metrics
+                .suppressed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Refused { rejection, stored }
+    }
+
     fn refresh_registry(&mut self) {
         let now = msec_store::now_ms();
         if now - self.refreshed_ms < REFRESH_EVERY_MS {
@@ -198,14 +192,7 @@ impl Writer {
             };
             match verdict {
                 Verdict::Rejected { rejection, source } => {
-                    let refused = refuse(
-                        &mut self.budget,
-                        &self.metrics,
-                        &mut batch,
-                        rejection,
-                        &source,
-                    );
-                    replies.push((reply, Err(refused)));
+                    replies.push((reply, Err(self.refuse(&mut batch, rejection, &source))));
                 }
                 Verdict::Verified {
                     reading,
@@ -319,14 +306,7 @@ impl Writer {
                     match verdict {
                         Ok(p) => replies.push((reply, Ok(p))),
                         Err(rejection) => {
-                            let refused = refuse(
-                                &mut self.budget,
-                                &self.metrics,
-                                &mut batch,
-                                rejection,
-                                &source,
-                            );
-                            replies.push((reply, Err(refused)));
+                            replies.push((reply, Err(self.refuse(&mut batch, rejection, &source))))
                         }
                     }
                 }
