@@ -234,7 +234,7 @@ pub async fn erase(args: EraseArgs) -> Result<()> {
                 e.subject, e.devices_revoked
             );
             eprintln!(
-                "WARNING: the key-encryption key was NOT rotated ({why}). Database backups taken before now still hold {}'s data key under a key that exists: destroy them, or rotate the key where it is kept and restore no older backup.",
+                "WARNING: the key-encryption key was NOT rotated ({why}). Until it is (`msec keys rotate`; with MSEC_KEK, in the secret store that sets it), database backups taken before now still hold {}'s data key under a key that exists: destroy them. Do not run the erasure again: it has taken effect.",
                 e.subject
             );
         }

@@ -246,11 +246,8 @@ impl Store {
                 "subject {subject:?} is already erased"
             )));
         }
-        let devices_revoked = self.transaction(|s| {
-            // The epoch first: on PostgreSQL this takes the vault row before any other, so
-            // that the ingest writer (which holds it shared while it updates devices) and
-            // this erasure cannot wait on each other.
-            crate::keys::bump_epoch(&mut s.db)?;
+        // Bumping the key epoch (see `transact`): cached keys everywhere are dropped.
+        let devices_revoked = self.transact(true, |s| {
             let now = now_ms();
             let updated = s.db.exec(
                 "UPDATE subject_keys SET kek_id = NULL, wrapped = NULL, erased_ms = $2 WHERE subject = $1",
@@ -274,13 +271,12 @@ impl Store {
             s.admin_in_tx(actor, "subject.erase", subject, &format!("{revoked} devices revoked"))?;
             Ok(revoked)
         })?;
-        // The erasure has taken effect: a rotation that cannot be done is reported with it,
-        // not as a failure that would invite running it again.
-        let kek = match self.rotate_keys(actor) {
-            Ok((kek, _)) => Ok(kek),
-            Err(StoreError::Keys(why)) => Err(why),
-            Err(e) => return Err(e),
-        };
+        // The erasure has taken effect: a rotation that fails is reported with it, not as a
+        // failure that would invite running it again.
+        let kek = self
+            .rotate_keys(actor)
+            .map(|(kek, _)| kek)
+            .map_err(|e| e.to_string());
         Ok(Erasure {
             subject: subject.into(),
             devices_revoked,

@@ -44,12 +44,14 @@ impl Keys {
     }
 
     /// Drops cached keys if another process rotated keys or erased a subject since last time.
-    pub(crate) fn sync(&mut self, db: &mut Db) -> Result<(), StoreError> {
-        // Inside a transaction on PostgreSQL, the shared row lock makes a rotation wait for
-        // this transaction, and this one for a rotation under way (it bumps the epoch first):
+    /// `in_transaction`: called at the start of a write transaction, which may make data keys.
+    pub(crate) fn sync(&mut self, db: &mut Db, in_transaction: bool) -> Result<(), StoreError> {
+        // In a write transaction on PostgreSQL, the shared row lock makes a rotation pass wait
+        // for this transaction, and this one for a pass under way (a pass takes the row first):
         // a data key made here is never wrapped under a KEK that a rotation then destroys.
-        // (SQLite's write transactions already exclude each other.)
-        let sql = if db.engine() == "postgres" {
+        // Reads need no lock: they make no keys. (SQLite's write transactions already exclude
+        // each other.)
+        let sql = if in_transaction && db.engine() == "postgres" {
             "SELECT epoch FROM vault_state WHERE id = 1 FOR SHARE"
         } else {
             "SELECT epoch FROM vault_state WHERE id = 1"
@@ -71,7 +73,7 @@ impl Keys {
     /// anything is written with them. A few stale rows (restored from a backup older than a
     /// rotation) only fail when read.
     pub(crate) fn check_matches(&mut self, db: &mut Db) -> Result<(), StoreError> {
-        self.sync(db)?;
+        self.sync(db, false)?;
         let sample = db.query(
             "SELECT subject, kek_id, wrapped FROM subject_keys WHERE wrapped IS NOT NULL LIMIT 16",
             &[],
@@ -174,9 +176,11 @@ impl Keys {
                 // First, so that a transaction that may wrap a new data key either commits
                 // before this pass reads the keys, or sees the new epoch (see `sync`).
                 bump_epoch(db)?;
+                // A bounded pass, so that writers wait on the vault row briefly each time; the
+                // loop goes on until a pass finds nothing left.
                 let rows = db.query(
                     "SELECT subject, kek_id, wrapped FROM subject_keys \
-                     WHERE wrapped IS NOT NULL AND kek_id <> $1",
+                     WHERE wrapped IS NOT NULL AND kek_id <> $1 ORDER BY subject LIMIT 500",
                     &[P::Text(&new_id)],
                     |r| Ok((r.text(0)?, r.text(1)?, r.bytes(2)?)),
                 )?;

@@ -405,10 +405,26 @@ impl Store {
         &mut self,
         f: impl FnOnce(&mut Store) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.transact(false, f)
+    }
+
+    /// [`Store::transaction`]; with `changes_keys` (an erasure) the key epoch is bumped first,
+    /// which on PostgreSQL takes the vault row exclusively before anything else: taking it
+    /// shared and then exclusively, two erasures would wait on each other.
+    fn transact<T>(
+        &mut self,
+        changes_keys: bool,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.db.begin()?;
         // Inside the transaction: a rotation that finished while this one waited to begin
         // must be seen before any data key is made (see `Keys::sync`).
-        if let Err(e) = self.keys.sync(&mut self.db) {
+        let synced = if changes_keys {
+            keys::bump_epoch(&mut self.db).and_then(|()| self.keys.sync(&mut self.db, false))
+        } else {
+            self.keys.sync(&mut self.db, true)
+        };
+        if let Err(e) = synced {
             let _ = self.db.rollback();
             return Err(e);
         }
@@ -483,7 +499,7 @@ impl Store {
 
     /// Decrypts the profiles of device rows.
     fn open_devices(&mut self, rows: Vec<(Device, Vec<u8>)>) -> Result<Vec<Device>, StoreError> {
-        self.keys.sync(&mut self.db)?;
+        self.keys.sync(&mut self.db, false)?;
         rows.into_iter()
             .map(|(mut d, sealed)| {
                 match self.keys.dek(&mut self.db, &d.owner, false)? {
@@ -716,7 +732,7 @@ impl Store {
         device_id: &str,
         q: &ReadingQuery,
     ) -> Result<Vec<(StoredReading, Vec<u8>)>, StoreError> {
-        self.keys.sync(&mut self.db)?;
+        self.keys.sync(&mut self.db, false)?;
         let owner = self.keys.owner(&mut self.db, device_id)?;
         let limit = i64::from(q.limit.clamp(1, 1000));
         let rows = self.db.query(
