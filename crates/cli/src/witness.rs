@@ -100,11 +100,50 @@ fn answer(method: &str, url: &str, mut resp: ureq::http::Response<ureq::Body>) -
         .ok()
         .and_then(|p| p["detail"].as_str().map(str::to_owned))
         .unwrap_or_else(|| body.chars().take(300).collect());
-    bail!(
-        "{method} {url}: {status}: {}",
-        msec_store::bounded(&detail, 300)
-    )
+    Err(anyhow::Error::new(Refused {
+        client_error: status.is_client_error(),
+        message: format!(
+            "{method} {url}: {status}: {}",
+            msec_store::bounded(&detail, 300)
+        ),
+    }))
 }
+
+/// An answer other than 2xx from the log.
+#[derive(Debug)]
+struct Refused {
+    /// 4xx: the log refuses what we sent, and sending it again changes nothing.
+    client_error: bool,
+    message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// A failure that trying again cannot mend (this witness's own state, or a log that refuses
+/// its cosignatures): a running witness stops on it too.
+#[derive(Debug)]
+struct Stop(String);
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Stop {}
+
+fn stop(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(Stop(e.to_string()))
+}
+
+/// The longest pause between two checks of a running witness after failures.
+const RETRY_AT_MOST: Duration = Duration::from_secs(60);
 
 pub fn run(args: WitnessArgs) -> Result<()> {
     let (key, created) = msec_notary::load_or_create_cosigner(&args.key)?;
@@ -130,38 +169,59 @@ pub fn run(args: WitnessArgs) -> Result<()> {
         .state
         .clone()
         .unwrap_or_else(|| args.key.with_extension("state"));
-    if state_path == args.key {
+    let key_file = std::fs::canonicalize(&args.key)
+        .with_context(|| format!("cannot resolve {}", args.key.display()))?;
+    if std::fs::symlink_metadata(&state_path).is_ok_and(|m| m.file_type().is_symlink()) {
+        bail!(
+            "--state {} is a symbolic link; name the file itself",
+            state_path.display()
+        );
+    }
+    if state_path == args.key || std::fs::canonicalize(&state_path).is_ok_and(|s| s == key_file) {
         bail!(
             "--state {} is the key file: the first cosignature would overwrite the witness key",
             state_path.display()
         );
     }
-    // One run per state file: two that overlap could each read the same last checkpoint and
-    // cosign two different views of the log, one each.
-    let lock_path = PathBuf::from(format!("{}.lock", state_path.display()));
+    // One run per witness key: two that overlap (on one state file, or on two) could each
+    // cosign a different view of the log.
+    let mut lock_path = key_file.into_os_string();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
         .with_context(|| format!("cannot open {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        bail!(
-            "another witness is running on {} (it holds {}); two on one state could cosign two views of the log",
-            state_path.display(),
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another witness is running with the key {} (it holds {}); two at once could cosign two views of the log",
+            args.key.display(),
             lock_path.display()
-        );
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+        }
     }
+    let interval = Duration::from_secs_f64(args.interval);
+    let mut pause = interval;
     loop {
         if let Err(e) = check_and_cosign(&base, &key, args.log_key.as_deref(), &state_path) {
             let Some(alarm) = e.downcast_ref::<Alarm>() else {
                 // Not the log's fault that we can tell (unreachable, an error answer): a
-                // running witness tries again; a single check reports it.
-                if args.once {
+                // running witness tries again, less and less often; a single check reports it,
+                // and so does a failure that trying again cannot mend.
+                if args.once || e.downcast_ref::<Stop>().is_some() {
                     return Err(e);
                 }
-                eprintln!("witness check failed ({e:#}); trying again");
-                std::thread::sleep(Duration::from_secs_f64(args.interval));
+                eprintln!(
+                    "witness check failed ({e:#}); trying again in {:.0} s",
+                    pause.as_secs_f64()
+                );
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(RETRY_AT_MOST).max(interval);
                 continue;
             };
             let time = std::time::SystemTime::now()
@@ -186,7 +246,8 @@ pub fn run(args: WitnessArgs) -> Result<()> {
         if args.once {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_secs_f64(args.interval));
+        pause = interval;
+        std::thread::sleep(interval);
     }
 }
 
@@ -227,10 +288,10 @@ fn check_and_cosign(
     let last: Option<State> = match std::fs::read_to_string(state_path) {
         Ok(t) => Some(
             serde_json::from_str(&t)
-                .with_context(|| format!("{} is corrupt", state_path.display()))?,
+                .map_err(|e| stop(format!("{} is corrupt: {e}", state_path.display())))?,
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", state_path.display())),
+        Err(e) => return Err(stop(format!("cannot read {}: {e}", state_path.display()))),
     };
     let log_key = match (pinned, &last) {
         (Some(k), _) => k.to_string(),
@@ -315,7 +376,8 @@ fn check_and_cosign(
         size: cp.size,
         root: cp.root,
     };
-    crate::simrun::write_private(state_path, &serde_json::to_string_pretty(&state)?)?;
+    crate::simrun::write_private(state_path, &serde_json::to_string_pretty(&state)?)
+        .map_err(|e| stop(format!("{e:#}")))?;
     post_cosignature(base, key, &cp, &note)
 }
 
@@ -328,7 +390,14 @@ fn post_cosignature(base: &str, key: &CosignerKey, cp: &Checkpoint, note: &str) 
         &format!("{base}/api/v1/log/cosignatures"),
         "text/plain",
         format!("{}{line}", note_without_cosignatures(note)),
-    )?;
+    )
+    .map_err(|e| match e.downcast_ref::<Refused>() {
+        // Refused, not failed: e.g. this witness is not among those the log was started with.
+        Some(r) if r.client_error => {
+            stop(format!("the log refuses this witness's cosignature: {r}"))
+        }
+        _ => e,
+    })?;
     println!(
         "cosigned {} size {}",
         msec_store::bounded(&cp.origin, 200),

@@ -1826,9 +1826,9 @@ fn secrets_stay_out_of_the_log_even_at_trace_level() {
     }
 }
 
-/// A witness guards what it has vouched for: one run per state file (two overlapping runs
-/// could cosign two views), a state file it cannot read is an error rather than a first
-/// contact, and the state may not be the key file.
+/// A witness guards what it has vouched for: one run per key (two overlapping runs could
+/// cosign two views, even on two state files), a state file it cannot read is an error rather
+/// than a first contact, and the state may be neither the key file nor a link.
 #[test]
 fn a_witness_never_shares_or_forgets_its_state() {
     let dir = tmp();
@@ -1836,7 +1836,8 @@ fn a_witness_never_shares_or_forgets_its_state() {
     let key = format!("{dir}/w.json");
     assert!(run(&["witness", "--key", &key, "--init"]).0);
     let state = format!("{dir}/w.state");
-    let lock = std::fs::File::create(format!("{state}.lock")).unwrap();
+    let real_key = std::fs::canonicalize(&key).unwrap();
+    let lock = std::fs::File::create(format!("{}.lock", real_key.display())).unwrap();
     lock.try_lock().unwrap();
     let once = |extra: &[&str]| {
         let mut args = vec![
@@ -1852,6 +1853,9 @@ fn a_witness_never_shares_or_forgets_its_state() {
     };
     let (ok, _, err) = once(&[]);
     assert!(!ok && err.contains("another witness is running"), "{err}");
+    let other_state = format!("{dir}/other.state");
+    let (ok, _, err) = once(&["--state", &other_state]);
+    assert!(!ok && err.contains("another witness is running"), "{err}");
     drop(lock);
     std::fs::write(&state, b"\xff\xfe not text").unwrap();
     let (ok, _, err) = once(&[]);
@@ -1859,6 +1863,13 @@ fn a_witness_never_shares_or_forgets_its_state() {
     assert_eq!(std::fs::read(&state).unwrap(), b"\xff\xfe not text");
     let (ok, _, err) = once(&["--state", &key]);
     assert!(!ok && err.contains("is the key file"), "{err}");
+    #[cfg(unix)]
+    {
+        let link = format!("{dir}/link.state");
+        std::os::unix::fs::symlink(&state, &link).unwrap();
+        let (ok, _, err) = once(&["--state", &link]);
+        assert!(!ok && err.contains("symbolic link"), "{err}");
+    }
 }
 
 /// With the key-encryption key from MSEC_KEK (read-only to msec), an erasure still destroys the
