@@ -27,6 +27,21 @@ fn add_readings(s: &mut Store, from: i64, to: i64) {
     .unwrap();
 }
 
+/// The park monitor the readings of [`add_readings`] belong to.
+fn register_park(s: &mut Store) {
+    s.register_device(&NewDevice {
+        id: "park-1".into(),
+        tenant: "santander".into(),
+        owner: "santander".into(),
+        name: "Park 1".into(),
+        kind: "environmental-monitor".into(),
+        location: None,
+        public_key: [9; 32],
+        key_id: [9; 16],
+    })
+    .unwrap();
+}
+
 fn kinds(r: &AuditReport) -> Vec<FindingKind> {
     r.findings.iter().map(|f| f.kind.clone()).collect()
 }
@@ -43,17 +58,7 @@ fn scenario(url: &str, dir: &std::path::Path) {
     }];
 
     let mut s = open();
-    s.register_device(&NewDevice {
-        id: "park-1".into(),
-        tenant: "santander".into(),
-        owner: "santander".into(),
-        name: "Park 1".into(),
-        kind: "environmental-monitor".into(),
-        location: None,
-        public_key: [9; 32],
-        key_id: [9; 16],
-    })
-    .unwrap();
+    register_park(&mut s);
     add_readings(&mut s, 1, 20);
     let notary = Notary::open(open(), key(), state.clone(), witnesses.clone(), 1).unwrap();
     let first = notary.tick().unwrap().expect("a first checkpoint");
@@ -261,17 +266,7 @@ fn an_audit_of_a_live_log_reports_no_rollback() {
     let open = || Store::open(&url, keys.clone()).unwrap();
     let key = || LogKey::from_seed("example.org/msec-test", [5; 32]).unwrap();
     let mut s = open();
-    s.register_device(&NewDevice {
-        id: "park-1".into(),
-        tenant: "santander".into(),
-        owner: "santander".into(),
-        name: "Park 1".into(),
-        kind: "environmental-monitor".into(),
-        location: None,
-        public_key: [9; 32],
-        key_id: [9; 16],
-    })
-    .unwrap();
+    register_park(&mut s);
     add_readings(&mut s, 1, 20);
     let notary = Notary::open(open(), key(), dir.join("state"), Vec::new(), 0).unwrap();
     notary.tick().unwrap().unwrap();

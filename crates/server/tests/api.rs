@@ -87,6 +87,23 @@ fn add_token(srv: Srv, principal: &str, scopes: &[&str], expires_ms: i64) -> (St
     (issued.stored.id, issued.text, caller)
 }
 
+/// A user of tenant santander with one role and the password PASSWORD, added behind the
+/// server's back (call it before any device exists; see [`add_token`]).
+fn add_user(srv: Srv, id: &str, role: &str) {
+    Store::open(srv.db, Arc::new(msec_vault::MemoryKeys::new()))
+        .unwrap()
+        .add_user(
+            &msec_store::NewUser {
+                id: id.into(),
+                tenant: "santander".into(),
+                roles: vec![role.into()],
+                password_hash: msec_identity::hash_password(PASSWORD).unwrap(),
+            },
+            "test",
+        )
+        .unwrap();
+}
+
 /// Logs in as admin with `extra` header lines; the reply, the session cookie
 /// (`msec_session=…`) and its CSRF token.
 fn login_admin(srv: Srv, extra: &'static str) -> (Reply, String, String) {
@@ -830,17 +847,7 @@ async fn residents_get_log_proofs_of_their_own_consents_only() {
     blocking(move || {
         let store = || Store::open(srv.db, Arc::new(msec_vault::MemoryKeys::new())).unwrap();
         for id in ["resident-007", "resident-008"] {
-            store()
-                .add_user(
-                    &msec_store::NewUser {
-                        id: id.into(),
-                        tenant: "santander".into(),
-                        roles: vec!["resident".into()],
-                        password_hash: msec_identity::hash_password(PASSWORD).unwrap(),
-                    },
-                    "test",
-                )
-                .unwrap();
+            add_user(srv, id, "resident");
         }
         let consent = store()
             .give_consent("resident-007", "caregiver-ana", "care")
@@ -904,18 +911,7 @@ async fn residents_manage_only_their_own_grants() {
     let srv = start().await;
     blocking(move || {
         for id in ["resident-007", "resident-008"] {
-            Store::open(srv.db, Arc::new(msec_vault::MemoryKeys::new()))
-                .unwrap()
-                .add_user(
-                    &msec_store::NewUser {
-                        id: id.into(),
-                        tenant: "santander".into(),
-                        roles: vec!["resident".into()],
-                        password_hash: msec_identity::hash_password(PASSWORD).unwrap(),
-                    },
-                    "test",
-                )
-                .unwrap();
+            add_user(srv, id, "resident");
         }
         let grant = |resource: &str| serde_json::json!({"principal": "caregiver-ana", "actions": ["read"], "resource": resource}).to_string();
         let create = |as_: Srv, resource: &str| http(as_, "POST", "/api/v1/grants", "application/json", grant(resource).as_bytes());
@@ -997,17 +993,7 @@ async fn a_disabled_user_is_nobody() {
     let srv = start().await;
     blocking(move || {
         let store = || Store::open(srv.db, Arc::new(msec_vault::MemoryKeys::new())).unwrap();
-        store()
-            .add_user(
-                &msec_store::NewUser {
-                    id: "olga".into(),
-                    tenant: "santander".into(),
-                    roles: vec!["operator".into()],
-                    password_hash: msec_identity::hash_password(PASSWORD).unwrap(),
-                },
-                "test",
-            )
-            .unwrap();
+        add_user(srv, "olga", "operator");
         let (_, _, token) = add_token(
             srv,
             "olga",
