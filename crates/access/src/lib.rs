@@ -33,6 +33,9 @@ pub struct Denied {
     pub detail: String,
     /// The principal, if known.
     pub principal: Option<String>,
+    /// The principal's tenant, whose auditors see the event; None when nobody known was
+    /// refused (platform-wide auditors only).
+    pub tenant: Option<Box<str>>, // boxed: refusals travel in `Result`s, so kept small
     /// The rule that decided a `forbidden`, if one did (else deny by default).
     pub rule: Option<String>,
     /// For `rate_limited`: seconds until the lock ends.
@@ -49,14 +52,25 @@ fn unavailable(e: impl std::fmt::Display) -> Denied {
 }
 
 impl Denied {
-    fn new(reason: &'static str, detail: impl Into<String>) -> Denied {
+    pub fn new(reason: &'static str, detail: impl Into<String>) -> Denied {
         Denied {
             reason,
             detail: detail.into(),
             principal: None,
+            tenant: None,
             rule: None,
             retry_after_s: None,
         }
+    }
+
+    /// The same refusal, of `p`.
+    pub fn of(mut self, p: &Principal) -> Denied {
+        self.principal = Some(p.id.clone());
+        // Platform-wide users (`*`) and service accounts (no tenant) have no tenant's auditors.
+        self.tenant = Some(p.tenant.as_str())
+            .filter(|t| msec_store::valid_tenant(t))
+            .map(Box::from);
+        self
     }
 }
 
@@ -101,8 +115,23 @@ pub fn device_resource(tenant: &str, owner: &str, device: &str) -> String {
     format!("{tenant}/{owner}/{device}")
 }
 
-/// The resource audited to read security events and the log's administration.
+/// The resource audited to read every security event (platform-wide ones included) and the
+/// log's administration. No tenant may be named `platform` (`msec_store::valid_tenant`), so no
+/// tenant's rules reach it.
 pub const SECURITY_EVENTS: &str = "platform/security-events";
+
+/// The resource audited to read the security events of one tenant.
+pub fn tenant_events(tenant: &str) -> String {
+    format!("{SECURITY_EVENTS}/{tenant}")
+}
+
+/// Which security events a principal may read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventScope {
+    All,
+    /// Only those of these tenants (none, when empty).
+    Tenants(Vec<String>),
+}
 
 fn sha256(b: &[u8]) -> [u8; 32] {
     Sha256::digest(b).into()
@@ -131,6 +160,8 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 struct Snapshot {
     version: i64,
     set: Arc<PolicySet>,
+    /// The tenants known when it was built (from users and devices).
+    tenants: Arc<Vec<String>>,
 }
 
 pub struct Access {
@@ -159,7 +190,7 @@ fn role_rule(id: &str, role: &str, actions: &[Action], resource: &str) -> Rule {
 
 /// The built-in rules for the pilots' roles (docs/access-control.md lists them), for the tenants
 /// and residents known now, followed by the stored grants.
-fn rule_set(store: &mut Store) -> Result<PolicySet, AccessError> {
+fn snapshot(store: &mut Store, version: i64) -> Result<Snapshot, AccessError> {
     use Action::*;
     let users = store.users()?;
     let mut tenants: Vec<String> = users.iter().map(|u| u.tenant.clone()).collect();
@@ -184,7 +215,9 @@ fn rule_set(store: &mut Store) -> Result<PolicySet, AccessError> {
             "**",
         ),
     ];
-    for t in tenants.iter().filter(|t| *t != "*") {
+    // Names that could not be created today (reserved, or from before tenants were checked)
+    // get no rules: `platform/**` would cover every tenant's events.
+    for t in tenants.iter().filter(|t| msec_store::valid_tenant(t)) {
         rules.push(role_rule(
             &format!("{t}-operators"),
             &format!("{t}:operator"),
@@ -202,7 +235,7 @@ fn rule_set(store: &mut Store) -> Result<PolicySet, AccessError> {
             &format!("{t}-auditors-events"),
             &format!("{t}:auditor"),
             &[Audit],
-            SECURITY_EVENTS,
+            &tenant_events(t),
         ));
         // Public infrastructure is owned by the tenant itself: open data for citizens.
         rules.push(role_rule(
@@ -243,7 +276,12 @@ fn rule_set(store: &mut Store) -> Result<PolicySet, AccessError> {
     for g in store.grants()? {
         rules.push(grant_rule(&g)?);
     }
-    PolicySet::new(rules).map_err(|e| AccessError::BadGrant(0, e.to_string()))
+    let set = PolicySet::new(rules).map_err(|e| AccessError::BadGrant(0, e.to_string()))?;
+    Ok(Snapshot {
+        version,
+        set: Arc::new(set),
+        tenants: Arc::new(tenants),
+    })
 }
 
 fn grant_rule(g: &Grant) -> Result<Rule, AccessError> {
@@ -288,13 +326,10 @@ fn request_roles(tenant: &str, roles: &[String]) -> Vec<String> {
 impl Access {
     pub fn open(mut store: Store) -> Result<Access, AccessError> {
         let version = store.access_version()?;
-        let set = rule_set(&mut store)?;
+        let snapshot = snapshot(&mut store, version)?;
         Ok(Access {
             store: Mutex::new(store),
-            snapshot: RwLock::new(Snapshot {
-                version,
-                set: Arc::new(set),
-            }),
+            snapshot: RwLock::new(snapshot),
             throttle: Mutex::new(Throttle::default()),
             grant_changes: Mutex::new(HashMap::new()),
         })
@@ -322,8 +357,8 @@ impl Access {
                 format!(
                     "at most {GRANT_CHANGES_PER_MINUTE} grant changes a minute; retry in {wait} s"
                 ),
-            );
-            d.principal = Some(p.id.clone());
+            )
+            .of(p);
             d.retry_after_s = Some(wait);
             return Err(d);
         }
@@ -349,11 +384,8 @@ impl Access {
         {
             return Ok(());
         }
-        let set = rule_set(&mut store)?;
-        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Snapshot {
-            version,
-            set: Arc::new(set),
-        };
+        let snapshot = snapshot(&mut store, version)?;
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
         Ok(())
     }
 
@@ -362,22 +394,25 @@ impl Access {
     pub fn reload(&self) -> Result<(), AccessError> {
         let mut store = self.store();
         let version = store.access_version()?;
-        let set = rule_set(&mut store)?;
-        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Snapshot {
-            version,
-            set: Arc::new(set),
-        };
+        let snapshot = snapshot(&mut store, version)?;
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
         Ok(())
     }
 
     /// How a login's user name appears in its security event, and the principal it names: as
     /// typed when an enabled user has it; otherwise only its length, since such a name is often
     /// a password typed into the wrong field.
-    fn login_name(&self, user: &str) -> (String, Option<String>) {
+    fn login_name(&self, user: &str) -> (String, Option<Principal>) {
         match self.store().user(user) {
             Ok(Some(u)) if !u.disabled => {
                 let shown = msec_store::bounded(user, 64);
-                (format!("{shown:?}"), Some(shown))
+                let p = Principal {
+                    id: shown.clone(),
+                    tenant: u.tenant,
+                    roles: Vec::new(),
+                    scopes: None,
+                };
+                (format!("{shown:?}"), Some(p))
             }
             _ => (
                 format!(
@@ -426,7 +461,9 @@ impl Access {
                 "rate_limited",
                 format!("login for {shown} refused: too many failed logins {what}; locked for {} more seconds", (until - now_ms).max(0) / 1000 + 1),
             );
-            d.principal = principal;
+            if let Some(p) = principal {
+                d = d.of(&p);
+            }
             d.retry_after_s = Some((until - now_ms).max(0) / 1000 + 1);
             return Err(d);
         }
@@ -458,12 +495,14 @@ impl Access {
         let Some(principal) = principal else {
             // The attempt already counts as a failure (see `Throttle::begin`).
             let (shown, principal) = self.login_name(user);
-            let mut d = Denied::new(
+            let d = Denied::new(
                 "login_failed",
                 format!("wrong user name or password for {shown}"),
             );
-            d.principal = principal;
-            return Err(d);
+            return Err(match principal {
+                Some(p) => d.of(&p),
+                None => d,
+            });
         };
         self.throttle
             .lock()
@@ -590,6 +629,40 @@ impl Access {
         }
     }
 
+    /// The security events `p` may read: all of them with `audit` on [`SECURITY_EVENTS`], else
+    /// those of each known tenant T with `audit` on [`tenant_events`]`(T)`.
+    pub fn event_scope(&self, p: &Principal, now_ms: i64) -> EventScope {
+        if self
+            .decide(p, Action::Audit, SECURITY_EVENTS, now_ms)
+            .allowed
+        {
+            return EventScope::All;
+        }
+        let tenants = (self.snapshot.read().unwrap_or_else(|p| p.into_inner()))
+            .tenants
+            .clone();
+        EventScope::Tenants(
+            tenants
+                .iter()
+                .filter(|t| {
+                    self.decide(p, Action::Audit, &tenant_events(t), now_ms)
+                        .allowed
+                })
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Whether `p` may read one event of `tenant` (None: a platform-wide event).
+    pub fn may_read_event(&self, p: &Principal, tenant: Option<&str>, now_ms: i64) -> bool {
+        self.decide(p, Action::Audit, SECURITY_EVENTS, now_ms)
+            .allowed
+            || tenant.is_some_and(|t| {
+                self.decide(p, Action::Audit, &tenant_events(t), now_ms)
+                    .allowed
+            })
+    }
+
     /// `decide`, as a result whose refusal is ready to become a security event.
     pub fn require(
         &self,
@@ -608,13 +681,13 @@ impl Access {
             .map_or("no rule allows it (deny by default)".to_string(), |r| {
                 format!("rule {r}")
             });
-        Err(Denied {
-            reason: "forbidden",
-            detail: format!("{} may not {action} {resource}: {by}", p.id),
-            principal: Some(p.id.clone()),
-            rule: d.rule,
-            retry_after_s: None,
-        })
+        let mut denied = Denied::new(
+            "forbidden",
+            format!("{} may not {action} {resource}: {by}", p.id),
+        )
+        .of(p);
+        denied.rule = d.rule;
+        Err(denied)
     }
 }
 

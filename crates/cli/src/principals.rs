@@ -103,8 +103,14 @@ pub async fn user(cmd: UserCommand) -> Result<()> {
             password_stdin,
             platform,
         } => {
-            if !valid_principal(&id) || !valid_principal(&tenant) {
-                bail!("user id and tenant may use A-Z a-z 0-9 - _ . : @ (at most 128 characters)");
+            if !valid_principal(&id) {
+                bail!("a user id may use A-Z a-z 0-9 - _ . : @ (at most 128 characters)");
+            }
+            if !msec_store::valid_tenant(&tenant) {
+                bail!(
+                    "a tenant may use A-Z a-z 0-9 - _ . (at most 64 characters) and cannot be {:?}",
+                    msec_store::RESERVED_TENANT
+                );
             }
             if let Some(bad) = roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
                 bail!("unknown role {bad:?}; roles: {}", ROLES.join(", "));

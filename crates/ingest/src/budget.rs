@@ -81,6 +81,8 @@ impl EventBudget {
             at_ms: now_ms,
             reason: SUPPRESSED.into(),
             device_id: None,
+            // Counts over every tenant: platform-wide.
+            tenant: None,
             source: "msec".into(),
             detail: format!(
                 "{total} refusals in {:.1} s came faster than {PER_SECOND} a second (after a burst of {BURST}) and are counted here, not stored one by one: {}",

@@ -100,6 +100,9 @@ pub struct Rejection {
     pub reason: &'static str,
     pub detail: String,
     pub device_id: Option<String>,
+    /// The tenant whose auditors see the event: the device's when it is registered, else the
+    /// one an MQTT topic names (a claim, but an attempt on that tenant's topics all the same).
+    pub tenant: Option<String>,
     /// Id of the stored security event; None when the failure was ours (storage unavailable),
     /// in which case the sender should retry and the reading is not acknowledged.
     pub event_id: Option<i64>,
@@ -182,6 +185,7 @@ fn shutting_down() -> Rejection {
         reason: "shutting_down",
         detail: "msec is shutting down; retry later".into(),
         device_id: None,
+        tenant: None,
         event_id: None,
     }
 }
@@ -337,11 +341,13 @@ impl Ingest {
     /// administrative request), through the same durable path; resolves with its id once it is
     /// stored, or with `None` after [`DENIAL_WAIT`] while the database does not answer (the
     /// event is still stored once it does: a refusal is not held up by an outage).
+    /// `tenant` is the tenant whose auditors may read it (None: platform-wide auditors only).
     pub async fn record_denial(
         &self,
         reason: &'static str,
         detail: String,
         source: Source,
+        tenant: Option<String>,
     ) -> Option<i64> {
         let source = source.to_string();
         let checked = Checked(Verdict::Rejected {
@@ -349,6 +355,7 @@ impl Ingest {
                 reason,
                 detail: detail.clone(),
                 device_id: None,
+                tenant,
                 event_id: None,
             },
             source: source.clone(),
@@ -387,12 +394,23 @@ impl Ingest {
         envelope: Vec<u8>,
         source: &Source,
     ) -> Result<(Reading, String, Vec<u8>), Rejection> {
-        let reject = |reason: &'static str, detail: String, device: Option<&str>| Rejection {
-            reason,
-            detail,
-            device_id: device.map(str::to_owned),
-            event_id: None,
+        // Before the device is known, the tenant a topic names, if it could be one.
+        let claimed = match source {
+            Source::Mqtt(topic) => topic
+                .rsplit('/')
+                .nth(2)
+                .filter(|t| msec_store::valid_id(t))
+                .map(str::to_owned),
+            Source::Http(_) => None,
         };
+        let reject =
+            |reason: &'static str, detail: String, device: Option<&KnownDevice>| Rejection {
+                reason,
+                detail,
+                device_id: device.map(|d| d.id.clone()),
+                tenant: device.map_or_else(|| claimed.clone(), |d| Some(d.tenant.clone())),
+                event_id: None,
+            };
         let unverified = msec_envelope::open(&envelope, self.0.config.max_envelope_bytes)
             .map_err(|e| reject(e.reason(), bounded(&e.to_string(), 300), None))?;
         let device = self
@@ -412,7 +430,7 @@ impl Ingest {
                     None,
                 )
             })?;
-        let id = Some(device.id.as_str());
+        let id = Some(&*device);
         if !device.active {
             return Err(reject("revoked_device", "the device is revoked".into(), id));
         }

@@ -146,6 +146,7 @@ impl Writer {
                 device_id: rejection.device_id.clone(),
                 source: source.to_string(),
                 detail: rejection.detail.clone(),
+                tenant: rejection.tenant.clone(),
             });
         } else {
             self.metrics.reject(rejection.reason);
@@ -215,6 +216,7 @@ impl Writer {
                         reason,
                         detail,
                         device_id: Some(device_id.clone()),
+                        tenant: None, // looked up below, for refusals only
                         event_id: None,
                     };
                     // The signature was checked against the registry as it was a moment ago; a
@@ -305,7 +307,11 @@ impl Writer {
                     };
                     match verdict {
                         Ok(p) => replies.push((reply, Ok(p))),
-                        Err(rejection) => {
+                        Err(mut rejection) => {
+                            rejection.tenant = (self.registry.read())
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get(&reading.key_id)
+                                .map(|d| d.tenant.clone());
                             replies.push((reply, Err(self.refuse(&mut batch, rejection, &source))))
                         }
                     }
@@ -427,6 +433,7 @@ impl Writer {
                 device_id: e.device_id,
                 source: e.source,
                 detail: e.detail,
+                tenant: e.tenant,
             };
             let _ = self.live.send(Live::Security(Arc::new(event)));
         }
@@ -490,6 +497,7 @@ fn log_event(e: &NewEvent, what: &str) {
 /// The answer to a submission the database could not take: retryable, with no event.
 fn storage_unavailable() -> Rejection {
     Rejection {
+        tenant: None,
         reason: "storage_unavailable",
         detail: "the database is unavailable; nothing was stored, retry later".into(),
         device_id: None,

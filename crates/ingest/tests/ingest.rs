@@ -119,47 +119,74 @@ async fn rules(url: String) {
         time: now,
         value: msec_envelope::Value::Number(1.0),
     }];
-    let cases: Vec<(&str, Vec<u8>, Source)> = vec![
-        ("bad_signature", forged, http()),
+    // The tenant of each refusal's event: the device's once it is known, before that the one
+    // an MQTT topic names, and none for HTTP.
+    let st = Some("santander");
+    let cases: Vec<(&str, Vec<u8>, Source, Option<&str>)> = vec![
+        ("bad_signature", forged, http(), st),
         (
             "unknown_device",
             stranger.seal(&temp(now, 1.0), now),
             http(),
+            None,
         ),
-        ("revoked_device", revoked.seal(&temp(now, 1.0), now), http()),
+        (
+            "unknown_device",
+            stranger.seal(&temp(now, 1.0), now),
+            Source::Mqtt("msec/v1/fujisawa/nobody/readings".into()),
+            Some("fujisawa"),
+        ),
+        (
+            "revoked_device",
+            revoked.seal(&temp(now, 1.0), now),
+            http(),
+            st,
+        ),
         (
             "replayed_sequence",
             replay.seal(&temp(now, 5.0), now),
             http(),
+            st,
         ),
         (
             "stale_timestamp",
             a.seal(&temp(now, 1.0), now - 3600.0),
             http(),
+            st,
         ),
         (
             "future_timestamp",
             a.seal(&temp(now, 1.0), now + 3600.0),
             http(),
+            st,
         ),
-        ("oversized", a.seal(&big, now), http()),
-        ("malformed_envelope", b"\xd2\x84garbage".to_vec(), http()),
-        ("malformed_senml", a.seal(&no_unit, now), http()),
+        ("oversized", a.seal(&big, now), http(), None),
+        (
+            "malformed_envelope",
+            b"\xd2\x84garbage".to_vec(),
+            http(),
+            None,
+        ),
+        ("malformed_senml", a.seal(&no_unit, now), http(), st),
         (
             "topic_mismatch",
             a.seal(&temp(now, 1.0), now),
             Source::Mqtt("msec/v1/santander/dev-b/readings".into()),
+            st,
         ),
-        // The right device id under another tenant is another device's topic too.
+        // The right device id under another tenant is another device's topic too; the event
+        // is the signer's tenant's, not the one the topic names.
         (
             "topic_mismatch",
             a.seal(&temp(now, 1.0), now),
             Source::Mqtt("msec/v1/fujisawa/dev-a/readings".into()),
+            st,
         ),
     ];
-    for (reason, bytes, source) in cases {
+    for (reason, bytes, source, tenant) in cases {
         let rejection = ingest.submit(bytes, source).await.expect_err(reason);
         assert_eq!(rejection.reason, reason, "{rejection}");
+        assert_eq!(rejection.tenant.as_deref(), tenant, "{rejection}");
         assert!(
             rejection.event_id.is_some(),
             "{reason}: no security event id"
@@ -197,7 +224,11 @@ fn check_rules_outcome(url: &str, ingest: &Ingest) {
         "malformed_senml",
         "topic_mismatch",
     ] {
-        let cases = if reason == "topic_mismatch" { 2 } else { 1 };
+        let cases = if ["topic_mismatch", "unknown_device"].contains(&reason) {
+            2
+        } else {
+            1
+        };
         assert_eq!(
             counts.get(reason),
             Some(&cases),
@@ -385,7 +416,7 @@ fn events(url: &str) -> Vec<msec_store::SecurityEvent> {
     sync(|| {
         Store::open(url, msec_testkit::test_keys())
             .unwrap()
-            .security_events(10, None)
+            .security_events(10, None, None)
             .unwrap()
     })
 }
@@ -918,7 +949,7 @@ async fn a_flood_of_refusals_is_counted_not_stored_one_by_one() {
         let mut s = Store::open(&url, msec_testkit::test_keys()).unwrap();
         (
             s.security_event_counts().unwrap(),
-            s.security_events(10, None).unwrap(),
+            s.security_events(10, None, None).unwrap(),
         )
     });
     let stored = |reason: &str| counts.iter().find(|c| c.0 == reason).map(|c| c.1);

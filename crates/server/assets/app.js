@@ -979,6 +979,7 @@ function dashboard() {
       el("td", { class: "time", title: isNum(e.at_ms) ? ago(e.at_ms) : null }, fmtTime(e.at_ms)),
       el("td", {}, el("span", { class: "badge reason", title: reasonText(e.reason) || null }, clip(e.reason, 40))),
       el("td", { class: "dev" }, dev),
+      el("td", { class: "tenant" }, typeof e.tenant === "string" && e.tenant ? clip(e.tenant, 64) : el("span", { class: "muted", title: "platform-wide: administrators only" }, "platform")),
       el("td", { class: "source" }, el("code", {}, clip(e.source, 120))),
       el("td", { class: "detail" }, clip(e.detail, 400)));
   }
@@ -1059,7 +1060,7 @@ function dashboard() {
       el("h2", {}, "Security events", total),
       el("p", { class: "muted" }, "Every rejected message is stored with its reason (during a flood, counted in an events_suppressed event); new events appear at the top as they happen. Click a count to filter."),
       tilesBox,
-      table("events-table", ["Time", "Reason", "Device", "Source", "Detail"], tbody),
+      table("events-table", ["Time", "Reason", "Device", "Tenant", "Source", "Detail"], tbody),
       emptyNote,
       el("div", { class: "more-box" }, more));
 

@@ -33,7 +33,12 @@ pub(crate) async fn refuse(s: &AppState, d: Denied, peer: SocketAddr) -> Problem
     let detail = msec_store::bounded(&format!("{} (principal {who}, rule {rule})", d.detail), 600);
     let event = s
         .ingest
-        .record_denial(d.reason, detail, Source::Http(peer.to_string()))
+        .record_denial(
+            d.reason,
+            detail,
+            Source::Http(peer.to_string()),
+            d.tenant.map(String::from),
+        )
         .await;
     let status = match d.reason {
         "unauthenticated" | "invalid_token" | "login_failed" => StatusCode::UNAUTHORIZED,
@@ -104,23 +109,23 @@ pub(crate) async fn caller(
             .to_string();
         let check = secret.clone();
         match blocking(s, move |a| a.session(&check)).await {
-            Ok(p) if changes && !msec_access::same_secret(&csrf, &msec_access::csrf_token(&secret)) => Err(Denied {
-                reason: "csrf_failed",
-                detail: "a change made with a session cookie needs the session's X-CSRF-Token header".into(),
-                principal: Some(p.id),
-                rule: None,
-                retry_after_s: None,
-            }),
+            Ok(p)
+                if changes
+                    && !msec_access::same_secret(&csrf, &msec_access::csrf_token(&secret)) =>
+            {
+                Err(Denied::new(
+                    "csrf_failed",
+                    "a change made with a session cookie needs the session's X-CSRF-Token header",
+                )
+                .of(&p))
+            }
             other => other,
         }
     } else {
-        Err(Denied {
-            reason: "unauthenticated",
-            detail: "log in (POST /api/v1/login) or send Authorization: Bearer <API token>".into(),
-            principal: None,
-            rule: None,
-            retry_after_s: None,
-        })
+        Err(Denied::new(
+            "unauthenticated",
+            "log in (POST /api/v1/login) or send Authorization: Bearer <API token>",
+        ))
     };
     match result {
         Ok(p) => Ok(p),

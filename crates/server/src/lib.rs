@@ -28,7 +28,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use msec_access::device_resource;
+use msec_access::{device_resource, EventScope, Principal};
 use msec_ingest::{Ingest, Live, Outcome, Source};
 use msec_policy::Action;
 use msec_store::{Location, NewDevice, ReadingQuery};
@@ -502,16 +502,34 @@ async fn security_events(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     let p = auth::caller(&s, &headers, peer, false).await?;
-    auth::authorize(&s, &p, Action::Audit, msec_access::SECURITY_EVENTS, peer).await?;
+    let tenants = event_tenants(&s, &p, peer).await?;
     let limit = limit_param(&q)?;
     let cursor = int_param(&q, "cursor")?;
     let events =
-        s.db.call(move |db| db.security_events(limit, cursor))
+        s.db.call(move |db| db.security_events(limit, cursor, tenants.as_deref()))
             .await?;
     let next = (events.len() == limit as usize)
         .then(|| events.last().map(|e| e.id.to_string()))
         .flatten();
     Ok(Json(json!({ "events": events, "next_cursor": next })))
+}
+
+/// The tenants whose security events `p` may read (None: all, platform-wide ones included);
+/// refused, with its event, when none.
+async fn event_tenants(
+    s: &AppState,
+    p: &Principal,
+    peer: SocketAddr,
+) -> Result<Option<Vec<String>>, Problem> {
+    match s.access.event_scope(p, msec_store::now_ms()) {
+        EventScope::All => Ok(None),
+        EventScope::Tenants(t) if !t.is_empty() => Ok(Some(t)),
+        // Refused as a request for all of them, which says what would allow it.
+        EventScope::Tenants(_) => {
+            auth::authorize(s, p, Action::Audit, msec_access::SECURITY_EVENTS, peer).await?;
+            Ok(None)
+        }
+    }
 }
 
 /// Counts only, nothing about any one person: any authenticated caller may see them.
@@ -545,7 +563,8 @@ async fn metrics(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let p = auth::caller(&s, &headers, peer, false).await?;
-    auth::authorize(&s, &p, Action::Audit, msec_access::SECURITY_EVENTS, peer).await?;
+    // Platform-wide counts, nothing about any one event: for anyone who audits events.
+    event_tenants(&s, &p, peer).await?;
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
     let m = s.ingest.metrics();
@@ -677,12 +696,7 @@ async fn stream(
                     Event::default().event("reading").json_data(&*r)
                 }
                 Ok(Live::Security(e)) => {
-                    if !st
-                        .s
-                        .access
-                        .decide(&st.p, Action::Audit, msec_access::SECURITY_EVENTS, now)
-                        .allowed
-                    {
+                    if !st.s.access.may_read_event(&st.p, e.tenant.as_deref(), now) {
                         continue;
                     }
                     Event::default().event("security").json_data(&*e)

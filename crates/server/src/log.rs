@@ -125,7 +125,21 @@ pub(crate) async fn proof(
             let shown = format!("consent {}", msec_store::bounded(&record.reference, 24));
             auth::authorize_hidden(&s, &p, Action::Read, &resource, &shown, peer).await?;
         }
-        RecordKind::Event | RecordKind::Admin => {
+        // An event is its tenant's auditors' too; an unknown one reads as forbidden to them.
+        RecordKind::Event => {
+            let id = record.reference.parse::<i64>().unwrap_or(-1);
+            let tenant = s.db.call(move |db| db.security_event_tenant(id)).await?;
+            let theirs = tenant.is_some_and(|t| {
+                s.access
+                    .may_read_event(&p, t.as_deref(), msec_store::now_ms())
+            });
+            if !theirs {
+                let shown = format!("event {}", msec_store::bounded(&record.reference, 24));
+                let all = msec_access::SECURITY_EVENTS;
+                auth::authorize_hidden(&s, &p, Action::Audit, all, &shown, peer).await?;
+            }
+        }
+        RecordKind::Admin => {
             auth::authorize(&s, &p, Action::Audit, msec_access::SECURITY_EVENTS, peer).await?
         }
     }
@@ -190,7 +204,7 @@ async fn record_refusal(
         let detail = format!("{what}: {}", msec_store::bounded(&p.detail, 300));
         let event = s
             .ingest
-            .record_denial(reason, detail, Source::Http(peer.to_string()))
+            .record_denial(reason, detail, Source::Http(peer.to_string()), None)
             .await;
         p.extra = json!({ "security_event_id": event });
     }
@@ -255,7 +269,12 @@ pub(crate) async fn alarm(
     tracing::warn!(peer = %peer, "{detail}");
     let event = s
         .ingest
-        .record_denial("witness_alarm", detail, Source::Http(peer.to_string()))
+        .record_denial(
+            "witness_alarm",
+            detail,
+            Source::Http(peer.to_string()),
+            None,
+        )
         .await;
     Ok((
         StatusCode::ACCEPTED,

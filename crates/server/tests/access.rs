@@ -2,7 +2,7 @@
 //! `authorize` every endpoint uses, on SQLite and PostgreSQL. Each refusal must yield exactly
 //! one security event, each permission none; revocations take effect at once.
 
-use msec_access::{device_resource, Access, SECURITY_EVENTS};
+use msec_access::{device_resource, tenant_events, Access, SECURITY_EVENTS};
 use msec_ingest::Ingest;
 use msec_policy::Action;
 use msec_server::{authorize, AppState, DbHandle};
@@ -69,7 +69,8 @@ const ALLOWED: &[(&str, &str, &str)] = &[
     ("auditor-1", "audit", "park-1"),
     ("auditor-1", "audit", "bed-7"),
     ("auditor-1", "audit", "bed-8"),
-    ("auditor-1", "audit", "events"),
+    // Santander's security events, not Fujisawa's, nor all of them.
+    ("auditor-1", "audit", "events-santander"),
     ("ops-token", "read", "park-1"),
     ("ops-token", "read", "bed-7"),
     ("ops-token", "read", "bed-8"),
@@ -78,6 +79,9 @@ const ALLOWED: &[(&str, &str, &str)] = &[
 fn resource(key: &str) -> String {
     if key == "events" {
         return SECURITY_EVENTS.to_string();
+    }
+    if let Some(tenant) = key.strip_prefix("events-") {
+        return tenant_events(tenant);
     }
     let (id, tenant, owner) = DEVICES.iter().find(|d| d.0 == key).unwrap();
     device_resource(tenant, owner, id)
@@ -198,7 +202,15 @@ async fn table(url: String) {
     let mut denials = 0;
     for (name, p) in &principals {
         for action in ACTIONS {
-            for key in ["park-1", "bed-7", "bed-8", "truck-1", "events"] {
+            for key in [
+                "park-1",
+                "bed-7",
+                "bed-8",
+                "truck-1",
+                "events",
+                "events-santander",
+                "events-fujisawa",
+            ] {
                 let expected = name == "admin"
                     || ALLOWED.contains(&(name.as_str(), &*action.to_string(), key));
                 let before = events().await;
@@ -224,7 +236,21 @@ async fn table(url: String) {
             }
         }
     }
-    assert_eq!(cases, 275);
+    assert_eq!(cases, 385);
+    // Which events each may list: the auditor Santander's, the administrator all, others none.
+    let scope = |name: &str| {
+        let p = &principals.iter().find(|(n, _)| n == name).unwrap().1;
+        access.event_scope(p, msec_store::now_ms())
+    };
+    assert_eq!(
+        scope("auditor-1"),
+        msec_access::EventScope::Tenants(vec!["santander".into()])
+    );
+    assert_eq!(scope("admin"), msec_access::EventScope::All);
+    assert_eq!(
+        scope("op-santander"),
+        msec_access::EventScope::Tenants(vec![])
+    );
 
     // Revocation timing: the caregiver's grant, revoked, stops at the very next decision.
     let a = access.clone();

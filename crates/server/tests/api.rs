@@ -90,12 +90,17 @@ fn add_token(srv: Srv, principal: &str, scopes: &[&str], expires_ms: i64) -> (St
 /// A user of tenant santander with one role and the password PASSWORD, added behind the
 /// server's back (call it before any device exists; see [`add_token`]).
 fn add_user(srv: Srv, id: &str, role: &str) {
+    add_user_in(srv, id, "santander", role)
+}
+
+/// [`add_user`] in another tenant.
+fn add_user_in(srv: Srv, id: &str, tenant: &str, role: &str) {
     Store::open(srv.db, Arc::new(msec_vault::MemoryKeys::new()))
         .unwrap()
         .add_user(
             &msec_store::NewUser {
                 id: id.into(),
-                tenant: "santander".into(),
+                tenant: tenant.into(),
                 roles: vec![role.into()],
                 password_hash: msec_identity::hash_password(PASSWORD).unwrap(),
             },
@@ -204,6 +209,12 @@ async fn start_behind(trusted_proxies: &[std::net::IpAddr]) -> Srv {
         issued.text
     };
     let access = Arc::new(msec_access::Access::open(open()).unwrap());
+    // As `msec serve` does: users added behind the server's back get their rules.
+    let refreshed = access.clone();
+    std::thread::spawn(move || loop {
+        refreshed.refresh().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    });
     let (ingest, _) = Ingest::start(open(), Config::default()).unwrap();
     let db = DbHandle::start(open()).unwrap();
     let key = msec_notary::LogKey::from_seed("test/log", [1; 32]).unwrap();
@@ -600,6 +611,92 @@ async fn live_stream_shows_each_caller_only_what_it_may_see() {
         assert!(saw_admin.contains("event: reading") && saw_admin.contains("event: security"), "{saw_admin}");
         assert!(saw_watcher.starts_with("HTTP/1.1 200"), "{saw_watcher}");
         assert!(!saw_watcher.contains("event: reading") && !saw_watcher.contains("event: security"), "{saw_watcher}");
+    })
+    .await;
+}
+
+/// Santander's auditors read Santander's security events and Fujisawa's read Fujisawa's, in the
+/// list and live; events of no tenant (junk from nobody known) are the administrators'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tenants_auditors_read_only_that_tenants_events() {
+    let srv = start().await;
+    blocking(move || {
+        let until = msec_store::now_ms() + 3_600_000;
+        let mut auditor = std::collections::HashMap::new();
+        for tenant in ["santander", "fujisawa"] {
+            let id = format!("auditor-{tenant}");
+            add_user_in(srv, &id, tenant, "auditor");
+            auditor.insert(tenant, add_token(srv, &id, &["audit", "read"], until).2);
+        }
+        // Rules for the new users' tenants: the server refreshes them every 100 ms.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let mut streams: Vec<_> = ["santander", "fujisawa"]
+            .iter()
+            .map(|t| (*t, open_stream(srv, auditor[t].auth)))
+            .collect();
+        let now = unix_now();
+        for (id, tenant) in [("s-1", "santander"), ("f-1", "fujisawa")] {
+            let key = DeviceKey::generate().unwrap();
+            let reg = serde_json::json!({"id": id, "tenant": tenant, "kind": "k", "public_key": hex::encode(key.public_key())});
+            assert_eq!(http(srv, "POST", "/api/v1/devices", "application/json", reg.to_string().as_bytes()).status, 201);
+            let mut forged = Device::new(id, key, 1).seal(&[Measurement::number("co2", "ppm", now, 420.0)], now);
+            *forged.last_mut().unwrap() ^= 1;
+            let r = http(srv, "POST", "/api/v1/readings", "application/cose", &forged);
+            assert_eq!((r.status, r.json()["type"].as_str()), (403, Some("urn:msec:problem:bad_signature")), "{}", r.body);
+        }
+        assert_eq!(http(srv, "POST", "/api/v1/readings", "application/cose", b"\xd2\x84junk").status, 400);
+        // A refusal of Fujisawa's auditor is Fujisawa's event, whatever it asked for.
+        assert_eq!(get(auditor["fujisawa"], "/api/v1/devices/s-1").status, 403);
+
+        let events = |caller: Srv| -> Vec<(String, String, String)> {
+            let r = get(caller, "/api/v1/security-events?limit=1000");
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.json()["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    let text = |k: &str| e[k].as_str().unwrap_or("-").to_string();
+                    (text("tenant"), text("reason"), text("device_id"))
+                })
+                .collect()
+        };
+        let all = events(srv);
+        for expected in [
+            ("santander", "bad_signature", "s-1"),
+            ("fujisawa", "bad_signature", "f-1"),
+            ("-", "malformed_envelope", "-"),
+            ("fujisawa", "forbidden", "-"),
+        ] {
+            let expected = (expected.0.to_string(), expected.1.to_string(), expected.2.to_string());
+            assert!(all.contains(&expected), "{expected:?} not in {all:?}");
+        }
+        for tenant in ["santander", "fujisawa"] {
+            let seen = events(auditor[tenant]);
+            let theirs: Vec<_> = all.iter().filter(|e| e.0 == tenant).cloned().collect();
+            assert_eq!(seen, theirs, "{tenant}'s auditor");
+            assert!(seen.iter().any(|e| e.1 == "bad_signature"), "{seen:?}");
+            // Counts of every tenant, nothing about any one event.
+            assert_eq!(get(auditor[tenant], "/metrics").status, 200);
+        }
+        // Log proofs of events follow the same line (the log publishes within 100 ms here).
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let listed = get(srv, "/api/v1/security-events?limit=1000").json();
+        let id_of = |tenant: &str| {
+            listed["events"].as_array().unwrap().iter().find(|e| e["tenant"] == tenant).unwrap()["id"].clone()
+        };
+        let proof = |caller: Srv, id: &serde_json::Value| get(caller, &format!("/api/v1/log/proof?record=event:{id}")).status;
+        assert_eq!(proof(auditor["santander"], &id_of("santander")), 200);
+        assert_eq!(proof(auditor["santander"], &id_of("fujisawa")), 403);
+        assert_eq!(proof(auditor["fujisawa"], &id_of("fujisawa")), 200);
+        assert_eq!(proof(auditor["fujisawa"], &serde_json::json!(999_999)), 403);
+        for (tenant, stream) in &mut streams {
+            let seen = read_for(stream, 1);
+            let (mine, other) = if *tenant == "santander" { ("s-1", "f-1") } else { ("f-1", "s-1") };
+            assert!(seen.contains(&format!("\"device_id\":\"{mine}\"")), "{tenant}: {seen}");
+            assert!(!seen.contains(&format!("\"device_id\":\"{other}\"")), "{tenant}: {seen}");
+            assert!(!seen.contains("malformed_envelope"), "{tenant}: {seen}");
+        }
     })
     .await;
 }

@@ -47,6 +47,15 @@ pub fn valid_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+/// The one tenant name no tenant may have: `platform/…` resources are the platform's own
+/// (security events of every tenant), and a tenant's rules cover `TENANT/**`.
+pub const RESERVED_TENANT: &str = "platform";
+
+/// A tenant name: an id ([`valid_id`]) other than [`RESERVED_TENANT`].
+pub fn valid_tenant(s: &str) -> bool {
+    valid_id(s) && s != RESERVED_TENANT
+}
+
 /// What a registration may say about a device. Checked before anything is stored: a NaN
 /// latitude, for one, would be stored as `null` and then fail every later read of the registry.
 fn check_profile(d: &NewDevice) -> Result<(), StoreError> {
@@ -61,6 +70,11 @@ fn check_profile(d: &NewDevice) -> Result<(), StoreError> {
                 bounded(id, 80)
             )));
         }
+    }
+    if !valid_tenant(&d.tenant) {
+        return Err(StoreError::Invalid(format!(
+            "{RESERVED_TENANT:?} is reserved and cannot be a tenant"
+        )));
     }
     let text = |what: &str, s: &str, max: usize| {
         if s.is_empty() || s.chars().count() > max || s.chars().any(char::is_control) {
@@ -180,6 +194,10 @@ pub struct SecurityEvent {
     pub device_id: Option<String>,
     pub source: String,
     pub detail: String,
+    /// The tenant the event concerns (its device's, or its user's), whose auditors may read
+    /// it; None for platform-wide events, which only platform-wide auditors read. A label for
+    /// access, not logged: the transparency log covers the other fields.
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +207,7 @@ pub struct NewEvent {
     pub device_id: Option<String>,
     pub source: String,
     pub detail: String,
+    pub tenant: Option<String>,
 }
 
 /// Device metadata learnt from accepted readings.
@@ -666,14 +685,15 @@ impl Store {
         let mut ids = Vec::with_capacity(batch.events.len());
         for e in &batch.events {
             let id = self.db.query(
-                "INSERT INTO security_events (at_ms, reason, device_id, source, detail) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                "INSERT INTO security_events (at_ms, reason, device_id, source, detail, tenant) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
                 &[
                     P::I64(e.at_ms),
                     P::Text(&e.reason),
                     P::OptText(e.device_id.as_deref()),
                     P::Text(&e.source),
                     P::Text(&e.detail),
+                    P::OptText(e.tenant.as_deref()),
                 ],
                 |r| r.i64(0),
             )?;
@@ -777,19 +797,47 @@ impl Store {
             .collect()
     }
 
-    /// Security events, newest first; `before_id` is the pagination cursor.
+    /// The tenant of security event `id`: None if there is no such event, `Some(None)` for a
+    /// platform-wide one.
+    pub fn security_event_tenant(&mut self, id: i64) -> Result<Option<Option<String>>, StoreError> {
+        Ok(self
+            .db
+            .query(
+                "SELECT tenant FROM security_events WHERE id = $1",
+                &[P::I64(id)],
+                |r| r.opt_text(0),
+            )?
+            .into_iter()
+            .next())
+    }
+
+    /// Security events, newest first; `before_id` is the pagination cursor. `tenants`: only
+    /// the events of these tenants, or all events (platform-wide ones included) for None.
     pub fn security_events(
         &mut self,
         limit: u32,
         before_id: Option<i64>,
+        tenants: Option<&[String]>,
     ) -> Result<Vec<SecurityEvent>, StoreError> {
+        let mut params = vec![
+            P::I64(before_id.unwrap_or(i64::MAX)),
+            P::I64(i64::from(limit.clamp(1, 1000))),
+        ];
+        let only = match tenants {
+            None => String::new(),
+            Some([]) => return Ok(Vec::new()),
+            Some(tenants) => {
+                params.extend(tenants.iter().map(|t| P::Text(t)));
+                let list: Vec<String> = (3..3 + tenants.len()).map(|i| format!("${i}")).collect();
+                format!(" AND tenant IN ({})", list.join(", "))
+            }
+        };
         self.db.query(
-            "SELECT id, at_ms, reason, device_id, source, detail FROM security_events \
-             WHERE id < $1 ORDER BY id DESC LIMIT $2",
-            &[
-                P::I64(before_id.unwrap_or(i64::MAX)),
-                P::I64(i64::from(limit.clamp(1, 1000))),
-            ],
+            &format!(
+                "SELECT id, at_ms, reason, device_id, source, detail, tenant FROM security_events \
+                 WHERE id < $1{only} ORDER BY id DESC LIMIT $2"
+            ),
+            &params,
             |r| {
                 Ok(SecurityEvent {
                     id: r.i64(0)?,
@@ -798,6 +846,7 @@ impl Store {
                     device_id: r.opt_text(3)?,
                     source: r.text(4)?,
                     detail: r.text(5)?,
+                    tenant: r.opt_text(6)?,
                 })
             },
         )

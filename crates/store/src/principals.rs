@@ -55,6 +55,14 @@ impl Store {
     /// Adds a user; the change is a logged administrative action by `actor` (as are all
     /// changes to principals below).
     pub fn add_user(&mut self, u: &NewUser, actor: &str) -> Result<User, StoreError> {
+        // `*`: a platform-wide user of no tenant, such as the first administrator.
+        if !crate::valid_tenant(&u.tenant) && u.tenant != "*" {
+            return Err(StoreError::Invalid(format!(
+                "a tenant must be 1 to 64 characters of A-Z a-z 0-9 . _ - other than {:?} (got {:?})",
+                crate::RESERVED_TENANT,
+                crate::bounded(&u.tenant, 80)
+            )));
+        }
         let roles = u.roles.join(",");
         self.transaction(|s| {
             s.db.exec(

@@ -174,6 +174,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE TABLE access_state (id BIGINT PRIMARY KEY, version BIGINT NOT NULL);
     INSERT INTO access_state (id, version) VALUES (1, 0);",
     ),
+    (
+        // The tenant an event concerns, so each tenant's auditors read their own events only.
+        // Events stored before it have none: only platform-wide auditors (administrators) see
+        // them.
+        5,
+        "ALTER TABLE security_events ADD COLUMN tenant TEXT;
+    CREATE INDEX security_events_tenant ON security_events (tenant, id);",
+    ),
 ];
 
 pub(crate) fn current_version(db: &mut Db) -> Result<i64, StoreError> {

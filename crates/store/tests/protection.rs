@@ -112,6 +112,7 @@ fn protection(url: &str) {
             device_id: Some("park-1".into()),
             source: "test".into(),
             detail: "sequence 3 again".into(),
+            tenant: Some("santander".into()),
         }],
         devices: vec![],
     })

@@ -36,7 +36,7 @@ fn reading(device: &str, seq: i64) -> NewReading {
 fn suite(url: &str) {
     let keys: Arc<dyn KekProvider> = Arc::new(MemoryKeys::new());
     let mut s = Store::open(url, keys.clone()).unwrap();
-    assert_eq!(s.schema_version().unwrap(), 4);
+    assert_eq!(s.schema_version().unwrap(), 5);
 
     // Registry: register, show, list, duplicate refusal, revoke.
     let d = s.register_device(&device("d1", 1)).unwrap();
@@ -107,6 +107,15 @@ fn suite(url: &str) {
             );
         }
     }
+    // `platform/…` resources are the platform's own (every tenant's security events).
+    let platform = NewDevice {
+        tenant: RESERVED_TENANT.into(),
+        ..device("bad", 9)
+    };
+    assert!(matches!(
+        s.register_device(&platform),
+        Err(StoreError::Invalid(_))
+    ));
     assert!(s.devices().unwrap().iter().all(|d| d.id == "d1"));
     // Consents and grants that could never mean anything are refused, not stored.
     for (grantee, purpose) in [
@@ -174,6 +183,7 @@ fn suite(url: &str) {
             device_id: Some("d1".into()),
             source: "test".into(),
             detail: "forged".into(),
+            tenant: Some("t1".into()),
         }],
         devices: vec![DeviceUpdate {
             device_id: "d1".into(),
@@ -266,12 +276,61 @@ fn suite(url: &str) {
     };
     assert_eq!(s.readings("d1", &window).unwrap().len(), 2);
 
-    let ev = s.security_events(10, None).unwrap();
+    let ev = s.security_events(10, None, None).unwrap();
     assert_eq!((ev.len(), ev[0].reason.as_str()), (1, "bad_signature"));
     assert_eq!(
         s.security_event_counts().unwrap(),
         vec![("bad_signature".to_string(), 1)]
     );
+
+    // Each tenant's auditors read that tenant's events; platform-wide ones only unfiltered.
+    let event = |tenant: Option<&str>| NewEvent {
+        at_ms: 6,
+        reason: "unknown_device".into(),
+        device_id: None,
+        source: "test".into(),
+        detail: "no such key".into(),
+        tenant: tenant.map(str::to_owned),
+    };
+    s.commit(&Batch {
+        events: vec![event(Some("t2")), event(None), event(Some("t1"))],
+        ..Default::default()
+    })
+    .unwrap();
+    let tenants_of = |ev: Vec<msec_store::SecurityEvent>| -> Vec<Option<String>> {
+        ev.into_iter().map(|e| e.tenant).collect()
+    };
+    let only = |tenants: &[&str]| tenants.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    let of = |tenants: &[Option<&str>]| -> Vec<Option<String>> {
+        tenants.iter().map(|t| t.map(str::to_owned)).collect()
+    };
+    assert_eq!(
+        tenants_of(s.security_events(10, None, None).unwrap()),
+        of(&[Some("t1"), None, Some("t2"), Some("t1")])
+    );
+    assert_eq!(
+        tenants_of(s.security_events(10, None, Some(&only(&["t1"]))).unwrap()),
+        of(&[Some("t1"), Some("t1")])
+    );
+    assert_eq!(
+        tenants_of(
+            s.security_events(10, None, Some(&only(&["t2", "t1"])))
+                .unwrap()
+        ),
+        of(&[Some("t1"), Some("t2"), Some("t1")])
+    );
+    let newest_t1 = s.security_events(1, None, Some(&only(&["t1"]))).unwrap()[0].id;
+    assert_eq!(
+        s.security_events(10, Some(newest_t1), Some(&only(&["t1"])))
+            .unwrap()[0]
+            .reason,
+        "bad_signature"
+    );
+    assert!(s.security_events(10, None, Some(&[])).unwrap().is_empty());
+    assert!(s
+        .security_events(10, None, Some(&["t3".to_string()]))
+        .unwrap()
+        .is_empty());
 
     // A failing batch leaves nothing behind (reading for an unregistered device violates the FK).
     let bad = Batch {
@@ -296,6 +355,16 @@ fn suite(url: &str) {
         assert!(now > version, "{what} did not move the access version");
         version = now;
     };
+    for tenant in [RESERVED_TENANT, "a/b", ""] {
+        let bad = NewUser {
+            tenant: tenant.into(),
+            ..user.clone()
+        };
+        assert!(
+            matches!(s.add_user(&bad, "test"), Err(StoreError::Invalid(_))),
+            "tenant {tenant:?} accepted"
+        );
+    }
     assert_eq!(
         s.add_user(&user, "test").unwrap().roles,
         ["operator", "auditor"]
