@@ -394,12 +394,13 @@ impl Ingest {
         envelope: Vec<u8>,
         source: &Source,
     ) -> Result<(Reading, String, Vec<u8>), Rejection> {
-        // Before the device is known, the tenant a topic names, if it could be one.
-        let claimed = match source {
+        // Before the device is known, the tenant a topic names, if it could be one; worked out
+        // only for a refusal, off the accepted readings' path.
+        let claimed = || match source {
             Source::Mqtt(topic) => topic
                 .rsplit('/')
                 .nth(2)
-                .filter(|t| msec_store::valid_id(t))
+                .filter(|t| msec_store::valid_tenant(t))
                 .map(str::to_owned),
             Source::Http(_) => None,
         };
@@ -408,7 +409,7 @@ impl Ingest {
                 reason,
                 detail,
                 device_id: device.map(|d| d.id.clone()),
-                tenant: device.map_or_else(|| claimed.clone(), |d| Some(d.tenant.clone())),
+                tenant: device.map_or_else(claimed, |d| Some(d.tenant.clone())),
                 event_id: None,
             };
         let unverified = msec_envelope::open(&envelope, self.0.config.max_envelope_bytes)
