@@ -261,6 +261,8 @@ fn snapshot(store: &mut Store, version: i64) -> Result<Snapshot, AccessError> {
     for u in users
         .iter()
         .filter(|u| !u.disabled && u.roles.iter().any(|r| r == "resident"))
+        // As for tenants' rules: a resident of `platform` would own `platform/…`.
+        .filter(|u| msec_store::valid_tenant(&u.tenant))
     {
         rules.push(Rule {
             id: format!("owner-{}", u.id),
@@ -653,6 +655,16 @@ impl Access {
         )
     }
 
+    /// Whether `tenant` is one of the tenants known from users and devices.
+    pub fn known_tenant(&self, tenant: &str) -> bool {
+        let snapshot = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
+        snapshot
+            .tenants
+            .binary_search_by(|t| t.as_str().cmp(tenant))
+            .is_ok()
+            && msec_store::valid_tenant(tenant)
+    }
+
     /// Whether `p` may read one event of `tenant` (None: a platform-wide event).
     pub fn may_read_event(&self, p: &Principal, tenant: Option<&str>, now_ms: i64) -> bool {
         self.decide(p, Action::Audit, SECURITY_EVENTS, now_ms)
@@ -687,6 +699,11 @@ impl Access {
         )
         .of(p);
         denied.rule = d.rule;
+        // The event names the resource, so it is the resource's tenant's to read (another
+        // tenant's auditors must not learn what exists there); none for a tenant nobody knows
+        // (requests name any text) or for things that do not exist (`*/…`).
+        let tenant = resource.split('/').next().unwrap_or_default();
+        denied.tenant = self.known_tenant(tenant).then(|| Box::from(tenant));
         Err(denied)
     }
 }

@@ -100,8 +100,9 @@ pub struct Rejection {
     pub reason: &'static str,
     pub detail: String,
     pub device_id: Option<String>,
-    /// The tenant whose auditors see the event: the device's when it is registered, else the
-    /// one an MQTT topic names (a claim, but an attempt on that tenant's topics all the same).
+    /// The tenant whose auditors see the event: the device's, once it is known (a topic's
+    /// tenant is anyone's claim: junk labelled with it would reach that tenant's auditors and
+    /// spend its event budget); None before that (platform-wide).
     pub tenant: Option<String>,
     /// Id of the stored security event; None when the failure was ours (storage unavailable),
     /// in which case the sender should retry and the reading is not acknowledged.
@@ -394,22 +395,12 @@ impl Ingest {
         envelope: Vec<u8>,
         source: &Source,
     ) -> Result<(Reading, String, Vec<u8>), Rejection> {
-        // Before the device is known, the tenant a topic names, if it could be one; worked out
-        // only for a refusal, off the accepted readings' path.
-        let claimed = || match source {
-            Source::Mqtt(topic) => topic
-                .rsplit('/')
-                .nth(2)
-                .filter(|t| msec_store::valid_tenant(t))
-                .map(str::to_owned),
-            Source::Http(_) => None,
-        };
         let reject =
             |reason: &'static str, detail: String, device: Option<&KnownDevice>| Rejection {
                 reason,
                 detail,
                 device_id: device.map(|d| d.id.clone()),
-                tenant: device.map_or_else(claimed, |d| Some(d.tenant.clone())),
+                tenant: device.map(|d| d.tenant.clone()),
                 event_id: None,
             };
         let unverified = msec_envelope::open(&envelope, self.0.config.max_envelope_bytes)

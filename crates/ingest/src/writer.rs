@@ -119,17 +119,22 @@ impl Writer {
             });
         }
         // Refusals counted since the last summary are stored before the writer goes.
-        if let Some(summary) = self.budget.summary(msec_store::now_ms(), true) {
+        let summaries = self.budget.summaries(msec_store::now_ms(), true);
+        if !summaries.is_empty() {
             let batch = Batch {
-                events: vec![summary],
+                events: summaries,
                 ..Batch::default()
             };
             match self.commit(&batch, &|| false) {
                 Ok(ids) => self.deliver(batch, Vec::new(), &ids),
-                Err(_) => log_event(
-                    &batch.events[0],
-                    "security event (not stored: the database is unavailable)",
-                ),
+                Err(_) => {
+                    for e in &batch.events {
+                        log_event(
+                            e,
+                            "security event (not stored: the database is unavailable)",
+                        )
+                    }
+                }
             }
         }
     }
@@ -138,7 +143,9 @@ impl Writer {
     /// it the refusal is only counted (in the metrics now, and in the budget's next summary).
     fn refuse(&mut self, batch: &mut Batch, rejection: Rejection, source: &str) -> Refused {
         let now = msec_store::now_ms();
-        let stored = self.budget.admit(rejection.reason, now);
+        let stored = self
+            .budget
+            .admit(rejection.reason, rejection.tenant.as_deref(), now);
         if stored {
             batch.events.push(NewEvent {
                 at_ms: now,
@@ -322,7 +329,7 @@ impl Writer {
         // Last in the batch: the refusals' own events come first, in reply order.
         batch
             .events
-            .extend(self.budget.summary(msec_store::now_ms(), !running()));
+            .extend(self.budget.summaries(msec_store::now_ms(), !running()));
         match self.commit(&batch, running) {
             Ok(ids) => {
                 for (device, seq) in &newest {

@@ -119,8 +119,8 @@ async fn rules(url: String) {
         time: now,
         value: msec_envelope::Value::Number(1.0),
     }];
-    // The tenant of each refusal's event: the device's once it is known, before that the one
-    // an MQTT topic names, and none for HTTP.
+    // The tenant of each refusal's event: the device's once it is known, none before that
+    // (whatever tenant a topic names).
     let st = Some("santander");
     let cases: Vec<(&str, Vec<u8>, Source, Option<&str>)> = vec![
         ("bad_signature", forged, http(), st),
@@ -134,7 +134,7 @@ async fn rules(url: String) {
             "unknown_device",
             stranger.seal(&temp(now, 1.0), now),
             Source::Mqtt("msec/v1/fujisawa/nobody/readings".into()),
-            Some("fujisawa"),
+            None,
         ),
         (
             "revoked_device",

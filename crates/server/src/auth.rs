@@ -269,9 +269,7 @@ pub(crate) async fn me(
 ) -> Result<Response, Problem> {
     let p = caller(&s, &headers, peer, false).await?;
     let csrf = cookie(&headers).map(|c| msec_access::csrf_token(&c));
-    let may_audit = s
-        .access
-        .decide(&p, Action::Audit, msec_access::SECURITY_EVENTS, now_ms())
-        .allowed;
+    // Whether the security page has anything to show this caller.
+    let may_audit = s.access.event_scope(&p, now_ms()) != msec_access::EventScope::Tenants(vec![]);
     Ok(Json(json!({ "principal": p, "csrf": csrf, "may_audit": may_audit })).into_response())
 }

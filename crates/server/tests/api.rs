@@ -645,8 +645,11 @@ async fn each_tenants_auditors_read_only_that_tenants_events() {
             assert_eq!((r.status, r.json()["type"].as_str()), (403, Some("urn:msec:problem:bad_signature")), "{}", r.body);
         }
         assert_eq!(http(srv, "POST", "/api/v1/readings", "application/cose", b"\xd2\x84junk").status, 400);
-        // A refusal of Fujisawa's auditor is Fujisawa's event, whatever it asked for.
+        // A refusal names what was refused: Fujisawa's auditor probing a Santander device is
+        // Santander's event (Fujisawa's auditors must not learn what exists there), probing
+        // one that does not exist is nobody's tenant's.
         assert_eq!(get(auditor["fujisawa"], "/api/v1/devices/s-1").status, 403);
+        assert_eq!(get(auditor["fujisawa"], "/api/v1/devices/no-such-device").status, 403);
 
         let events = |caller: Srv| -> Vec<(String, String, String)> {
             let r = get(caller, "/api/v1/security-events?limit=1000");
@@ -666,7 +669,7 @@ async fn each_tenants_auditors_read_only_that_tenants_events() {
             ("santander", "bad_signature", "s-1"),
             ("fujisawa", "bad_signature", "f-1"),
             ("-", "malformed_envelope", "-"),
-            ("fujisawa", "forbidden", "-"),
+            ("santander", "forbidden", "-"),
         ] {
             let expected = (expected.0.to_string(), expected.1.to_string(), expected.2.to_string());
             assert!(all.contains(&expected), "{expected:?} not in {all:?}");
@@ -676,6 +679,9 @@ async fn each_tenants_auditors_read_only_that_tenants_events() {
             let theirs: Vec<_> = all.iter().filter(|e| e.0 == tenant).cloned().collect();
             assert_eq!(seen, theirs, "{tenant}'s auditor");
             assert!(seen.iter().any(|e| e.1 == "bad_signature"), "{seen:?}");
+            assert!(!serde_json::to_string(&seen).unwrap().contains("no-such-device"));
+            // The dashboard shows them their security page.
+            assert_eq!(get(auditor[tenant], "/api/v1/me").json()["may_audit"], true);
             // Counts of every tenant, nothing about any one event.
             assert_eq!(get(auditor[tenant], "/metrics").status, 200);
         }
@@ -685,11 +691,17 @@ async fn each_tenants_auditors_read_only_that_tenants_events() {
         let id_of = |tenant: &str| {
             listed["events"].as_array().unwrap().iter().find(|e| e["tenant"] == tenant).unwrap()["id"].clone()
         };
+        let id_of_platform = || {
+            listed["events"].as_array().unwrap().iter().find(|e| e["tenant"].is_null()).unwrap()["id"].clone()
+        };
         let proof = |caller: Srv, id: &serde_json::Value| get(caller, &format!("/api/v1/log/proof?record=event:{id}")).status;
         assert_eq!(proof(auditor["santander"], &id_of("santander")), 200);
         assert_eq!(proof(auditor["santander"], &id_of("fujisawa")), 403);
         assert_eq!(proof(auditor["fujisawa"], &id_of("fujisawa")), 200);
         assert_eq!(proof(auditor["fujisawa"], &serde_json::json!(999_999)), 403);
+        assert_eq!(proof(auditor["fujisawa"], &id_of_platform()), 403);
+        assert_eq!(proof(srv, &id_of_platform()), 200);
+        assert_eq!(get(auditor["fujisawa"], "/api/v1/log/proof?record=event:abc").status, 400);
         for (tenant, stream) in &mut streams {
             let seen = read_for(stream, 1);
             let (mine, other) = if *tenant == "santander" { ("s-1", "f-1") } else { ("f-1", "s-1") };

@@ -485,6 +485,19 @@ impl Store {
             })
             .map_err(|e| StoreError::Backend(e.to_string()))?;
             let sealed = dek.seal(&keys::profile_aad(&d.id), &profile);
+            // A tenant's first device makes the tenant known to access control, whose rules
+            // (and whose list of tenants with security events) are rebuilt on a version change.
+            let new_tenant = s
+                .db
+                .query(
+                    "SELECT id FROM devices WHERE tenant = $1 LIMIT 1",
+                    &[P::Text(&d.tenant)],
+                    |r| r.text(0),
+                )?
+                .is_empty();
+            if new_tenant {
+                principals::bump_access(&mut s.db)?;
+            }
             s.db.exec(
                 "INSERT INTO devices (id, tenant, owner, kind, profile, public_key, key_id, status, \
                  created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $8)",

@@ -211,7 +211,7 @@ pub struct NewGrant {
     pub purpose: Option<String>,
 }
 
-fn bump_access(db: &mut crate::db::Db) -> Result<(), StoreError> {
+pub(crate) fn bump_access(db: &mut crate::db::Db) -> Result<(), StoreError> {
     db.exec(
         "UPDATE access_state SET version = version + 1 WHERE id = 1",
         &[],

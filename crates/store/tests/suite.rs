@@ -370,6 +370,16 @@ fn suite(url: &str) {
         ["operator", "auditor"]
     );
     moved(&mut s, "add_user");
+    // A tenant's first device makes the tenant known to access control; its next does not.
+    let of_tenant = |id: &str, byte: u8| NewDevice {
+        tenant: "bilbao".into(),
+        ..device(id, byte)
+    };
+    s.register_device(&of_tenant("b-1", 71)).unwrap();
+    moved(&mut s, "the first device of a tenant");
+    let known = s.access_version().unwrap();
+    s.register_device(&of_tenant("b-2", 72)).unwrap();
+    assert_eq!(s.access_version().unwrap(), known);
     assert!(matches!(
         s.add_user(&user, "test"),
         Err(StoreError::Conflict(_))
