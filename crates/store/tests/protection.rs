@@ -425,6 +425,63 @@ fn restore_key_row(url: &str, subject: &str, (kek, wrapped): &KeyRow) {
     }
 }
 
+/// A database from before events had tenants (schema 4) keeps its events through migration 5:
+/// listed to administrators as platform-wide, to no tenant's auditors, and still verified.
+fn upgrade_keeps_untenanted_events(url: &str) {
+    let keys: Arc<dyn KekProvider> = Arc::new(MemoryKeys::new());
+    let mut s = Store::open(url, keys.clone()).unwrap();
+    let event = NewEvent {
+        at_ms: 1,
+        reason: "bad_signature".into(),
+        device_id: None,
+        source: "test".into(),
+        detail: "from schema 4".into(),
+        tenant: None,
+    };
+    s.commit(&Batch {
+        events: vec![event],
+        ..Default::default()
+    })
+    .unwrap();
+    drop(s);
+    // Back to schema 4, as an older msec left it.
+    raw(
+        url,
+        "DROP INDEX security_events_tenant; ALTER TABLE security_events DROP COLUMN tenant; \
+         DELETE FROM msec_schema WHERE version = 5;",
+    );
+    let mut s = Store::open(url, keys).unwrap();
+    assert_eq!(s.schema_version().unwrap(), 5);
+    let all = s.security_events(10, None, None).unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|e| (e.detail.as_str(), e.tenant.clone()))
+            .collect::<Vec<_>>(),
+        [("from schema 4", None)]
+    );
+    let santander = ["santander".to_string()];
+    assert!(s
+        .security_events(10, None, Some(&santander))
+        .unwrap()
+        .is_empty());
+    assert_eq!(findings(&mut s), []);
+}
+
+#[test]
+fn sqlite_upgrade_keeps_untenanted_events() {
+    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-upgrade-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    upgrade_keeps_untenanted_events(dir.join("msec.db").to_str().unwrap());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn postgres_upgrade_keeps_untenanted_events() {
+    if let Some(url) = msec_testkit::postgres_url() {
+        upgrade_keeps_untenanted_events(&url);
+    }
+}
+
 #[test]
 fn sqlite_protection() {
     let dir = std::env::temp_dir().join(msec_testkit::unique("msec-protect-"));
