@@ -1058,7 +1058,7 @@ function dashboard() {
 
     view.replaceChildren(
       el("h2", {}, "Security events", total),
-      el("p", { class: "muted" }, "Every rejected message is stored with its reason (during a flood, counted in an events_suppressed event); new events appear at the top as they happen. Click a count to filter."),
+      el("p", { class: "muted" }, "Every rejected message is stored with its reason (during a flood, counted in an events_suppressed event); new events appear at the top as they happen. The counts cover every tenant; the list shows the events you may read (an auditor, those of their tenant). Click a count to filter."),
       tilesBox,
       table("events-table", ["Time", "Reason", "Device", "Tenant", "Source", "Detail"], tbody),
       emptyNote,
