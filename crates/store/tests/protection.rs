@@ -385,6 +385,124 @@ fn audit_while_writing(url: &str) {
     assert_eq!(findings(&mut s), vec![]);
 }
 
+/// New subjects get data keys while another connection rotates the KEK over and over: each
+/// key must end up wrapped under the KEK that survives, never under one a rotation destroyed
+/// (a transaction that waited out a rotation must see it before it makes a key).
+fn rotation_races_new_subjects(url: &str) {
+    let keys: Arc<dyn KekProvider> = Arc::new(MemoryKeys::new());
+    let mut rotator = Store::open(url, keys.clone()).unwrap();
+    let mut registrar = Store::open(url, keys.clone()).unwrap();
+    const SUBJECTS: usize = 120;
+    let rotations = std::thread::scope(|scope| {
+        let registering = scope.spawn(|| {
+            for i in 0..SUBJECTS {
+                let d = new_device(
+                    &format!("race-{i}"),
+                    &format!("subject-{i}"),
+                    0,
+                    "Bed",
+                    "Home",
+                );
+                let d = NewDevice {
+                    public_key: [
+                        (i % 250) as u8 + 1,
+                        (i / 250) as u8 + 7,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                    ],
+                    key_id: [
+                        (i % 250) as u8 + 1,
+                        (i / 250) as u8 + 7,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                    ],
+                    ..d
+                };
+                registrar.register_device(&d).unwrap();
+            }
+        });
+        let mut rotations = 0;
+        while !registering.is_finished() {
+            rotator.rotate_keys("test").unwrap();
+            rotations += 1;
+            // SQLite's lock is not fair: without a gap, back-to-back rotations starve the
+            // registrations past their busy timeout.
+            std::thread::sleep(std::time::Duration::from_millis(3));
+        }
+        registering.join().unwrap();
+        rotations
+    });
+    assert!(
+        rotations > 1,
+        "the rotations did not overlap the registrations"
+    );
+    // A fresh connection opens every profile: no data key is wrapped under a destroyed KEK.
+    let mut fresh = Store::open(url, keys).unwrap();
+    let names: Vec<String> = fresh
+        .devices()
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names.len(), SUBJECTS);
+    assert!(names.iter().all(|n| n == "Bed"), "{names:?}");
+}
+
+#[test]
+fn sqlite_rotation_races_new_subjects() {
+    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-race-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    rotation_races_new_subjects(dir.join("msec.db").to_str().unwrap());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn postgres_rotation_races_new_subjects() {
+    if let Some(url) = msec_testkit::postgres_url() {
+        rotation_races_new_subjects(&url);
+    }
+}
+
 /// A subject's stored data-key row: the KEK it is wrapped under, and the wrapped key.
 type KeyRow = (Option<String>, Option<Vec<u8>>);
 
