@@ -49,8 +49,9 @@ pub fn registrable_key(public_key: &[u8; 32]) -> Result<[u8; KEY_ID_LEN], &'stat
     Ok(key_id(public_key))
 }
 
-/// SHA-256 of the envelope bytes exactly as received: the identity of a stored reading, used to
-/// tell an idempotent redelivery from a replay with different content.
+/// SHA-256 of an envelope in its canonical form ([`Unverified::canonical`], as msec stores it):
+/// the identity of a stored reading, used to tell an idempotent redelivery from a replay with
+/// different content.
 pub fn digest(envelope: &[u8]) -> [u8; 32] {
     Sha256::digest(envelope).into()
 }
@@ -187,8 +188,21 @@ pub fn open(bytes: &[u8], max_bytes: usize) -> Result<Unverified, EnvelopeError>
 }
 
 impl Unverified {
+    /// The envelope as msec stores and identifies it: tag 18, an empty unprotected header, and
+    /// the protected header, payload and signature exactly as they arrived, in shortest-form
+    /// CBOR. Copies that differ only where no signature reaches (tag, unprotected header,
+    /// length encodings) are thus one reading: anyone who sees a reading can re-frame it, and
+    /// a re-framed copy that arrived first must not turn the device's own resend into a replay.
+    /// An envelope sent in this form is stored byte for byte.
+    pub fn canonical(&self) -> Result<Vec<u8>, EnvelopeError> {
+        let mut copy = self.sign1.clone();
+        copy.unprotected = coset::Header::default();
+        copy.to_tagged_vec()
+            .map_err(|e| EnvelopeError::MalformedCose(explain(e)))
+    }
+
     /// Checks the signature with the device's registered key, then decodes the SenML.
-    pub fn verify(self, key: &VerifyingKey) -> Result<Reading, EnvelopeError> {
+    pub fn verify(&self, key: &VerifyingKey) -> Result<Reading, EnvelopeError> {
         self.sign1.verify_signature(b"", |sig, data| {
             let sig = Signature::from_slice(sig).map_err(|_| EnvelopeError::BadSignature)?;
             // Strict verification refuses malleable signatures and small-order components, so
@@ -275,6 +289,32 @@ mod tests {
             ),
             Measurement::number("urn:dev:msec:park-01:co2", "ppm", 1_700_000_000.25, 415.0),
         ]
+    }
+
+    #[test]
+    fn what_seal_makes_is_already_canonical_and_reframed_copies_are_not() {
+        let bytes = seal(&key(), 42, 1_700_000_000, &sample());
+        let canonical = open(&bytes, 4096).unwrap().canonical().unwrap();
+        assert_eq!(canonical, bytes, "stored byte for byte");
+        // Untagged, or with a non-shortest length head for the payload: the same reading.
+        let untagged = &bytes[1..];
+        assert_eq!(open(untagged, 4096).unwrap().canonical().unwrap(), bytes);
+        let env = open(&bytes, 4096).unwrap();
+        let payload = env.sign1.payload.clone().unwrap();
+        let at = bytes
+            .windows(payload.len())
+            .position(|w| w == payload.as_slice())
+            .unwrap();
+        assert_eq!(
+            usize::from(bytes[at - 1]),
+            payload.len(),
+            "a one-byte length head"
+        );
+        assert_eq!(bytes[at - 2], 0x58);
+        let mut long_head = bytes[..at - 2].to_vec();
+        long_head.extend_from_slice(&[0x59, 0, payload.len() as u8]);
+        long_head.extend_from_slice(&bytes[at..]);
+        assert_eq!(open(&long_head, 4096).unwrap().canonical().unwrap(), bytes);
     }
 
     #[test]

@@ -447,6 +447,9 @@ impl Ingest {
         let reading = unverified
             .verify(key)
             .map_err(|e| reject(e.reason(), bounded(&e.to_string(), 300), id))?;
+        let envelope = unverified
+            .canonical()
+            .map_err(|e| reject(e.reason(), bounded(&e.to_string(), 300), id))?;
         if reading.sequence > i64::MAX as u64 {
             return Err(reject(
                 "malformed_envelope",

@@ -99,6 +99,37 @@ async fn rules(url: String) {
         })
     );
 
+    // Copies re-framed where no signature reaches (untagged; something in the unprotected
+    // header) are that reading too: whoever delivers one first cannot make the device's own
+    // resend a replay.
+    let untagged = valid[1..].to_vec();
+    let (len, head) = match valid[2] {
+        h @ 0x40..=0x57 => (usize::from(h - 0x40), 1),
+        0x58 => (usize::from(valid[3]), 2),
+        other => panic!("unexpected protected header head {other:#x}"),
+    };
+    let at = 2 + head + len;
+    assert_eq!(valid[at], 0xa0, "the empty unprotected header");
+    let mut padded = valid[..at].to_vec();
+    padded.extend_from_slice(&[0xa1, 0x18, 0x64, 0x63, b'a', b'b', b'c']); // {100: "abc"}
+    padded.extend_from_slice(&valid[at + 1..]);
+    for copy in [untagged, padded] {
+        assert_eq!(
+            ingest.submit(copy, http()).await,
+            Ok(Outcome::Duplicate {
+                device_id: "dev-a".into(),
+                sequence: 100
+            })
+        );
+    }
+    assert_eq!(
+        ingest.submit(valid.clone(), http()).await,
+        Ok(Outcome::Duplicate {
+            device_id: "dev-a".into(),
+            sequence: 100
+        })
+    );
+
     let mut forged = a.seal(&temp(now, 99.0), now);
     let last = forged.len() - 1;
     forged[last] ^= 0x55;

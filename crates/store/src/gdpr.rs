@@ -32,7 +32,8 @@ pub struct SubjectExport {
 pub struct ExportedReading {
     #[serde(flatten)]
     pub reading: StoredReading,
-    /// The signed COSE envelope exactly as the device sent it, hex: proof of origin.
+    /// The device's signed COSE envelope as stored (its canonical form, docs/protocol.md
+    /// section 3), hex: proof of origin.
     pub envelope: String,
 }
 
