@@ -150,11 +150,15 @@ impl Settings {
         }
         let file = msec_vault::FileKeys::new(&self.keys);
         if !file.exists() {
-            file.init()?;
-            eprintln!(
-                "created encryption keys in {} — keep a copy somewhere safe: without it the data cannot be decrypted",
-                self.keys.display()
-            );
+            match file.init() {
+                Ok(_) => eprintln!(
+                    "created encryption keys in {} — keep a copy somewhere safe: without it the data cannot be decrypted",
+                    self.keys.display()
+                ),
+                // Another process starting on the same data directory made them first.
+                Err(_) if file.exists() => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(std::sync::Arc::new(file))
     }

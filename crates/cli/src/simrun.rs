@@ -81,38 +81,8 @@ pub fn prepare(
 
 /// Writes a file only its owner can read: it holds private keys.
 pub fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    // All or nothing, readable by the owner only: a fresh file beside the target (create-new
-    // never follows a link, and a looser mode of an old file is not inherited), synced, then
-    // renamed over the target. A crash leaves the old file or the new one, never a torn one.
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    // A name of its own, so that two writers of one file never share a temporary file.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = path.with_file_name(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = options
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.with_context(|| format!("cannot write {}", path.display()))?;
-    // The rename itself is durable once the directory is synced (best effort: not every
-    // platform lets a directory be opened).
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    msec_vault::write_private(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Commands waiting for one device; more than this while it is busy are dropped (and logged).

@@ -45,26 +45,12 @@ pub fn load_or_create_seed(
                 })
                 .expect("a key file serialises"),
             );
-            write_private(path, text.as_bytes())
+            msec_vault::write_private_new(path, text.as_bytes())
                 .map_err(|e| NotaryError::Io(format!("cannot write {shown}: {e}")))?;
             Ok((name, seed, true))
         }
         Err(e) => Err(NotaryError::Io(format!("cannot read {shown}: {e}"))),
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        msec_store::create_private_dir(dir)?;
-    }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 /// The log's checkpoint-signing key; its name is the log's origin.

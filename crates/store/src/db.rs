@@ -248,7 +248,11 @@ impl Pg {
 
     fn begin(&mut self) -> Result<(), StoreError> {
         self.ensure_connected()?;
-        let result = self.client.batch_execute("BEGIN");
+        // Named, whatever the server's default: the log's append reads its last index after
+        // taking its lock, which under a snapshot taken earlier could be stale.
+        let result = self
+            .client
+            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED");
         self.checked(result)?;
         self.in_transaction = true;
         Ok(())
@@ -455,6 +459,17 @@ impl Db {
         Ok((busy == 0).then(|| page * pages.max(0) as u64))
     }
 
+    /// SQLite: copies the write-ahead log into the database file and empties it, so that page
+    /// images from before the last commits (an erased subject's wrapped data key) are gone
+    /// from it; `false` when readers kept it from finishing. Nothing to do on PostgreSQL.
+    pub(crate) fn truncate_wal(&mut self) -> Result<bool, StoreError> {
+        let Db::Sqlite(c) = self else {
+            return Ok(true);
+        };
+        let busy: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        Ok(busy == 0)
+    }
+
     pub(crate) fn engine(&self) -> &'static str {
         match self {
             Db::Sqlite(_) => "sqlite",
@@ -614,8 +629,11 @@ impl Db {
     /// PostgreSQL: a batch touches up to every device of a city, and a round trip per device
     /// would put their count into every commit's latency.
     pub(crate) fn update_devices(&mut self, updates: &[DeviceUpdate]) -> Result<(), StoreError> {
+        // Active devices only: a reading that raced its device's revocation or its owner's
+        // erasure (which clears these) must not write them back.
         const SQLITE: &str = "UPDATE devices SET last_seen_ms = ?2, last_sequence = ?3, \
-             battery = COALESCE(?4, battery), link = COALESCE(?5, link) WHERE id = ?1";
+             battery = COALESCE(?4, battery), link = COALESCE(?5, link) \
+             WHERE id = ?1 AND status = 'active'";
         if updates.is_empty() {
             return Ok(());
         }
@@ -643,7 +661,7 @@ impl Db {
                     "UPDATE devices AS d SET last_seen_ms = u.seen, last_sequence = u.seq, \
                      battery = COALESCE(u.battery, d.battery), link = COALESCE(u.link, d.link) \
                      FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::float8[], $5::float8[]) \
-                     AS u(id, seen, seq, battery, link) WHERE d.id = u.id",
+                     AS u(id, seen, seq, battery, link) WHERE d.id = u.id AND d.status = 'active'",
                     &[&ids, &seen, &seqs, &battery, &link],
                 )?;
                 Ok(())

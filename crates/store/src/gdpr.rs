@@ -265,6 +265,12 @@ impl Store {
                 "UPDATE devices SET status = 'revoked', updated_ms = $2 WHERE owner = $1 AND status <> 'revoked'",
                 &[P::Text(subject), P::I64(now)],
             )?;
+            // What the devices last reported of themselves is kept in clear for the registry
+            // (battery, link quality, when last seen): it goes with the subject.
+            s.db.exec(
+                "UPDATE devices SET battery = NULL, link = NULL, last_seen_ms = NULL WHERE owner = $1",
+                &[P::Text(subject)],
+            )?;
             s.db.exec(
                 "UPDATE consents SET withdrawn_ms = $2 WHERE subject = $1 AND withdrawn_ms IS NULL",
                 &[P::Text(subject), P::I64(now)],
@@ -272,6 +278,12 @@ impl Store {
             s.admin_in_tx(actor, "subject.erase", subject, &format!("{revoked} devices revoked"))?;
             Ok(revoked)
         })?;
+        // The page that held the subject's wrapped data key is rewritten without it, but older
+        // images of it stay in SQLite's write-ahead log until the log is reused: empty it now.
+        // Best effort (readers may hold it), and moot once the KEK is rotated below.
+        if !matches!(self.db.truncate_wal(), Ok(true)) {
+            tracing::warn!(subject, "could not empty the write-ahead log after the erasure; it is reused as ingest goes on");
+        }
         // The erasure has taken effect: a rotation that fails is reported with it, not as a
         // failure that would invite running it again.
         let kek = self

@@ -162,6 +162,7 @@ impl Keys {
     /// older copies of the database (backups) can no longer be unwrapped. Payloads are not
     /// touched. Returns (new KEK id, data keys re-wrapped).
     pub(crate) fn rotate(&mut self, db: &mut Db) -> Result<(String, usize), StoreError> {
+        let _one_at_a_time = self.provider.exclusive().map_err(keys_error)?;
         let mut ring = self.provider.load().map_err(keys_error)?;
         ring.begin_rotation();
         // The new KEK is saved before any data key depends on it, and the old one is kept until
@@ -210,6 +211,9 @@ impl Keys {
         }
         ring.finish_rotation();
         self.provider.save(&ring).map_err(keys_error)?;
+        // Once more, so that processes that loaded the key file since the last pass load it
+        // again and drop the old KEK from memory.
+        bump_epoch(db)?;
         self.ring = ring;
         self.deks.clear();
         Ok((new_id, rewrapped))

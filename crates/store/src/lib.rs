@@ -495,9 +495,6 @@ impl Store {
                     |r| r.text(0),
                 )?
                 .is_empty();
-            if new_tenant {
-                principals::bump_access(&mut s.db)?;
-            }
             s.db.exec(
                 "INSERT INTO devices (id, tenant, owner, kind, profile, public_key, key_id, status, \
                  created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $8)",
@@ -523,7 +520,13 @@ impl Store {
             log::append(
                 &mut s.db,
                 &[(RecordId::new(RecordKind::Device, d.id.clone()), leaf.hash())],
-            )
+            )?;
+            // After the log's lock, as user and grant changes do (the other order deadlocks
+            // with them on PostgreSQL).
+            if new_tenant {
+                principals::bump_access(&mut s.db)?;
+            }
+            Ok(())
         })?;
         self.device(&d.id)?
             .ok_or_else(|| StoreError::Backend("device vanished after insert".into()))
@@ -726,8 +729,10 @@ impl Store {
                 ids.push(id);
             }
         }
-        log::append(&mut self.db, &leaves)?;
+        // Device rows before the log's lock, the order of every other transaction that takes
+        // both (a revocation, say): on PostgreSQL the opposite order deadlocks with it.
         self.db.update_devices(&batch.devices)?;
+        log::append(&mut self.db, &leaves)?;
         Ok(ids)
     }
 

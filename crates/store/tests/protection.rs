@@ -82,6 +82,17 @@ fn findings(s: &mut Store) -> Vec<(FindingKind, String)> {
     f
 }
 
+/// alice-bed's battery and link as of `seq`.
+fn vitals(seq: i64) -> DeviceUpdate {
+    DeviceUpdate {
+        device_id: "alice-bed".into(),
+        last_seen_ms: seq,
+        last_sequence: seq,
+        battery: Some(55.0),
+        link: Some(80.0),
+    }
+}
+
 fn protection(url: &str) {
     let keys: Arc<dyn KekProvider> = Arc::new(MemoryKeys::new());
     let mut s = Store::open(url, keys.clone()).unwrap();
@@ -114,9 +125,14 @@ fn protection(url: &str) {
             detail: "sequence 3 again".into(),
             tenant: Some("santander".into()),
         }],
-        devices: vec![],
+        devices: vec![vitals(3)],
     })
     .unwrap();
+    let d = s.device("alice-bed").unwrap().unwrap();
+    assert_eq!(
+        (d.battery, d.link, d.last_seen_ms),
+        (Some(55.0), Some(80.0), Some(3))
+    );
     let consent = s
         .give_consent("alice", "caregiver:bob", "tele-assistance")
         .unwrap();
@@ -201,10 +217,23 @@ fn protection(url: &str) {
     // 4. Erasure: keep a copy of the subject's key row, as a backup taken now would.
     let backup = key_row(url, "alice");
     assert!(backup.0.is_some() && backup.1.is_some(), "{backup:?}");
+    if !url.starts_with("postgres") {
+        // The key row in the database file itself, not only in the write-ahead log.
+        raw(url, "PRAGMA wal_checkpoint(TRUNCATE);");
+        assert!(contains(&stolen_bytes(url), backup.1.as_deref().unwrap()));
+    }
     let erased = s.erase_subject("alice", "test").unwrap();
     assert_eq!(erased.devices_revoked, 1);
-    // The wrapped data key itself is gone from the database, not just marked erased.
+    // The wrapped data key itself is gone from the database, not just marked erased: from
+    // its rows, and (SQLite) from the files' free space and write-ahead log too.
     assert_eq!(key_row(url, "alice"), (None, None));
+    if !url.starts_with("postgres") {
+        let wrapped = backup.1.as_deref().unwrap();
+        assert!(
+            !contains(&stolen_bytes(url), wrapped),
+            "the erased key's bytes are still in the files"
+        );
+    }
     assert!(matches!(
         s.readings(
             "alice-bed",
@@ -223,6 +252,17 @@ fn protection(url: &str) {
     assert!(
         d.erased && d.name.is_empty() && d.location.is_none() && d.status == DeviceStatus::Revoked
     );
+    // What the device reported of itself goes too, and a reading that raced the erasure does
+    // not bring it back.
+    assert_eq!((d.battery, d.link, d.last_seen_ms), (None, None, None));
+    s.commit(&Batch {
+        readings: vec![reading("alice-bed", 4)],
+        devices: vec![vitals(4)],
+        ..Default::default()
+    })
+    .unwrap();
+    let d = s.device("alice-bed").unwrap().unwrap();
+    assert_eq!((d.battery, d.link, d.last_seen_ms), (None, None, None));
     assert!(
         s.consents("alice")
             .unwrap()
@@ -486,6 +526,62 @@ fn rotation_races_new_subjects(url: &str) {
         .collect();
     assert_eq!(names.len(), SUBJECTS);
     assert!(names.iter().all(|n| n == "Bed"), "{names:?}");
+}
+
+/// Two processes rotate the same key file at once (two erasures, say): each rotation must
+/// finish before the next loads the file, or one re-wraps data keys under a KEK that the
+/// other's save leaves out of the file, and they are lost.
+fn concurrent_rotations_lose_no_kek(url: &str, dir: &std::path::Path) {
+    let path = dir.join("keys.json");
+    msec_vault::FileKeys::new(&path).init().unwrap();
+    let provider = || -> Arc<dyn KekProvider> { Arc::new(msec_vault::FileKeys::new(&path)) };
+    let mut s = Store::open(url, provider()).unwrap();
+    for i in 0..20u8 {
+        s.register_device(&new_device(
+            &format!("rot-{i}"),
+            &format!("subject-{i}"),
+            i + 1,
+            "Bed",
+            "Home",
+        ))
+        .unwrap();
+    }
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                let mut s = Store::open(url, provider()).unwrap();
+                for _ in 0..4 {
+                    s.rotate_keys("test").unwrap();
+                }
+            });
+        }
+    });
+    let names: Vec<String> = Store::open(url, provider())
+        .unwrap()
+        .devices()
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, vec!["Bed"; 20]);
+}
+
+#[test]
+fn sqlite_concurrent_rotations_lose_no_kek() {
+    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-rotations-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    concurrent_rotations_lose_no_kek(dir.join("msec.db").to_str().unwrap(), &dir);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn postgres_concurrent_rotations_lose_no_kek() {
+    if let Some(url) = msec_testkit::postgres_url() {
+        let dir = std::env::temp_dir().join(msec_testkit::unique("msec-rotations-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        concurrent_rotations_lose_no_kek(&url, &dir);
+        std::fs::remove_dir_all(dir).ok();
+    }
 }
 
 #[test]

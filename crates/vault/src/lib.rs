@@ -225,6 +225,12 @@ pub trait KekProvider: Send + Sync {
     fn describe(&self) -> String;
     fn load(&self) -> Result<KeyRing, VaultError>;
     fn save(&self, ring: &KeyRing) -> Result<(), VaultError>;
+    /// Holds off every other process's rotation of these keys until the guard is dropped: two
+    /// rotations that each load, extend and save the ring would each re-wrap data keys under
+    /// a KEK the other's save may leave out. None where keys cannot change (or live in memory).
+    fn exclusive(&self) -> Result<Option<std::fs::File>, VaultError> {
+        Ok(None)
+    }
 }
 
 /// KEKs in a JSON file readable only by its owner (mode 0600), written atomically.
@@ -243,18 +249,31 @@ impl FileKeys {
         self.path.exists()
     }
     /// Creates the key file with a fresh KEK; refuses to overwrite one (that would make every
-    /// stored record unreadable).
+    /// stored record unreadable), also when another process creates it at the same moment.
     pub fn init(&self) -> Result<KeyRing, VaultError> {
-        if self.exists() {
-            return Err(VaultError::Keys(format!(
+        let exists = || {
+            VaultError::Keys(format!(
                 "{} already exists; refusing to replace keys that encrypt existing data",
                 self.path.display()
-            )));
+            ))
+        };
+        if self.exists() {
+            return Err(exists());
         }
         let ring = KeyRing::generate();
-        self.save(&ring)?;
-        Ok(ring)
+        match write_private_new(&self.path, ring_text(&ring).as_bytes()) {
+            Ok(()) => Ok(ring),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(exists()),
+            Err(e) => Err(VaultError::Keys(format!(
+                "cannot write {}: {e}",
+                self.path.display()
+            ))),
+        }
     }
+}
+
+fn ring_text(ring: &KeyRing) -> Zeroizing<String> {
+    Zeroizing::new(serde_json::to_string_pretty(ring).expect("a key ring always serialises"))
 }
 
 impl KekProvider for FileKeys {
@@ -288,31 +307,92 @@ impl KekProvider for FileKeys {
     }
 
     fn save(&self, ring: &KeyRing) -> Result<(), VaultError> {
-        let shown = self.path.display();
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            create_private_dir(dir)
-                .map_err(|e| VaultError::Keys(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let text = Zeroizing::new(
-            serde_json::to_string_pretty(ring).expect("a key ring always serialises"),
-        );
-        let tmp = self.path.with_extension("tmp");
-        write_private(&tmp, text.as_bytes())
-            .and_then(|()| std::fs::rename(&tmp, &self.path))
-            .map_err(|e| VaultError::Keys(format!("cannot write {shown}: {e}")))
+        write_private(&self.path, ring_text(ring).as_bytes())
+            .map_err(|e| VaultError::Keys(format!("cannot write {}: {e}", self.path.display())))
+    }
+
+    fn exclusive(&self) -> Result<Option<std::fs::File>, VaultError> {
+        let mut lock = self.path.clone().into_os_string();
+        lock.push(".lock");
+        let lock = PathBuf::from(lock);
+        let fail =
+            |e: std::io::Error| VaultError::Keys(format!("cannot lock {}: {e}", lock.display()));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(&lock).map_err(fail)?;
+        // Waits for a rotation in another process to finish.
+        file.lock().map_err(fail)?;
+        Ok(Some(file))
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// A fresh, synced temporary file beside `path`, readable by its owner only: created new (so it
+/// never follows a link planted there nor inherits an old file's looser mode), with a name of
+/// its own (two writers never share one). Removed again if anything fails.
+fn private_temp(path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
     use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir)?;
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = path.with_file_name(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path)?;
-    f.write_all(bytes)?;
-    // Rename-over only replaces the old key file once the new one is on disk.
-    f.sync_all()
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// The rename (or link) itself is durable once the directory is synced (best effort: not every
+/// platform lets a directory be opened).
+fn sync_parent(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Writes a private file (keys, key seeds, exports, witness state) all or nothing: a fresh
+/// temporary file (see [`private_temp`]) renamed over `path`. A crash leaves the old file or the
+/// new one, never a torn one.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = private_temp(path, bytes)?;
+    let renamed = std::fs::rename(&tmp, path);
+    if renamed.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    renamed?;
+    sync_parent(path);
+    Ok(())
+}
+
+/// [`write_private`] for a file that must not exist yet: fails with `AlreadyExists`, replacing
+/// nothing, when it does (also when another process creates it meanwhile).
+pub fn write_private_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = private_temp(path, bytes)?;
+    // A hard link, unlike a rename, never replaces its target.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    linked?;
+    sync_parent(path);
+    Ok(())
 }
 
 /// One KEK from an environment variable (`kek-id:64 hex digits`), for deployments whose secret

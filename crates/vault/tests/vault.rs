@@ -81,3 +81,70 @@ fn env_keys_load_and_refuse_to_save() {
     std::env::set_var("MSEC_TEST_KEK", "nonsense");
     assert!(p.load().is_err());
 }
+
+/// Two processes starting on one new data directory at once: one key file, never two KEKs
+/// taking turns (each would wrap data keys the other's file cannot open).
+#[test]
+fn racing_first_starts_make_one_key_file() {
+    let dir = std::env::temp_dir().join(format!("msec-vault-race-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("keys.json");
+    let made: Vec<Option<String>> = std::thread::scope(|scope| {
+        let starts: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                scope.spawn(move || {
+                    // `init` itself checks, so the race is between its check and its write.
+                    FileKeys::new(&path)
+                        .init()
+                        .ok()
+                        .map(|r| r.current_id().to_string())
+                })
+            })
+            .collect();
+        starts.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    let made: Vec<String> = made.into_iter().flatten().collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(FileKeys::new(&path).load().unwrap().current_id(), made[0]);
+    // Nothing left behind beside it.
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["keys.json"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn private_writes_replace_links_and_loose_modes_instead_of_following_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("msec-vault-write-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let elsewhere = dir.join("elsewhere");
+    std::fs::write(&elsewhere, "untouched").unwrap();
+    let target = dir.join("keys.json");
+    std::os::unix::fs::symlink(&elsewhere, &target).unwrap();
+    write_private(&target, b"secret").unwrap();
+    assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "untouched");
+    assert!(!std::fs::symlink_metadata(&target)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    write_private(&target, b"again").unwrap();
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let err = write_private_new(&target, b"other").unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "again");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
