@@ -23,6 +23,18 @@ pub enum KeysCommand {
         #[command(flatten)]
         platform: PlatformArgs,
     },
+    /// Re-wrap every data key under the current key of MSEC_KEK, after the secret store set a
+    /// new one (and the old one in MSEC_KEK_PREVIOUS).
+    ///
+    /// Rotating a key from the environment: set MSEC_KEK to a new KEK-ID:64-HEX-DIGITS and
+    /// MSEC_KEK_PREVIOUS to the old value (msec keeps running on both), run this, then remove
+    /// MSEC_KEK_PREVIOUS and destroy the old key: database backups taken before can no longer be
+    /// decrypted. With a key file, use `msec keys rotate`.
+    #[command(verbatim_doc_comment)]
+    Rewrap {
+        #[command(flatten)]
+        platform: PlatformArgs,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -97,6 +109,14 @@ pub async fn keys(cmd: KeysCommand) -> Result<()> {
                 settings.keys.display(),
                 ring.current_id()
             );
+            Ok(())
+        }
+        KeysCommand::Rewrap { platform } => {
+            if std::env::var_os("MSEC_KEK").is_none() {
+                bail!("MSEC_KEK is not set: with a key file, `msec keys rotate` makes the new key and re-wraps");
+            }
+            let (kek, n) = with_existing_store(&platform, |s| Ok(s.rewrap_keys("cli")?)).await?;
+            println!("re-wrapped {n} data keys under {kek}; now remove MSEC_KEK_PREVIOUS and destroy the old key");
             Ok(())
         }
         KeysCommand::Rotate { platform } => {
@@ -234,7 +254,7 @@ pub async fn erase(args: EraseArgs) -> Result<()> {
                 e.subject, e.devices_revoked
             );
             eprintln!(
-                "WARNING: the key-encryption key was NOT rotated ({why}). Until it is (`msec keys rotate`; with MSEC_KEK, in the secret store that sets it), database backups taken before now still hold {}'s data key under a key that exists: destroy them. Do not run the erasure again: it has taken effect.",
+                "WARNING: the key-encryption key was NOT rotated ({why}). Until it is (`msec keys rotate`; with MSEC_KEK, a new one in MSEC_KEK and the old in MSEC_KEK_PREVIOUS, then `msec keys rewrap`: see `msec keys rewrap --help`), database backups taken before now still hold {}'s data key under a key that exists: destroy them. Do not run the erasure again: it has taken effect.",
                 e.subject
             );
         }

@@ -1914,6 +1914,31 @@ fn an_erasure_with_a_read_only_key_says_what_it_could_not_do() {
         &dir,
     ]);
     assert!(ok, "{err}");
+    // A second resident, whose data key is still live after the first's erasure.
+    let other_key_file = format!("{dir}-bed-10.json");
+    let keygen = [
+        "device",
+        "keygen",
+        "--id",
+        "bed-10",
+        "--tenant",
+        "santander",
+        "--out",
+    ];
+    assert!(run(&[&keygen[..], &[other_key_file.as_str()]].concat()).0);
+    let (ok, _, err) = with_kek(&[
+        "device",
+        "register",
+        "--key-file",
+        &other_key_file,
+        "--kind",
+        "bed-sensor",
+        "--owner",
+        "resident-10",
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(ok, "{err}");
     let (ok, out, err) = with_kek(&[
         "erase",
         "--subject",
@@ -1929,4 +1954,29 @@ fn an_erasure_with_a_read_only_key_says_what_it_could_not_do() {
     );
     let (ok, _, err) = with_kek(&["export", "--subject", "resident-9", "--data-dir", &dir]);
     assert!(!ok && err.contains("erased"), "{err}");
+
+    // The rotation the warning asks for: a new key, the old one previous, `keys rewrap`; then
+    // msec runs on the new key alone.
+    let new_kek = format!("kek-2:{}", "cd".repeat(32));
+    let on = |args: &[&str], previous: Option<&str>| {
+        let mut cmd = msec();
+        cmd.env("MSEC_KEK", &new_kek).args(args);
+        match previous {
+            Some(old) => cmd.env("MSEC_KEK_PREVIOUS", old),
+            None => cmd.env_remove("MSEC_KEK_PREVIOUS"),
+        };
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = on(&["keys", "rewrap", "--data-dir", &dir], None);
+    assert!(!ok, "without the old key nothing opens: {text}");
+    let (ok, text) = on(&["keys", "rewrap", "--data-dir", &dir], Some(&kek));
+    assert!(
+        ok && text.contains("re-wrapped 1 data keys under kek-2"),
+        "{text}"
+    );
+    let (ok, text) = on(&["device", "list", "--data-dir", &dir], None);
+    assert!(ok && text.contains("bed-10"), "{text}");
 }

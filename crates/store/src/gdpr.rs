@@ -297,6 +297,20 @@ impl Store {
         })
     }
 
+    /// Re-wraps every data key under the current KEK of keys that change outside msec (see
+    /// `msec_vault::EnvKeys`), logged as an administrative action. Returns (KEK id, data keys
+    /// re-wrapped).
+    pub fn rewrap_keys(&mut self, actor: &str) -> Result<(String, usize), StoreError> {
+        let (kek, n) = self.keys.rewrap(&mut self.db)?;
+        self.log_admin(
+            actor,
+            "keys.rewrap",
+            &kek,
+            &format!("{n} data keys re-wrapped"),
+        )?;
+        Ok((kek, n))
+    }
+
     /// Rotates the KEK: every data key re-wrapped, payloads untouched, the old KEK destroyed.
     /// Returns (new KEK id, data keys re-wrapped).
     pub fn rotate_keys(&mut self, actor: &str) -> Result<(String, usize), StoreError> {

@@ -168,55 +168,75 @@ impl Keys {
         // The new KEK is saved before any data key depends on it, and the old one is kept until
         // every data key has been re-wrapped: a crash anywhere leaves a usable key file.
         self.provider.save(&ring).map_err(keys_error)?;
-        let new_id = ring.current_id().to_string();
-        let mut rewrapped = 0;
-        // Keys a running process adds under the old KEK while this runs are caught by the loop.
-        loop {
-            db.begin()?;
-            let step = (|| {
-                // First, so that a transaction that may wrap a new data key either commits
-                // before this pass reads the keys, or sees the new epoch (see `sync`).
-                bump_epoch(db)?;
-                // A bounded pass, so that writers wait on the vault row briefly each time; the
-                // loop goes on until a pass finds nothing left.
-                let rows = db.query(
-                    "SELECT subject, kek_id, wrapped FROM subject_keys \
-                     WHERE wrapped IS NOT NULL AND kek_id <> $1 ORDER BY subject LIMIT 500",
-                    &[P::Text(&new_id)],
-                    |r| Ok((r.text(0)?, r.text(1)?, r.bytes(2)?)),
-                )?;
-                for (subject, kek, wrapped) in &rows {
-                    let dek = ring.unwrap(subject, kek, wrapped).map_err(keys_error)?;
-                    let (_, again) = ring.wrap(subject, &dek);
-                    db.exec(
-                        "UPDATE subject_keys SET kek_id = $2, wrapped = $3 WHERE subject = $1",
-                        &[P::Text(subject), P::Text(&new_id), P::Bytes(&again)],
-                    )?;
-                }
-                Ok::<usize, StoreError>(rows.len())
-            })();
-            match step {
-                Ok(n) => {
-                    db.commit()?;
-                    rewrapped += n;
-                    if n == 0 {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    let _ = db.rollback();
-                    return Err(e);
-                }
-            }
-        }
+        let rewrapped = rewrap_all(db, &ring)?;
         ring.finish_rotation();
         self.provider.save(&ring).map_err(keys_error)?;
         // Once more, so that processes that loaded the key file since the last pass load it
         // again and drop the old KEK from memory.
         bump_epoch(db)?;
+        let new_id = ring.current_id().to_string();
         self.ring = ring;
         self.deks.clear();
         Ok((new_id, rewrapped))
+    }
+
+    /// Re-wraps every data key not yet under the current KEK, for keys that change outside msec
+    /// (`MSEC_KEK`, with the old one in `MSEC_KEK_PREVIOUS`): the provider's previous KEKs can
+    /// be destroyed once this returns. Returns (current KEK id, data keys re-wrapped).
+    pub(crate) fn rewrap(&mut self, db: &mut Db) -> Result<(String, usize), StoreError> {
+        let _one_at_a_time = self.provider.exclusive().map_err(keys_error)?;
+        let ring = self.provider.load().map_err(keys_error)?;
+        let rewrapped = rewrap_all(db, &ring)?;
+        bump_epoch(db)?;
+        let current = ring.current_id().to_string();
+        self.ring = ring;
+        self.deks.clear();
+        Ok((current, rewrapped))
+    }
+}
+
+/// Re-wraps every live data key that is not under `ring`'s current KEK, in bounded passes.
+fn rewrap_all(db: &mut Db, ring: &KeyRing) -> Result<usize, StoreError> {
+    let current = ring.current_id().to_string();
+    let mut rewrapped = 0;
+    // Keys a running process adds under an older KEK while this runs are caught by the loop.
+    loop {
+        db.begin()?;
+        let step = (|| {
+            // First, so that a transaction that may wrap a new data key either commits before
+            // this pass reads the keys, or sees the new epoch (see `sync`).
+            bump_epoch(db)?;
+            // A bounded pass, so that writers wait on the vault row briefly each time; the
+            // loop goes on until a pass finds nothing left.
+            let rows = db.query(
+                "SELECT subject, kek_id, wrapped FROM subject_keys \
+                 WHERE wrapped IS NOT NULL AND kek_id <> $1 ORDER BY subject LIMIT 500",
+                &[P::Text(&current)],
+                |r| Ok((r.text(0)?, r.text(1)?, r.bytes(2)?)),
+            )?;
+            for (subject, kek, wrapped) in &rows {
+                let dek = ring.unwrap(subject, kek, wrapped).map_err(keys_error)?;
+                let (_, again) = ring.wrap(subject, &dek);
+                db.exec(
+                    "UPDATE subject_keys SET kek_id = $2, wrapped = $3 WHERE subject = $1",
+                    &[P::Text(subject), P::Text(&current), P::Bytes(&again)],
+                )?;
+            }
+            Ok::<usize, StoreError>(rows.len())
+        })();
+        match step {
+            Ok(n) => {
+                db.commit()?;
+                rewrapped += n;
+                if n == 0 {
+                    return Ok(rewrapped);
+                }
+            }
+            Err(e) => {
+                let _ = db.rollback();
+                return Err(e);
+            }
+        }
     }
 }
 

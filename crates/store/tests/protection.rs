@@ -566,6 +566,74 @@ fn concurrent_rotations_lose_no_kek(url: &str, dir: &std::path::Path) {
     assert_eq!(names, vec!["Bed"; 20]);
 }
 
+/// A KEK from the environment is rotated outside msec: new key current, old one previous,
+/// `rewrap_keys`, old one removed. Everything still opens under the new key alone, and a key
+/// row from before (a backup) does not.
+fn environment_keys_rotate_by_rewrapping(url: &str, var: &str) {
+    let kek = |id: &str, byte: &str| format!("{id}:{}", byte.repeat(32));
+    let previous = format!("{var}_PREVIOUS");
+    std::env::set_var(var, kek("kek-a", "aa"));
+    std::env::remove_var(&previous);
+    let provider = || -> Arc<dyn KekProvider> { Arc::new(msec_vault::EnvKeys::new(var)) };
+    let mut s = Store::open(url, provider()).unwrap();
+    for i in 0..3u8 {
+        s.register_device(&new_device(
+            &format!("env-{i}"),
+            &format!("tenant-{i}"),
+            i + 1,
+            "Bed",
+            "Home",
+        ))
+        .unwrap();
+    }
+    let backup = key_row(url, "tenant-0");
+    assert_eq!(backup.0.as_deref(), Some("kek-a"));
+    assert!(
+        s.rotate_keys("test").is_err(),
+        "msec cannot change keys it does not keep"
+    );
+
+    std::env::set_var(var, kek("kek-b", "bb"));
+    std::env::set_var(&previous, kek("kek-a", "aa"));
+    let mut s = Store::open(url, provider()).unwrap();
+    assert_eq!(
+        s.devices().unwrap().len(),
+        3,
+        "readable on both keys meanwhile"
+    );
+    assert_eq!(s.rewrap_keys("test").unwrap(), ("kek-b".to_string(), 3));
+    drop(s);
+
+    std::env::remove_var(&previous);
+    let mut s = Store::open(url, provider()).unwrap();
+    let names: Vec<String> = s.devices().unwrap().into_iter().map(|d| d.name).collect();
+    assert_eq!(names, vec!["Bed"; 3]);
+    assert_eq!(key_row(url, "tenant-0").0.as_deref(), Some("kek-b"));
+    // The backup's row, put back, opens under no key msec has.
+    restore_key_row(url, "tenant-0", &backup);
+    assert!(Store::open(url, provider())
+        .and_then(|mut s| s.device("env-0"))
+        .is_err());
+}
+
+#[test]
+fn sqlite_environment_keys_rotate_by_rewrapping() {
+    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-envkeys-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    environment_keys_rotate_by_rewrapping(
+        dir.join("msec.db").to_str().unwrap(),
+        "MSEC_TEST_KEK_SQLITE",
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn postgres_environment_keys_rotate_by_rewrapping() {
+    if let Some(url) = msec_testkit::postgres_url() {
+        environment_keys_rotate_by_rewrapping(&url, "MSEC_TEST_KEK_POSTGRES");
+    }
+}
+
 #[test]
 fn sqlite_concurrent_rotations_lose_no_kek() {
     let dir = std::env::temp_dir().join(msec_testkit::unique("msec-rotations-"));

@@ -395,8 +395,10 @@ pub fn write_private_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One KEK from an environment variable (`kek-id:64 hex digits`), for deployments whose secret
-/// store injects it. Read-only: rotate it in the secret store.
+/// The KEK from an environment variable (`kek-id:64 hex digits`), for deployments whose secret
+/// store injects it; read-only here. To rotate it, the secret store sets a new one and the old
+/// one in the variable named with `_PREVIOUS` appended (several: comma-separated), `msec keys
+/// rewrap` re-wraps every data key under the new one, and then the old one is removed.
 pub struct EnvKeys {
     var: String,
 }
@@ -412,32 +414,53 @@ impl KekProvider for EnvKeys {
         format!("environment variable {}", self.var)
     }
     fn load(&self) -> Result<KeyRing, VaultError> {
+        let previous_var = format!("{}_PREVIOUS", self.var);
         let value = Zeroizing::new(
             std::env::var(&self.var)
                 .map_err(|_| VaultError::Keys(format!("{} is not set", self.var)))?,
         );
-        let (id, hex_key) = value.split_once(':').ok_or_else(|| {
-            VaultError::Keys(format!("{} must be KEK-ID:64-HEX-DIGITS", self.var))
-        })?;
-        let mut key = Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(hex_key.trim(), &mut key[..])
-            .map_err(|_| VaultError::Keys(format!("{} must be KEK-ID:64-HEX-DIGITS", self.var)))?;
+        let current = env_kek(&self.var, &value)?;
+        let previous = match std::env::var(&previous_var) {
+            Ok(list) => {
+                let list = Zeroizing::new(list);
+                list.split(',')
+                    .filter(|k| !k.trim().is_empty())
+                    .map(|k| env_kek(&previous_var, k.trim()))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            Err(_) => Vec::new(),
+        };
+        if previous.iter().any(|k| k.id == current.id) {
+            return Err(VaultError::Keys(format!(
+                "{previous_var} names the current key id {:?} again",
+                current.id
+            )));
+        }
         Ok(KeyRing {
             format: FILE_FORMAT.into(),
-            current: Kek {
-                id: id.to_string(),
-                key,
-                created_ms: 0,
-            },
-            previous: Vec::new(),
+            current,
+            previous,
         })
     }
     fn save(&self, _: &KeyRing) -> Result<(), VaultError> {
         Err(VaultError::ReadOnly(format!(
-            "keys from {} are read-only here; rotate them in the secret store that sets it",
-            self.var
+            "keys from {} are read-only here: set a new one there, the old one in {}_PREVIOUS, and run `msec keys rewrap`",
+            self.var, self.var
         )))
     }
+}
+
+/// One `kek-id:64 hex digits` value of variable `var`.
+fn env_kek(var: &str, value: &str) -> Result<Kek, VaultError> {
+    let malformed = || VaultError::Keys(format!("{var} must be KEK-ID:64-HEX-DIGITS"));
+    let (id, hex_key) = value.split_once(':').ok_or_else(malformed)?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(hex_key.trim(), &mut key[..]).map_err(|_| malformed())?;
+    Ok(Kek {
+        id: id.to_string(),
+        key,
+        created_ms: 0,
+    })
 }
 
 /// Keys held in memory only: tests and benchmarks.
