@@ -243,17 +243,22 @@ impl Platform {
             .await
             .map_err(anyhow::Error::msg)
             .context("cannot connect the actuator-command publisher to the MQTT broker")?;
-        let commander = Arc::new(msec_server::Commander::new(
-            command_signer(s)?,
-            publisher,
-            &s.topic_root,
-        ));
         let writer_store = open_store(s).await?;
         let (ingest, writer) =
             tokio::task::spawn_blocking(move || Ingest::start(writer_store, config))
                 .await?
                 .context("cannot start ingest")?;
         let db = msec_server::DbHandle::start(open_store(s).await?)?;
+        let last_command = db
+            .call(|db| db.last_command_id())
+            .await
+            .context("cannot read the last actuator command's id")?;
+        let commander = Arc::new(msec_server::Commander::new(
+            command_signer(s)?,
+            publisher,
+            &s.topic_root,
+            last_command.unwrap_or(0),
+        ));
         let (stop, stopped) = watch::channel(false);
         let mut mqtt = MqttConfig::from_url(&broker_url, &consumer_id, &s.topic_root)
             .map_err(anyhow::Error::msg)?;

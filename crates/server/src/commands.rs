@@ -29,12 +29,19 @@ pub struct Commander {
 }
 
 impl Commander {
-    pub fn new(signer: CommandSigner, publisher: CommandPublisher, topic_root: &str) -> Commander {
+    /// `last_issued`: the largest command id issued before (`Store::last_command_id`), so
+    /// that ids keep growing across restarts and a clock set back.
+    pub fn new(
+        signer: CommandSigner,
+        publisher: CommandPublisher,
+        topic_root: &str,
+        last_issued: u64,
+    ) -> Commander {
         Commander {
             signer,
             publisher,
             topic_root: topic_root.to_string(),
-            last_id: AtomicU64::new(0),
+            last_id: AtomicU64::new(last_issued),
         }
     }
 
@@ -43,18 +50,34 @@ impl Commander {
     }
 
     fn next_id(&self) -> u64 {
-        let now = msec_store::now_ms().max(1) as u64;
-        let mut last = self.last_id.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(last + 1);
-            match self
-                .last_id
-                .compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return next,
-                Err(seen) => last = seen,
-            }
+        next_id(&self.last_id, msec_store::now_ms().max(1) as u64)
+    }
+}
+
+/// The clock in milliseconds, or one more than `last`, whichever is larger; stored in `last`.
+fn next_id(last_id: &AtomicU64, now_ms: u64) -> u64 {
+    let mut last = last_id.load(Ordering::Relaxed);
+    loop {
+        let next = now_ms.max(last + 1);
+        match last_id.compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_ids_only_grow_whatever_the_clock_does() {
+        // A restart after ids ran ahead of the clock (it was set forward, then back).
+        let last = AtomicU64::new(2_000_000);
+        assert_eq!(next_id(&last, 1_000_000), 2_000_001);
+        assert_eq!(next_id(&last, 1_000_000), 2_000_002);
+        assert_eq!(next_id(&last, 3_000_000), 3_000_000);
+        assert_eq!(next_id(&last, 3_000_000), 3_000_001);
     }
 }
 

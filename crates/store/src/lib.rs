@@ -602,6 +602,20 @@ impl Store {
         })
     }
 
+    /// The id of the newest actuator command logged (`device.command`, detail `command ID …`):
+    /// a restarted server issues only larger ones, whatever its clock says, since devices
+    /// refuse an id not above the last they accepted.
+    pub fn last_command_id(&mut self) -> Result<Option<u64>, StoreError> {
+        let details = self.db.query(
+            "SELECT detail FROM admin_actions WHERE action = 'device.command' ORDER BY id DESC LIMIT 1",
+            &[],
+            |r| r.text(0),
+        )?;
+        Ok(details
+            .first()
+            .and_then(|d| d.strip_prefix("command ")?.split(' ').next()?.parse().ok()))
+    }
+
     /// Records an administrative action (user, token, grant, key changes…) in the log.
     pub fn log_admin(
         &mut self,

@@ -371,6 +371,15 @@ fn suite(url: &str) {
         ["operator", "auditor"]
     );
     moved(&mut s, "add_user");
+    // Actuator command ids keep growing across restarts: the newest logged one is found.
+    assert_eq!(s.last_command_id().unwrap(), None);
+    for id in [1_764_000_000_000_123u64, 1_764_000_000_000_124] {
+        let detail = format!("command {id} plug/switch on topic msec/v1/santander/d1/commands");
+        s.log_admin("op", "device.command", "d1", &detail).unwrap();
+    }
+    s.log_admin("op", "device.command_unconfirmed", "d1", "command 9 …")
+        .unwrap();
+    assert_eq!(s.last_command_id().unwrap(), Some(1_764_000_000_000_124));
     // A tenant's first device makes the tenant known to access control; its next does not.
     let of_tenant = |id: &str, byte: u8| NewDevice {
         tenant: "bilbao".into(),
