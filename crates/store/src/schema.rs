@@ -193,8 +193,29 @@ pub(crate) fn current_version(db: &mut Db) -> Result<i64, StoreError> {
     Ok(v.into_iter().next().unwrap_or(0))
 }
 
+/// Takes PostgreSQL's migration lock for the current transaction (SQLite's BEGIN IMMEDIATE
+/// already serialises writers).
+fn lock(db: &mut Db) -> Result<(), StoreError> {
+    if db.engine() == "postgres" {
+        db.query("SELECT pg_advisory_xact_lock(726374)", &[], |_| Ok(()))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn migrate(db: &mut Db) -> Result<(), StoreError> {
-    db.batch("CREATE TABLE IF NOT EXISTS msec_schema (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)")?;
+    // Under the lock too: two PostgreSQL sessions creating the same table at once can both
+    // pass IF NOT EXISTS, and one then fails.
+    db.begin()?;
+    let created = lock(db).and_then(|()| {
+        db.batch("CREATE TABLE IF NOT EXISTS msec_schema (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)")
+    });
+    match created {
+        Ok(_) => db.commit()?,
+        Err(e) => {
+            let _ = db.rollback();
+            return Err(e);
+        }
+    }
     let current = current_version(db)?;
     let newest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     if current > newest {
@@ -219,6 +240,21 @@ pub(crate) fn migrate(db: &mut Db) -> Result<(), StoreError> {
     for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
         let sql = db.dialect(sql);
         db.begin()?;
+        // Another process starting at the same moment may have applied it meanwhile: checked
+        // again under a lock (SQLite's BEGIN IMMEDIATE already is one), or both would run it
+        // and one fail to start.
+        let done = lock(db).and_then(|()| current_version(db));
+        match done {
+            Ok(now) if now >= *version => {
+                db.commit()?;
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = db.rollback();
+                return Err(e);
+            }
+        }
         let applied = db.batch(&sql).and_then(|_| {
             db.exec(
                 "INSERT INTO msec_schema (version, applied_ms) VALUES ($1, $2)",

@@ -495,6 +495,36 @@ fn postgres_behaviour() {
     }
 }
 
+/// Several processes starting on one new database at the same moment: each applies the
+/// migrations or finds them applied, and every one starts.
+fn concurrent_first_opens(url: &str) {
+    let keys: Arc<dyn KekProvider> = Arc::new(MemoryKeys::new());
+    std::thread::scope(|scope| {
+        let opens: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| Store::open(url, keys.clone()).map(drop)))
+            .collect();
+        for open in opens {
+            open.join().unwrap().unwrap();
+        }
+    });
+    assert_eq!(Store::open(url, keys).unwrap().schema_version().unwrap(), 5);
+}
+
+#[test]
+fn sqlite_concurrent_first_opens() {
+    let dir = std::env::temp_dir().join(msec_testkit::unique("msec-first-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    concurrent_first_opens(dir.join("msec.db").to_str().unwrap());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn postgres_concurrent_first_opens() {
+    if let Some(url) = msec_testkit::postgres_url() {
+        concurrent_first_opens(&url);
+    }
+}
+
 #[test]
 fn unreachable_database_is_a_clear_error() {
     let err = Store::open(
