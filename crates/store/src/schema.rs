@@ -175,12 +175,15 @@ const MIGRATIONS: &[(i64, &str)] = &[
     INSERT INTO access_state (id, version) VALUES (1, 0);",
     ),
     (
-        // The tenant an event concerns, so each tenant's auditors read their own events only.
-        // Events stored before it have none: only platform-wide auditors (administrators) see
-        // them.
+        // The tenant an event concerns, so each tenant's auditors read their own events only
+        // (events stored before it have none: only platform-wide auditors see them); and a
+        // nonce per event, so that a batch committed again after a COMMIT whose answer was lost
+        // stores its events once.
         5,
         "ALTER TABLE security_events ADD COLUMN tenant TEXT;
-    CREATE INDEX security_events_tenant ON security_events (tenant, id);",
+    CREATE INDEX security_events_tenant ON security_events (tenant, id);
+    ALTER TABLE security_events ADD COLUMN nonce {BLOB};
+    CREATE UNIQUE INDEX security_events_nonce ON security_events (nonce);",
     ),
 ];
 
@@ -203,6 +206,12 @@ fn lock(db: &mut Db) -> Result<(), StoreError> {
 }
 
 pub(crate) fn migrate(db: &mut Db) -> Result<(), StoreError> {
+    let newest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    // Up to date, the usual start: nothing to write, so no lock to wait for (a process that
+    // only reads must not queue behind writers). Fails, and goes on below, on a new database.
+    if current_version(db).is_ok_and(|v| v == newest) {
+        return Ok(());
+    }
     // Under the lock too: two PostgreSQL sessions creating the same table at once can both
     // pass IF NOT EXISTS, and one then fails.
     db.begin()?;
@@ -217,7 +226,6 @@ pub(crate) fn migrate(db: &mut Db) -> Result<(), StoreError> {
         }
     }
     let current = current_version(db)?;
-    let newest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     if current > newest {
         return Err(StoreError::Backend(format!(
             "the database has schema version {current}, newer than this msec understands ({newest}); upgrade msec"
