@@ -89,6 +89,7 @@ impl Budget {
             reason: SUPPRESSED.into(),
             device_id: None,
             tenant: tenant.map(str::to_owned),
+            nonce: msec_store::event_nonce(),
             source: "msec".into(),
             detail: format!(
                 "{total} refusals in {:.1} s came faster than {PER_SECOND} a second (after a burst of {BURST}) and are counted here, not stored one by one: {}",

@@ -154,6 +154,7 @@ impl Writer {
                 source: source.to_string(),
                 detail: rejection.detail.clone(),
                 tenant: rejection.tenant.clone(),
+                nonce: msec_store::event_nonce(),
             });
         } else {
             self.metrics.reject(rejection.reason);

@@ -208,6 +208,32 @@ pub struct NewEvent {
     pub source: String,
     pub detail: String,
     pub tenant: Option<String>,
+    /// Unique per event ([`event_nonce`]): a batch committed again is stored once.
+    pub nonce: [u8; 16],
+}
+
+/// A fresh event nonce: a random prefix drawn once per process, then a counter. Unique within
+/// the process by construction, across processes with overwhelming probability.
+pub fn event_nonce() -> [u8; 16] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<[u8; 8]> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut p = [0u8; 8];
+        if getrandom::fill(&mut p).is_err() {
+            // Without randomness, the clock and the process id still differ between processes.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            p = (now ^ u64::from(std::process::id()).rotate_left(40)).to_be_bytes();
+        }
+        p
+    });
+    let mut nonce = [0u8; 16];
+    nonce[..8].copy_from_slice(prefix);
+    nonce[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    nonce
 }
 
 /// Device metadata learnt from accepted readings.
@@ -714,9 +740,9 @@ impl Store {
         }
         let mut ids = Vec::with_capacity(batch.events.len());
         for e in &batch.events {
-            let id = self.db.query(
-                "INSERT INTO security_events (at_ms, reason, device_id, source, detail, tenant) \
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            let inserted = self.db.query(
+                "INSERT INTO security_events (at_ms, reason, device_id, source, detail, tenant, nonce) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (nonce) DO NOTHING RETURNING id",
                 &[
                     P::I64(e.at_ms),
                     P::Text(&e.reason),
@@ -724,10 +750,21 @@ impl Store {
                     P::Text(&e.source),
                     P::Text(&e.detail),
                     P::OptText(e.tenant.as_deref()),
+                    P::Bytes(&e.nonce),
                 ],
                 |r| r.i64(0),
             )?;
-            for id in id {
+            if inserted.is_empty() {
+                // Committed before (its COMMIT's answer was lost): the same event, logged then.
+                let stored = self.db.query(
+                    "SELECT id FROM security_events WHERE nonce = $1",
+                    &[P::Bytes(&e.nonce)],
+                    |r| r.i64(0),
+                )?;
+                ids.extend(stored);
+                continue;
+            }
+            for id in inserted {
                 let leaf = log::event_leaf(
                     id,
                     e.at_ms,

@@ -665,7 +665,10 @@ impl crate::Store {
     pub fn leaf_hashes(&mut self, from: u64, limit: u64) -> Result<Vec<Hash>, StoreError> {
         self.db.query(
             "SELECT hash FROM log_leaves WHERE idx >= $1 ORDER BY idx LIMIT $2",
-            &[P::I64(from as i64), P::I64(limit as i64)],
+            &[
+                P::I64(i64::try_from(from).unwrap_or(i64::MAX)),
+                P::I64(i64::try_from(limit).unwrap_or(i64::MAX)),
+            ],
             |r| {
                 r.bytes(0)?
                     .try_into()

@@ -124,6 +124,7 @@ fn protection(url: &str) {
             source: "test".into(),
             detail: "sequence 3 again".into(),
             tenant: Some("santander".into()),
+            nonce: msec_store::event_nonce(),
         }],
         devices: vec![vitals(3)],
     })
@@ -719,6 +720,7 @@ fn upgrade_keeps_untenanted_events(url: &str) {
         source: "test".into(),
         detail: "from schema 4".into(),
         tenant: None,
+        nonce: msec_store::event_nonce(),
     };
     s.commit(&Batch {
         events: vec![event],
@@ -730,6 +732,7 @@ fn upgrade_keeps_untenanted_events(url: &str) {
     raw(
         url,
         "DROP INDEX security_events_tenant; ALTER TABLE security_events DROP COLUMN tenant; \
+         DROP INDEX security_events_nonce; ALTER TABLE security_events DROP COLUMN nonce; \
          DELETE FROM msec_schema WHERE version = 5;",
     );
     let mut s = Store::open(url, keys).unwrap();

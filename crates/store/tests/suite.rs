@@ -184,6 +184,7 @@ fn suite(url: &str) {
             source: "test".into(),
             detail: "forged".into(),
             tenant: Some("t1".into()),
+            nonce: msec_store::event_nonce(),
         }],
         devices: vec![DeviceUpdate {
             device_id: "d1".into(),
@@ -193,13 +194,19 @@ fn suite(url: &str) {
             link: None,
         }],
     };
-    assert_eq!(s.commit(&batch).unwrap().len(), 1);
-    // Redelivery of the same batch is idempotent.
+    let ids = s.commit(&batch).unwrap();
+    assert_eq!(ids.len(), 1);
+    // Redelivery of the same readings is idempotent, and so is the same batch committed again
+    // (after a COMMIT whose answer was lost): its event is stored and logged once.
     s.commit(&Batch {
         readings: batch.readings.clone(),
         ..Default::default()
     })
     .unwrap();
+    let logged = s.leaf_hashes(0, u64::MAX).unwrap().len();
+    assert_eq!(s.commit(&batch).unwrap(), ids);
+    assert_eq!(s.leaf_hashes(0, u64::MAX).unwrap().len(), logged);
+    assert_eq!(s.counts().unwrap().security_events, 1);
     let d1 = s.device("d1").unwrap().unwrap();
     assert_eq!(
         (d1.last_seen_ms, d1.last_sequence, d1.battery),
@@ -292,6 +299,7 @@ fn suite(url: &str) {
         source: "test".into(),
         detail: "no such key".into(),
         tenant: tenant.map(str::to_owned),
+        nonce: msec_store::event_nonce(),
     };
     s.commit(&Batch {
         events: vec![event(Some("t2")), event(None), event(Some("t1"))],
