@@ -304,6 +304,29 @@ async fn table(url: String) {
             .allowed,
         "after the window"
     );
+    // A grant to a tenant's role reaches that tenant's holders of it only.
+    let to_role = NewGrant {
+        effect: "allow".into(),
+        subject: "role:santander:operator".into(),
+        actions: vec!["manage".into()],
+        resource: "fujisawa/fujisawa/truck-1".into(),
+        valid_from_ms: None,
+        valid_until_ms: None,
+        purpose: None,
+    };
+    db.call(move |s| s.add_grant(&to_role, "admin"))
+        .await
+        .unwrap();
+    let a = access.clone();
+    blocking(move || a.reload().unwrap()).await;
+    let manager = |name: &'static str| {
+        let p = &principals.iter().find(|(n, _)| n == name).unwrap().1;
+        access
+            .decide(p, Action::Manage, &resource("truck-1"), now)
+            .allowed
+    };
+    assert!(manager("op-santander"));
+    assert!(!manager("op-fujisawa"));
     // A disabled user is nobody, at once.
     db.call(|s| s.disable_user("op-fujisawa", "test"))
         .await

@@ -47,6 +47,11 @@ pub fn valid_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+/// The roles requests carry as they are, beside every role qualified by the user's tenant
+/// (`santander:operator`): administrators act everywhere, and caregivers are refused acting
+/// everywhere.
+pub const UNQUALIFIED_ROLES: [&str; 2] = ["admin", "caregiver"];
+
 /// The one tenant name no tenant may have: `platform/…` resources are the platform's own
 /// (security events of every tenant), and a tenant's rules cover `TENANT/**`.
 pub const RESERVED_TENANT: &str = "platform";

@@ -237,6 +237,17 @@ impl Store {
     }
 
     pub fn add_grant(&mut self, g: &NewGrant, actor: &str) -> Result<Grant, StoreError> {
+        // Requests carry a tenant's roles qualified (`santander:operator`); only these two
+        // also as they are, so a grant to any other bare role would match nobody, and meant
+        // every tenant's holders of it if it did.
+        if let Some(role) = g.subject.strip_prefix("role:") {
+            if !role.contains(':') && !crate::UNQUALIFIED_ROLES.contains(&role) {
+                return Err(StoreError::Invalid(format!(
+                    "name the tenant of role {role:?}, e.g. role:santander:{role} (only {} are matched in every tenant)",
+                    crate::UNQUALIFIED_ROLES.join(" and ")
+                )));
+            }
+        }
         match (g.valid_from_ms, g.valid_until_ms) {
             (Some(from), Some(until)) if from >= until => {
                 return Err(StoreError::Invalid(format!(

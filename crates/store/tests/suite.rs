@@ -150,6 +150,15 @@ fn suite(url: &str) {
             "{from:?} {until:?}"
         );
     }
+    // A role other than admin and caregiver names its tenant: a bare one would match nobody.
+    let to = |subject: &str| NewGrant {
+        subject: subject.into(),
+        ..window(None, None)
+    };
+    assert!(matches!(
+        s.add_grant(&to("role:operator"), "t"),
+        Err(StoreError::Invalid(_))
+    ));
     assert!(s.grants().unwrap().is_empty());
     s.register_device(&device("d2", 2)).unwrap();
     assert_eq!(
