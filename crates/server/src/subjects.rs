@@ -17,24 +17,15 @@ pub(crate) async fn export(
     Path(subject): Path<String>,
 ) -> Result<Response, Problem> {
     let p = auth::caller(&s, &headers, peer, false).await?;
-    let tenant = tenant_of(&s, &subject).await?;
     // Whether msec holds anything about a person is itself personal data.
     let shown = format!("subject {:?}", msec_store::bounded(&subject, 64));
-    auth::authorize_hidden(
-        &s,
-        &p,
-        Action::Read,
-        &resource(&tenant, &subject),
-        &shown,
-        peer,
-    )
-    .await?;
-    if tenant.is_none() {
+    let tenants = authorize(&s, &p, Action::Read, &subject, &shown, peer).await?;
+    if tenants.is_empty() {
         return Err(Problem::not_found(format!("nothing is held about {shown}")));
     }
     // A tenant owns its public infrastructure; it is no person with a right of access, and
     // exporting everything every park monitor ever sent in one answer would tie the server up.
-    if tenant.as_deref() == Some(subject.as_str()) {
+    if tenants.contains(&subject) {
         return Err(Problem::bad_request(format!(
             "{shown} is a tenant, not a data subject: read its devices' readings page by page (GET /api/v1/devices/{{id}}/readings)"
         )));
@@ -43,27 +34,27 @@ pub(crate) async fn export(
     Ok(Json(export).into_response())
 }
 
-/// A subject's tenant: the tenant of its devices, or of the user it is; `None` when msec holds
-/// nothing about it.
-pub(crate) async fn tenant_of(s: &AppState, subject: &str) -> Result<Option<String>, Problem> {
+/// Allows or refuses `action` on a subject's data, `TENANT/SUBJECT`, in every tenant it has
+/// data in (one, unless data predates that rule: an export holds them all); returns those
+/// tenants. A subject msec holds nothing about is checked under [`auth::NO_TENANT`], so that
+/// only those who may see everything can tell it from a forbidden one.
+pub(crate) async fn authorize(
+    s: &AppState,
+    p: &msec_access::Principal,
+    action: Action,
+    subject: &str,
+    shown: &str,
+    peer: std::net::SocketAddr,
+) -> Result<Vec<String>, Problem> {
     let lookup = subject.to_string();
-    Ok(s.db
-        .call(move |db| {
-            let from_devices = db
-                .devices()?
-                .into_iter()
-                .find(|d| d.owner == lookup)
-                .map(|d| d.tenant);
-            Ok(from_devices.or(db.user(&lookup)?.map(|u| u.tenant)))
-        })
-        .await?)
-}
-
-/// The resource a subject's data is under: `TENANT/SUBJECT`, or under [`auth::NO_TENANT`] for
-/// a subject msec holds nothing about (so that only those who may see everything can tell).
-pub(crate) fn resource(tenant: &Option<String>, subject: &str) -> String {
-    match tenant {
-        Some(t) => format!("{t}/{subject}"),
-        None => format!("{}/{}", auth::NO_TENANT, msec_store::bounded(subject, 64)),
+    let tenants = s.db.call(move |db| db.subject_tenants(&lookup)).await?;
+    if tenants.is_empty() {
+        let unknown = format!("{}/{}", auth::NO_TENANT, msec_store::bounded(subject, 64));
+        auth::authorize_hidden(s, p, action, &unknown, shown, peer).await?;
     }
+    for tenant in &tenants {
+        let resource = format!("{tenant}/{subject}");
+        auth::authorize_hidden(s, p, action, &resource, shown, peer).await?;
+    }
+    Ok(tenants)
 }

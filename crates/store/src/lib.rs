@@ -502,6 +502,19 @@ impl Store {
                 d.id
             )));
         }
+        // A data subject belongs to one tenant: its data key, export and erasure are the
+        // subject's, so a second tenant's device under the same name would fall under the
+        // first tenant's export (and its erasure), and the reverse.
+        if let Some(other) = self
+            .subject_tenants(&d.owner)?
+            .into_iter()
+            .find(|t| *t != d.tenant)
+        {
+            return Err(StoreError::Invalid(format!(
+                "owner {:?} is a data subject of tenant {other:?}; a subject belongs to one tenant",
+                d.owner
+            )));
+        }
         self.transaction(|s| {
             let now = now_ms();
             let dek = s.keys.dek(&mut s.db, &d.owner, true)?.ok_or_else(|| {
@@ -602,6 +615,24 @@ impl Store {
     }
 
     /// The tenants that have devices, without opening any device's sealed profile.
+    /// The tenants a data subject belongs to: those of the devices it owns and, if it is a
+    /// user, the user's (one, unless data predates the check in `register_device`). Reads no
+    /// encrypted field.
+    pub fn subject_tenants(&mut self, subject: &str) -> Result<Vec<String>, StoreError> {
+        let mut tenants = self.db.query(
+            "SELECT DISTINCT tenant FROM devices WHERE owner = $1",
+            &[P::Text(subject)],
+            |r| r.text(0),
+        )?;
+        if let Some(u) = self.user(subject)? {
+            tenants.push(u.tenant);
+        }
+        tenants.retain(|t| valid_tenant(t));
+        tenants.sort();
+        tenants.dedup();
+        Ok(tenants)
+    }
+
     pub fn device_tenants(&mut self) -> Result<Vec<String>, StoreError> {
         self.db.query(
             "SELECT DISTINCT tenant FROM devices ORDER BY tenant",

@@ -107,6 +107,19 @@ fn suite(url: &str) {
             );
         }
     }
+    // A data subject belongs to one tenant: its export and erasure cover all it owns.
+    let elsewhere = NewDevice {
+        tenant: "fujisawa".into(),
+        owner: "owner-of-d1".into(),
+        ..device("d1-twin", 11)
+    };
+    let err = s.register_device(&elsewhere).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid(m) if m.contains("santander")),
+        "{err}"
+    );
+    assert_eq!(s.subject_tenants("owner-of-d1").unwrap(), ["santander"]);
+    assert!(s.subject_tenants("nobody").unwrap().is_empty());
     // `platform/…` resources are the platform's own (every tenant's security events).
     let platform = NewDevice {
         tenant: RESERVED_TENANT.into(),
