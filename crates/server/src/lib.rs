@@ -282,14 +282,17 @@ async fn register_device(
     let r: Registration = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("registration JSON: {e}")))?;
     // Permission first: a caller who may not register here learns nothing from the checks
-    // below, and the attempt is recorded.
-    let owner = r.owner.as_deref().unwrap_or(&r.tenant);
-    let resource = device_resource(
-        &msec_store::bounded(&r.tenant, 64),
-        &msec_store::bounded(owner, 64),
-        &msec_store::bounded(&r.id, 64),
-    );
-    auth::authorize(&s, &p, Action::Manage, &resource, peer).await?;
+    // below, and the attempt is recorded. `manage` on the whole tenant, not on the device's
+    // path: device ids and keys are unique across msec, so a registration claims them for
+    // good, and its conflicts tell whether they are taken (a resident, who manages her own
+    // path, could otherwise take the id or public key of a device about to be installed,
+    // and with the key receive its readings over HTTP).
+    if !msec_store::valid_tenant(&r.tenant) {
+        return Err(Problem::bad_request(
+            "tenant: 1 to 64 characters of A-Z a-z 0-9 . _ -, not \"platform\"",
+        ));
+    }
+    auth::authorize(&s, &p, Action::Manage, &r.tenant, peer).await?;
     let device = new_device(r)?;
     let stored = s.db.call(move |db| db.register_device(&device)).await?;
     s.ingest.refresh_device(&stored);

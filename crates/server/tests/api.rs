@@ -1044,6 +1044,12 @@ async fn residents_manage_only_their_own_grants() {
         assert_eq!(listed(), [own], "a resident sees exactly her own grants");
         assert_eq!(create(resident, "santander/resident-008/**").status, 403);
         assert_eq!(create(resident, "santander/**").status, 403);
+        // Nor may she register devices, even under her own path: a registration claims an id
+        // and a key across msec (and its 409 tells whether they are taken).
+        let key = DeviceKey::generate().unwrap();
+        let reg = serde_json::json!({"id": "home-007-new", "tenant": "santander", "owner": "resident-007", "kind": "k", "public_key": hex::encode(key.public_key())}).to_string();
+        assert_eq!(http(resident, "POST", "/api/v1/devices", "application/json", reg.as_bytes()).status, 403);
+        assert_eq!(http(srv, "POST", "/api/v1/devices", "application/json", reg.as_bytes()).status, 201);
         let mine = create(resident, "santander/resident-007/home-007-bed");
         assert_eq!(mine.status, 201, "{}", mine.body);
         let delete = |id: i64| http(resident, "DELETE", &format!("/api/v1/grants/{id}"), "text/plain", b"").status;
