@@ -33,8 +33,8 @@ pub struct Denied {
     pub detail: String,
     /// The principal, if known.
     pub principal: Option<String>,
-    /// The principal's tenant, whose auditors see the event; None when nobody known was
-    /// refused (platform-wide auditors only).
+    /// The tenant whose auditors see the event: for `forbidden`, the refused resource's (see
+    /// [`Access::require`]), else the refused principal's; None for platform-wide events.
     pub tenant: Option<Box<str>>, // boxed: refusals travel in `Result`s, so kept small
     /// The rule that decided a `forbidden`, if one did (else deny by default).
     pub rule: Option<String>,
