@@ -265,7 +265,9 @@ fn snapshot(store: &mut Store, version: i64) -> Result<Snapshot, AccessError> {
         .filter(|u| msec_store::valid_tenant(&u.tenant))
     {
         rules.push(Rule {
-            id: format!("owner-{}", u.id),
+            // `:` is in no tenant name, so no tenant's rule (`T-operators`) can take this id:
+            // a clash would stop every later rebuild of the rules.
+            id: format!("owner:{}", u.id),
             effect: Effect::Allow,
             subject: Subject::Principal(u.id.clone()),
             actions: vec![Read, Subscribe, Act, Manage],

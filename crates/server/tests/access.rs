@@ -327,6 +327,17 @@ async fn table(url: String) {
     };
     assert!(manager("op-santander"));
     assert!(!manager("op-fujisawa"));
+    // A resident named like a tenant rule's suffix, in a tenant named `owner`: the two rules'
+    // ids must not clash, or no rule change would apply any more.
+    let odd = NewUser {
+        id: "operators".into(),
+        tenant: "owner".into(),
+        roles: vec!["resident".into()],
+        password_hash: "$argon2id$stand-in".into(),
+    };
+    db.call(move |s| s.add_user(&odd, "admin")).await.unwrap();
+    let a = access.clone();
+    blocking(move || a.reload().unwrap()).await;
     // A disabled user is nobody, at once.
     db.call(|s| s.disable_user("op-fujisawa", "test"))
         .await
