@@ -319,15 +319,12 @@ fn grant_rule(g: &Grant) -> Result<Rule, AccessError> {
     })
 }
 
-/// The roles a user's request carries: every role qualified by the user's tenant
-/// (`santander:operator`), so tenant rules and grants stay in their tenant, and
-/// [`msec_store::UNQUALIFIED_ROLES`] also as they are.
+/// The roles a user's request carries: each as it is and qualified by the user's tenant
+/// (`santander:operator`). Built-in tenant rules name qualified roles; new grants to a bare role
+/// other than [`msec_store::UNQUALIFIED_ROLES`] are refused (they would reach every tenant), but
+/// grants stored before that keep matching as they did (a deny among them must not lapse).
 fn request_roles(tenant: &str, roles: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = roles
-        .iter()
-        .filter(|r| msec_store::UNQUALIFIED_ROLES.contains(&r.as_str()))
-        .cloned()
-        .collect();
+    let mut out = roles.to_vec();
     out.extend(roles.iter().map(|r| format!("{tenant}:{r}")));
     out
 }
@@ -717,21 +714,6 @@ impl Access {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn only_admin_and_caregiver_reach_beyond_their_tenant() {
-        let roles = ["operator", "caregiver", "admin"].map(String::from);
-        assert_eq!(
-            super::request_roles("santander", &roles),
-            [
-                "caregiver",
-                "admin",
-                "santander:operator",
-                "santander:caregiver",
-                "santander:admin"
-            ]
-        );
-    }
-
     #[test]
     fn a_printed_session_never_shows_its_secrets() {
         let session = super::Session {

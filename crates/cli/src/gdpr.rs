@@ -27,9 +27,9 @@ pub enum KeysCommand {
     /// new one (and the old one in MSEC_KEK_PREVIOUS).
     ///
     /// Rotating a key from the environment: set MSEC_KEK to a new KEK-ID:64-HEX-DIGITS and
-    /// MSEC_KEK_PREVIOUS to the old value (msec keeps running on both), run this, then remove
-    /// MSEC_KEK_PREVIOUS and destroy the old key: database backups taken before can no longer be
-    /// decrypted. With a key file, use `msec keys rotate`.
+    /// MSEC_KEK_PREVIOUS to the old value, restart every msec process on the database with
+    /// both, run this, then remove MSEC_KEK_PREVIOUS and destroy the old key: database backups
+    /// taken before can no longer be decrypted. With a key file, use `msec keys rotate`.
     #[command(verbatim_doc_comment)]
     Rewrap {
         #[command(flatten)]

@@ -107,10 +107,7 @@ pub async fn user(cmd: UserCommand) -> Result<()> {
                 bail!("a user id may use A-Z a-z 0-9 - _ . : @ (at most 128 characters)");
             }
             if !msec_store::valid_tenant(&tenant) {
-                bail!(
-                    "a tenant may use A-Z a-z 0-9 - _ . (at most 64 characters) and cannot be {:?}",
-                    msec_store::RESERVED_TENANT
-                );
+                bail!("{}", msec_store::TENANT_RULE);
             }
             if let Some(bad) = roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
                 bail!("unknown role {bad:?}; roles: {}", ROLES.join(", "));

@@ -13,7 +13,7 @@
 //! own, beside those of platform-wide events, with its own summaries (see [`EventBudget`]).
 
 use msec_store::NewEvent;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// Refusals stored one by one in a burst.
 pub const BURST: i64 = 1000;
@@ -41,7 +41,8 @@ struct Budget {
 /// registry and the known users only, so there are few.
 pub(crate) struct EventBudget {
     platform: Budget,
-    tenants: HashMap<String, Budget>,
+    /// Ordered, so that summaries reach the log in the same order every time.
+    tenants: BTreeMap<String, Budget>,
 }
 
 impl Budget {
@@ -104,7 +105,7 @@ impl EventBudget {
     pub(crate) fn new(now_ms: i64) -> EventBudget {
         EventBudget {
             platform: Budget::new(now_ms),
-            tenants: HashMap::new(),
+            tenants: BTreeMap::new(),
         }
     }
 

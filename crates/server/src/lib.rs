@@ -288,9 +288,7 @@ async fn register_device(
     // path, could otherwise take the id or public key of a device about to be installed,
     // and with the key receive its readings over HTTP).
     if !msec_store::valid_tenant(&r.tenant) {
-        return Err(Problem::bad_request(
-            "tenant: 1 to 64 characters of A-Z a-z 0-9 . _ -, not \"platform\"",
-        ));
+        return Err(Problem::bad_request(msec_store::TENANT_RULE));
     }
     auth::authorize(&s, &p, Action::Manage, &r.tenant, peer).await?;
     let device = new_device(r)?;

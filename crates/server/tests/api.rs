@@ -211,9 +211,11 @@ async fn start_behind(trusted_proxies: &[std::net::IpAddr]) -> Srv {
     let access = Arc::new(msec_access::Access::open(open()).unwrap());
     // As `msec serve` does: users added behind the server's back get their rules.
     let refreshed = access.clone();
-    std::thread::spawn(move || loop {
-        refreshed.refresh().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    // Ends when the test's database is gone.
+    std::thread::spawn(move || {
+        while refreshed.refresh().is_ok() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     });
     let (ingest, _) = Ingest::start(open(), Config::default()).unwrap();
     let db = DbHandle::start(open()).unwrap();
@@ -629,7 +631,11 @@ async fn each_tenants_auditors_read_only_that_tenants_events() {
             auditor.insert(tenant, add_token(srv, &id, &["audit", "read"], until).2);
         }
         // Rules for the new users' tenants: the server refreshes them every 100 ms.
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while auditor.values().any(|a| get(*a, "/api/v1/me").json()["may_audit"] != true) {
+            assert!(std::time::Instant::now() < deadline, "the auditors' rules never came");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let mut streams: Vec<_> = ["santander", "fujisawa"]
             .iter()
             .map(|t| (*t, open_stream(srv, auditor[t].auth)))
@@ -685,9 +691,15 @@ async fn each_tenants_auditors_read_only_that_tenants_events() {
             // Counts of every tenant, nothing about any one event.
             assert_eq!(get(auditor[tenant], "/metrics").status, 200);
         }
-        // Log proofs of events follow the same line (the log publishes within 100 ms here).
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // Log proofs of events follow the same line, once a checkpoint covers them (the log
+        // publishes every 100 ms here).
         let listed = get(srv, "/api/v1/security-events?limit=1000").json();
+        let newest = listed["events"][0]["id"].clone();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while get(srv, &format!("/api/v1/log/proof?record=event:{newest}")).status != 200 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint covers the events");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let id_of = |tenant: &str| {
             listed["events"].as_array().unwrap().iter().find(|e| e["tenant"] == tenant).unwrap()["id"].clone()
         };

@@ -187,6 +187,17 @@ impl Row for postgres::Row {
     }
 }
 
+/// How long an SQLite connection waits for another's write lock before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What [`Db::checkpoint_wal`] does (SQLite's checkpoint modes), and how long it may hold
+/// commits off waiting for readers.
+pub(crate) enum Checkpoint {
+    Passive,
+    Restart(Duration),
+    Truncate(Duration),
+}
+
 pub(crate) enum Db {
     Sqlite(rusqlite::Connection),
     Postgres(Box<Pg>),
@@ -388,10 +399,13 @@ impl Db {
             .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
         // WAL lets the API read while ingest writes; synchronous=FULL makes a commit survive
         // power loss, which is what "acknowledged only after a durable commit" promises.
+        // secure_delete: content a change frees (an erased subject's wrapped data key) is
+        // overwritten, not left in the page's free space.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-             PRAGMA busy_timeout = 10000;",
+             PRAGMA secure_delete = ON;",
         )
+        .and_then(|()| conn.busy_timeout(SQLITE_BUSY_TIMEOUT))
         .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
         // SQLite creates its log files with the database file's mode.
         #[cfg(unix)]
@@ -435,39 +449,30 @@ impl Db {
     /// SQLite: copies the write-ahead log into the database file; returns the log's size in
     /// bytes, or `None` when readers of older snapshots kept it from finishing. A PASSIVE
     /// checkpoint copies what it can without waiting for or blocking anyone, but never lets the
-    /// log start over while commits keep arriving. A RESTART one (`restart` is how long it may
-    /// wait for readers) holds off commits until it has copied the rest, so the next commit
-    /// writes the log from its start again, reusing the file.
-    pub(crate) fn checkpoint_wal(
-        &mut self,
-        restart: Option<std::time::Duration>,
-    ) -> Result<Option<u64>, StoreError> {
+    /// log start over while commits keep arriving. A RESTART one holds off commits until it has
+    /// copied the rest, so the next commit writes the log from its start again, reusing the
+    /// file; a TRUNCATE one also empties the file. Both wait at most `wait` for readers (and
+    /// hold commits off that long), then this connection waits as long as before again.
+    pub(crate) fn checkpoint_wal(&mut self, mode: Checkpoint) -> Result<Option<u64>, StoreError> {
         let Db::Sqlite(c) = self else {
             return Ok(Some(0));
         };
-        let sql = match restart {
-            None => "PRAGMA wal_checkpoint(PASSIVE)",
-            Some(wait) => {
-                c.busy_timeout(wait)?;
-                "PRAGMA wal_checkpoint(RESTART)"
-            }
+        let (sql, wait) = match mode {
+            Checkpoint::Passive => ("PRAGMA wal_checkpoint(PASSIVE)", None),
+            Checkpoint::Restart(wait) => ("PRAGMA wal_checkpoint(RESTART)", Some(wait)),
+            Checkpoint::Truncate(wait) => ("PRAGMA wal_checkpoint(TRUNCATE)", Some(wait)),
         };
+        if let Some(wait) = wait {
+            c.busy_timeout(wait)?;
+        }
         let page: u64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         // Columns: busy (1 if it gave up waiting), pages in the log, pages copied.
-        let (busy, pages) =
-            c.query_row(sql, [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        let result = c.query_row(sql, [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)));
+        if wait.is_some() {
+            c.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
+        }
+        let (busy, pages) = result?;
         Ok((busy == 0).then(|| page * pages.max(0) as u64))
-    }
-
-    /// SQLite: copies the write-ahead log into the database file and empties it, so that page
-    /// images from before the last commits (an erased subject's wrapped data key) are gone
-    /// from it; `false` when readers kept it from finishing. Nothing to do on PostgreSQL.
-    pub(crate) fn truncate_wal(&mut self) -> Result<bool, StoreError> {
-        let Db::Sqlite(c) = self else {
-            return Ok(true);
-        };
-        let busy: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        Ok(busy == 0)
     }
 
     pub(crate) fn engine(&self) -> &'static str {

@@ -281,7 +281,13 @@ impl Store {
         // The page that held the subject's wrapped data key is rewritten without it, but older
         // images of it stay in SQLite's write-ahead log until the log is reused: empty it now.
         // Best effort (readers may hold it), and moot once the KEK is rotated below.
-        if !matches!(self.db.truncate_wal(), Ok(true)) {
+        // A short wait, as the checkpoint thread's: it holds a running server's commits off.
+        let wait = std::time::Duration::from_millis(50);
+        if !matches!(
+            self.db
+                .checkpoint_wal(crate::db::Checkpoint::Truncate(wait)),
+            Ok(Some(_))
+        ) {
             tracing::warn!(subject, "could not empty the write-ahead log after the erasure; it is reused as ingest goes on");
         }
         // The erasure has taken effect: a rotation that fails is reported with it, not as a

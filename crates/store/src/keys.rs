@@ -14,6 +14,9 @@ pub(crate) struct Keys {
     provider: Arc<dyn KekProvider>,
     ring: KeyRing,
     epoch: i64,
+    /// The KEK the database's data keys are (being) wrapped under, as the last rotation or
+    /// re-wrap recorded it (`vault_state.kek_id`); None before any.
+    database_kek: Option<String>,
     /// `None`: the subject was erased.
     deks: HashMap<String, Option<DataKey>>,
     owners: HashMap<String, String>,
@@ -38,6 +41,7 @@ impl Keys {
             provider,
             ring,
             epoch: -1,
+            database_kek: None,
             deks: HashMap::new(),
             owners: HashMap::new(),
         })
@@ -52,19 +56,20 @@ impl Keys {
         // Reads need no lock: they make no keys. (SQLite's write transactions already exclude
         // each other.)
         let sql = if in_transaction && db.engine() == "postgres" {
-            "SELECT epoch FROM vault_state WHERE id = 1 FOR SHARE"
+            "SELECT epoch, kek_id FROM vault_state WHERE id = 1 FOR SHARE"
         } else {
-            "SELECT epoch FROM vault_state WHERE id = 1"
+            "SELECT epoch, kek_id FROM vault_state WHERE id = 1"
         };
-        let epoch = db
-            .query(sql, &[], |r| r.i64(0))?
-            .first()
-            .copied()
-            .unwrap_or(0);
+        let (epoch, kek) = db
+            .query(sql, &[], |r| Ok((r.i64(0)?, r.opt_text(1)?)))?
+            .into_iter()
+            .next()
+            .unwrap_or((0, None));
         if epoch != self.epoch {
             self.ring = self.provider.load().map_err(keys_error)?;
             self.deks.clear();
             self.epoch = epoch;
+            self.database_kek = kek;
         }
         Ok(())
     }
@@ -137,6 +142,18 @@ impl Keys {
             ),
             Some(_) => None,
             None if create => {
+                // A process still on a KEK that a rotation or re-wrap elsewhere replaced (one
+                // started with the old MSEC_KEK alone, say) must not wrap keys under it: they
+                // would be lost when that KEK is destroyed.
+                if let Some(kek) = self.database_kek.as_deref() {
+                    if kek != self.ring.current_id() {
+                        return Err(StoreError::Keys(format!(
+                            "the current key-encryption key here ({}, from {}) is not the database's ({kek}): keys were rotated or re-wrapped by another process; restart this one with the current key",
+                            self.ring.current_id(),
+                            self.provider.describe()
+                        )));
+                    }
+                }
                 let dek = DataKey::generate();
                 let (kek, wrapped) = self.ring.wrap(subject, &dek);
                 db.exec(
@@ -204,8 +221,11 @@ fn rewrap_all(db: &mut Db, ring: &KeyRing) -> Result<usize, StoreError> {
         db.begin()?;
         let step = (|| {
             // First, so that a transaction that may wrap a new data key either commits before
-            // this pass reads the keys, or sees the new epoch (see `sync`).
-            bump_epoch(db)?;
+            // this pass reads the keys, or sees the new epoch and KEK (see `sync`, `dek`).
+            db.exec(
+                "UPDATE vault_state SET epoch = epoch + 1, kek_id = $1 WHERE id = 1",
+                &[P::Text(&current)],
+            )?;
             // A bounded pass, so that writers wait on the vault row briefly each time; the
             // loop goes on until a pass finds nothing left.
             let rows = db.query(

@@ -47,9 +47,8 @@ pub fn valid_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-/// The roles requests carry as they are, beside every role qualified by the user's tenant
-/// (`santander:operator`): administrators act everywhere, and caregivers are refused acting
-/// everywhere.
+/// The roles a grant may name without a tenant (`role:caregiver`); any other names its tenant
+/// (`role:santander:operator`), since a bare one reaches that role in every tenant.
 pub const UNQUALIFIED_ROLES: [&str; 2] = ["admin", "caregiver"];
 
 /// The one tenant name no tenant may have: `platform/…` resources are the platform's own
@@ -60,6 +59,10 @@ pub const RESERVED_TENANT: &str = "platform";
 pub fn valid_tenant(s: &str) -> bool {
     valid_id(s) && s != RESERVED_TENANT
 }
+
+/// What [`valid_tenant`] asks, for messages.
+pub const TENANT_RULE: &str =
+    "a tenant is 1 to 64 characters of A-Z a-z 0-9 . _ - and not \"platform\"";
 
 /// What a registration may say about a device. Checked before anything is stored: a NaN
 /// latitude, for one, would be stored as `null` and then fail every later read of the registry.
@@ -78,7 +81,8 @@ fn check_profile(d: &NewDevice) -> Result<(), StoreError> {
     }
     if !valid_tenant(&d.tenant) {
         return Err(StoreError::Invalid(format!(
-            "{RESERVED_TENANT:?} is reserved and cannot be a tenant"
+            "{TENANT_RULE} (got {:?})",
+            bounded(&d.tenant, 80)
         )));
     }
     let text = |what: &str, s: &str, max: usize| {
@@ -324,10 +328,10 @@ fn checkpoint_loop(mut db: Db, stopped: std::sync::mpsc::Receiver<()>, log_limit
         // ingest`.) A restart must also wait for every reader, and holds commits off while it
         // waits; after one gave up, the next waits a while, or a long reader (an export) would
         // cost the writer that wait on every pass.
-        let pass = match db.checkpoint_wal(None) {
+        let pass = match db.checkpoint_wal(db::Checkpoint::Passive) {
             Ok(Some(bytes)) if bytes > log_limit && Instant::now() >= next_restart => {
                 let start = Instant::now();
-                let done = db.checkpoint_wal(Some(WalCheckpointer::MAX_WAIT));
+                let done = db.checkpoint_wal(db::Checkpoint::Restart(WalCheckpointer::MAX_WAIT));
                 let started_over = matches!(done, Ok(Some(_)));
                 if !started_over {
                     next_restart = Instant::now() + WalCheckpointer::AFTER_GIVING_UP;
@@ -664,18 +668,20 @@ impl Store {
         })
     }
 
-    /// The id of the newest actuator command logged (`device.command`, detail `command ID …`):
-    /// a restarted server issues only larger ones, whatever its clock says, since devices
-    /// refuse an id not above the last they accepted.
+    /// The largest actuator command id logged lately (`device.command`, detail `command ID
+    /// …`): a restarted server issues only larger ones, whatever its clock says, since devices
+    /// refuse an id not above the last they accepted. Among the last hundred, because commands
+    /// sent at once may be logged out of order.
     pub fn last_command_id(&mut self) -> Result<Option<u64>, StoreError> {
         let details = self.db.query(
-            "SELECT detail FROM admin_actions WHERE action = 'device.command' ORDER BY id DESC LIMIT 1",
+            "SELECT detail FROM admin_actions WHERE action = 'device.command' ORDER BY id DESC LIMIT 100",
             &[],
             |r| r.text(0),
         )?;
         Ok(details
-            .first()
-            .and_then(|d| d.strip_prefix("command ")?.split(' ').next()?.parse().ok()))
+            .iter()
+            .filter_map(|d| d.strip_prefix("command ")?.split(' ').next()?.parse().ok())
+            .max())
     }
 
     /// Records an administrative action (user, token, grant, key changes…) in the log.

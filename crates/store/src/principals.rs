@@ -58,8 +58,8 @@ impl Store {
         // `*`: a platform-wide user of no tenant, such as the first administrator.
         if !crate::valid_tenant(&u.tenant) && u.tenant != "*" {
             return Err(StoreError::Invalid(format!(
-                "a tenant must be 1 to 64 characters of A-Z a-z 0-9 . _ - other than {:?} (got {:?})",
-                crate::RESERVED_TENANT,
+                "{} (got {:?})",
+                crate::TENANT_RULE,
                 crate::bounded(&u.tenant, 80)
             )));
         }
@@ -237,13 +237,12 @@ impl Store {
     }
 
     pub fn add_grant(&mut self, g: &NewGrant, actor: &str) -> Result<Grant, StoreError> {
-        // Requests carry a tenant's roles qualified (`santander:operator`); only these two
-        // also as they are, so a grant to any other bare role would match nobody, and meant
-        // every tenant's holders of it if it did.
+        // A grant to a bare role reaches its holders in every tenant: few mean that (a
+        // resident granting `role:operator` means her own tenant's operators).
         if let Some(role) = g.subject.strip_prefix("role:") {
             if !role.contains(':') && !crate::UNQUALIFIED_ROLES.contains(&role) {
                 return Err(StoreError::Invalid(format!(
-                    "name the tenant of role {role:?}, e.g. role:santander:{role} (only {} are matched in every tenant)",
+                    "name the tenant of role {role:?}, e.g. role:santander:{role} (only {} may be granted in every tenant at once)",
                     crate::UNQUALIFIED_ROLES.join(" and ")
                 )));
             }

@@ -178,12 +178,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
         // The tenant an event concerns, so each tenant's auditors read their own events only
         // (events stored before it have none: only platform-wide auditors see them); and a
         // nonce per event, so that a batch committed again after a COMMIT whose answer was lost
-        // stores its events once.
+        // stores its events once; and the KEK the last rotation or re-wrap put data keys under,
+        // so that a process still on an older one makes no new keys under it.
         5,
         "ALTER TABLE security_events ADD COLUMN tenant TEXT;
     CREATE INDEX security_events_tenant ON security_events (tenant, id);
     ALTER TABLE security_events ADD COLUMN nonce {BLOB};
-    CREATE UNIQUE INDEX security_events_nonce ON security_events (nonce);",
+    CREATE UNIQUE INDEX security_events_nonce ON security_events (nonce);
+    ALTER TABLE vault_state ADD COLUMN kek_id TEXT;",
     ),
 ];
 

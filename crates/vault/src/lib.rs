@@ -322,8 +322,18 @@ impl KekProvider for FileKeys {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let file = options.open(&lock).map_err(fail)?;
-        // Waits for a rotation in another process to finish.
-        file.lock().map_err(fail)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                // An interactive command would otherwise sit there without a word.
+                eprintln!(
+                    "waiting for another process's key rotation to finish ({})…",
+                    lock.display()
+                );
+                file.lock().map_err(fail)?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(fail(e)),
+        }
         Ok(Some(file))
     }
 }
@@ -336,19 +346,18 @@ fn private_temp(path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_private_dir(dir)?;
     }
+    // Process id and a counter: unique among this machine's writers whatever the clock.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = path.with_file_name(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = options
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
-    match written {
+    // Only a file this call created is removed on failure.
+    let mut file = options.open(&tmp)?;
+    match file.write_all(bytes).and_then(|()| file.sync_all()) {
         Ok(()) => Ok(tmp),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
@@ -386,11 +395,27 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// [`write_private`] for a file that must not exist yet: fails with `AlreadyExists`, replacing
 /// nothing, when it does (also when another process creates it meanwhile).
 pub fn write_private_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::ErrorKind;
     let tmp = private_temp(path, bytes)?;
     // A hard link, unlike a rename, never replaces its target.
     let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
-    linked?;
+    match linked {
+        Ok(()) => {}
+        // Filesystems without hard links (SMB, exFAT, some FUSE mounts): created in place, new,
+        // which is atomic against other creators though a crash may leave it partly written.
+        Err(e) if e.kind() != ErrorKind::AlreadyExists => {
+            use std::io::Write;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(path)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+        }
+        Err(e) => return Err(e),
+    }
     sync_parent(path);
     Ok(())
 }

@@ -80,6 +80,27 @@ fn env_keys_load_and_refuse_to_save() {
     assert!(matches!(p.save(&ring), Err(VaultError::ReadOnly(_))));
     std::env::set_var("MSEC_TEST_KEK", "nonsense");
     assert!(p.load().is_err());
+    // Rotating it: a new key current, the old one previous, until every data key is re-wrapped.
+    std::env::set_var("MSEC_TEST_KEK", format!("kek-new:{}", "cd".repeat(32)));
+    std::env::set_var(
+        "MSEC_TEST_KEK_PREVIOUS",
+        format!("kek-env:{}", "ab".repeat(32)),
+    );
+    let ring = p.load().unwrap();
+    assert_eq!(
+        (ring.current_id(), ring.previous_ids()),
+        ("kek-new", vec!["kek-env".to_string()])
+    );
+    let (id, wrapped) = ring.wrap("alice", &DataKey::generate());
+    assert_eq!(id, "kek-new");
+    assert!(ring.unwrap("alice", &id, &wrapped).is_ok());
+    std::env::set_var(
+        "MSEC_TEST_KEK_PREVIOUS",
+        format!("kek-new:{}", "cd".repeat(32)),
+    );
+    assert!(p.load().is_err(), "the current key again as a previous one");
+    std::env::set_var("MSEC_TEST_KEK_PREVIOUS", "kek-old:short");
+    assert!(p.load().is_err());
 }
 
 /// Two processes starting on one new data directory at once: one key file, never two KEKs
