@@ -3,8 +3,9 @@
 //! XChaCha20-Poly1305. Destroying a subject's wrapped data key, and the KEK that wrapped it in
 //! older backups, is how msec erases a subject without touching its append-only log.
 //!
-//! This crate owns key material and the AEAD calls only. It never touches a database, never
-//! logs or prints a key (`Debug` is redacted), and uses the RustCrypto AEAD unchanged.
+//! This crate owns key material, the AEAD calls, and how every private file of msec is written
+//! (`write_private`: keys, key seeds, exports, witness state). It never touches a database,
+//! never logs or prints a key (`Debug` is redacted), and uses the RustCrypto AEAD unchanged.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
