@@ -23,8 +23,7 @@ pub enum KeysCommand {
         #[command(flatten)]
         platform: PlatformArgs,
     },
-    /// Re-wrap every data key under the current key of MSEC_KEK, after the secret store set a
-    /// new one (and the old one in MSEC_KEK_PREVIOUS).
+    /// Re-wrap every data key under MSEC_KEK's new key (rotating a key from the environment)
     ///
     /// Rotating a key from the environment: set MSEC_KEK to a new KEK-ID:64-HEX-DIGITS and
     /// MSEC_KEK_PREVIOUS to the old value, restart every msec process on the database with

@@ -88,7 +88,7 @@ enum Command {
     Grant(principals::GrantArgs),
     /// Revoke a grant by its id; decisions (and open live streams) change at once.
     Revoke(principals::RevokeArgs),
-    /// Encryption at rest: create (init) or rotate the key-encryption key.
+    /// Encryption at rest: create (init), rotate, or re-wrap under a new key (rewrap).
     #[command(subcommand)]
     Keys(gdpr::KeysCommand),
     /// The transparency log: print the newest checkpoint, verify a record against a saved one.
