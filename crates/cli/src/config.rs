@@ -40,12 +40,7 @@ pub struct PlatformArgs {
     pub http: Option<SocketAddr>,
     /// Listen address of the embedded MQTT broker [default: 127.0.0.1:1884]. It authenticates no
     /// client: beyond loopback, anyone who reaches it can read every reading (msec warns)
-    #[arg(
-        long,
-        env = "MSEC_MQTT",
-        value_name = "ADDR",
-        conflicts_with = "broker"
-    )]
+    #[arg(long, env = "MSEC_MQTT", value_name = "ADDR")]
     pub mqtt: Option<SocketAddr>,
     /// Use this external MQTT broker instead of the embedded one, e.g. mqtt://127.0.0.1:1883,
     /// or mqtt://USER:PASSWORD@HOST:PORT for a broker with a password file
@@ -236,8 +231,17 @@ impl PlatformArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
-                toml::from_str::<FileSettings>(&text)
-                    .with_context(|| format!("config file {}", path.display()))?
+                // toml's own message quotes the offending line, which may hold a password
+                // (`database = "postgres://msec:…@db/msec"` with a misspelt key): only where.
+                toml::from_str::<FileSettings>(&text).map_err(|e| {
+                    let at = e.span().map_or(0, |s| s.start);
+                    let line = text[..at.min(text.len())].matches('\n').count() + 1;
+                    anyhow::anyhow!(
+                        "config file {}, line {line}: {}",
+                        path.display(),
+                        e.message()
+                    )
+                })?
             }
             None => FileSettings::default(),
         };
@@ -260,11 +264,17 @@ impl PlatformArgs {
                 msec_store::redact(&database)
             );
         }
+        // One of the two, from the first layer (flags and environment, then the file) that
+        // names either: both in one layer is a mistake to point out, not to settle silently.
+        let both =
+            "an embedded broker's address (mqtt) and an external broker (broker) are both set";
         let broker = match (self.broker.clone(), self.mqtt) {
-            (Some(url), _) => Broker::External(url),
+            (Some(_), Some(_)) => bail!("{both} by flags or MSEC_* variables; keep one"),
+            (Some(url), None) => Broker::External(url),
             (None, Some(addr)) => Broker::Embedded(addr),
             (None, None) => match (file.broker, file.mqtt) {
-                (Some(url), _) => Broker::External(url),
+                (Some(_), Some(_)) => bail!("{both} in the config file; keep one"),
+                (Some(url), None) => Broker::External(url),
                 (None, addr) => Broker::Embedded(
                     addr.unwrap_or_else(|| DEFAULT_MQTT.parse().expect("valid default")),
                 ),
@@ -300,6 +310,9 @@ impl PlatformArgs {
                 "max envelope bytes must be between 256 and {}",
                 msec_broker::MAX_PAYLOAD_BYTES
             );
+        }
+        if std::env::var_os("MSEC_KEK").is_some() && (self.keys.is_some() || file.keys.is_some()) {
+            bail!("MSEC_KEK and a key file (--keys, MSEC_KEYS or keys in the config file) are both set: the key comes from one place; keep one");
         }
         let keys = self
             .keys
@@ -405,13 +418,51 @@ mod tests {
         let err = format!(
             "{:#}",
             PlatformArgs {
-                config: Some(file),
+                config: Some(file.clone()),
                 ..Default::default()
             }
             .resolve()
             .unwrap_err()
         );
-        assert!(err.contains("unknown field"), "{err}");
+        assert!(
+            err.contains("unknown field") && err.contains("line 1"),
+            "{err}"
+        );
+        // A misspelt key's line may hold a password: the error says where, not what.
+        std::fs::write(
+            &file,
+            "http = \"127.0.0.1:9000\"\ndatabse = \"postgres://msec:S3cret@db/msec\"\n",
+        )
+        .unwrap();
+        let with_file = |file: &std::path::Path| PlatformArgs {
+            config: Some(file.to_path_buf()),
+            ..Default::default()
+        };
+        let err = format!("{:#}", with_file(&file).resolve().unwrap_err());
+        assert!(err.contains("line 2") && !err.contains("S3cret"), "{err}");
+        // Both kinds of broker in one layer is pointed out, not settled silently.
+        std::fs::write(
+            &file,
+            "mqtt = \"127.0.0.1:1884\"\nbroker = \"mqtt://127.0.0.1:1883\"\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", with_file(&file).resolve().unwrap_err());
+        assert!(err.contains("keep one"), "{err}");
+        let both = PlatformArgs {
+            mqtt: Some("127.0.0.1:1884".parse().unwrap()),
+            broker: Some("mqtt://127.0.0.1:1883".into()),
+            ..Default::default()
+        };
+        assert!(format!("{:#}", both.resolve().unwrap_err()).contains("keep one"));
+        // A flag for one beats the file's other.
+        let flag = PlatformArgs {
+            mqtt: Some("127.0.0.1:1885".parse().unwrap()),
+            ..with_file(&file)
+        };
+        assert_eq!(
+            flag.resolve().unwrap().broker,
+            Broker::Embedded("127.0.0.1:1885".parse().unwrap())
+        );
         let bad = PlatformArgs {
             broker: Some("tcp://x".into()),
             ..Default::default()

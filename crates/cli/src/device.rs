@@ -133,7 +133,9 @@ pub async fn run(cmd: DeviceCommand) -> Result<()> {
                 public_key: hex::encode(key.public_key()),
                 next_sequence: 1,
             };
-            crate::simrun::write_private(&out, &serde_json::to_string_pretty(&file)?)?;
+            // Never over a file that appeared since the check: its key may be registered.
+            msec_vault::write_private_new(&out, serde_json::to_string_pretty(&file)?.as_bytes())
+                .with_context(|| format!("cannot write {}", out.display()))?;
             println!(
                 "wrote {} (keep it secret: it holds the private key)",
                 out.display()

@@ -265,7 +265,7 @@ async fn run(command: Command) -> Result<()> {
                 ],
                 &sim.config(),
             );
-            let (devices, _) = sim_devices(&settings, &fleet).await?;
+            let (devices, _, _simulating) = sim_devices(&settings, &fleet).await?;
             let p = platform::Platform::start(&settings, claim).await?;
             let admin = platform::first_admin(&settings).await?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -323,10 +323,17 @@ async fn run(command: Command) -> Result<()> {
                     msec_sim::Pilot::Truck,
                 ]
             } else {
-                pilots
+                // `msec sim park park` would run each park device twice.
+                let mut unique = Vec::new();
+                for p in pilots {
+                    if !unique.contains(&p) {
+                        unique.push(p);
+                    }
+                }
+                unique
             };
             let fleet = simrun::fleet(&pilots, &sim.config());
-            let (devices, registered) = sim_devices(&settings, &fleet).await?;
+            let (devices, registered, _simulating) = sim_devices(&settings, &fleet).await?;
             if registered > 0 {
                 // A running server notices registry changes within a second; publishing sooner
                 // would have the first readings refused as coming from unknown devices.
@@ -386,12 +393,17 @@ async fn run(command: Command) -> Result<()> {
 }
 
 /// The simulated devices, registered; also says how many were new.
+/// The simulated devices, registered if new, and the claim on them (see
+/// [`simrun::claim_simulators`]), to hold while they run.
 async fn sim_devices(
     settings: &config::Settings,
     fleet: &[msec_sim::SimDevice],
-) -> Result<(Vec<msec_device::Device>, usize)> {
+) -> Result<(Vec<msec_device::Device>, usize, std::fs::File)> {
+    let claim = simrun::claim_simulators(&settings.data_dir)?;
     let mut store = platform::open_store(settings).await?;
     let dir = settings.data_dir.clone();
     let fleet = fleet.to_vec();
-    tokio::task::spawn_blocking(move || simrun::prepare(&mut store, &dir, &fleet)).await?
+    let (devices, registered) =
+        tokio::task::spawn_blocking(move || simrun::prepare(&mut store, &dir, &fleet)).await??;
+    Ok((devices, registered, claim))
 }

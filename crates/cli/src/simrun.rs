@@ -8,10 +8,7 @@
 //! guard lives in memory and starts at 0 on every run (a real device stores it durably).
 
 use anyhow::{bail, Context, Result};
-use msec_device::{
-    commands_topic, readings_topic, sequence_from_clock, unix_now, CommandVerifier, Device,
-    DeviceKey,
-};
+use msec_device::{commands_topic, readings_topic, unix_now, CommandVerifier, Device, DeviceKey};
 use msec_sim::{SimConfig, SimDevice};
 use msec_store::{NewDevice, Store, StoreError};
 use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeFilter};
@@ -33,19 +30,25 @@ pub fn prepare(
     let mut seeds: BTreeMap<String, String> = match std::fs::read_to_string(&path) {
         Ok(text) => serde_json::from_str(&text)
             .with_context(|| format!("{} is corrupt; delete it to start afresh", path.display()))?,
-        Err(_) => BTreeMap::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
+    // New keys are saved before any is registered: registered under a key nobody kept, a
+    // device could never send again from this data directory.
+    let known = seeds.len();
+    for sim in fleet {
+        if !seeds.contains_key(&sim.id) {
+            seeds.insert(sim.id.clone(), DeviceKey::generate()?.seed_hex());
+        }
+    }
+    if seeds.len() > known {
+        write_private(&path, &serde_json::to_string_pretty(&seeds)?)?;
+    }
     let mut devices = Vec::with_capacity(fleet.len());
     let mut registered = 0;
     for sim in fleet {
-        let key = match seeds.get(&sim.id) {
-            Some(seed) => DeviceKey::from_seed_hex(seed)?,
-            None => {
-                let key = DeviceKey::generate()?;
-                seeds.insert(sim.id.clone(), key.seed_hex());
-                key
-            }
-        };
+        let seed = seeds.get(&sim.id).map(String::as_str).unwrap_or_default();
+        let key = DeviceKey::from_seed_hex(seed)?;
         let registration = NewDevice {
             id: sim.id.clone(),
             tenant: sim.tenant.clone(),
@@ -73,13 +76,38 @@ pub fn prepare(
                 Err(e) => return Err(e.into()),
             },
         }
-        devices.push(Device::new(sim.id.clone(), key, sequence_from_clock()));
+        devices.push(Device::clocked(sim.id.clone(), key));
     }
-    write_private(&path, &serde_json::to_string_pretty(&seeds)?)?;
     Ok((devices, registered))
 }
 
 /// Writes a file only its owner can read: it holds private keys.
+/// Locks `DATA_DIR/sim.lock` for this process: one process at a time may run the simulated
+/// devices of a data directory (`msec demo` or `msec sim`), since two signing as one device
+/// send interleaved sequence numbers that msec refuses as replays.
+pub fn claim_simulators(data_dir: &Path) -> Result<std::fs::File> {
+    msec_store::create_private_dir(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let path = data_dir.join("sim.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "the simulated devices of {} are already running (in `msec demo` or another `msec sim`, which holds {}); stop it first, or give this one its own --data-dir",
+            data_dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
 pub fn write_private(path: &Path, text: &str) -> Result<()> {
     msec_vault::write_private(path, text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))

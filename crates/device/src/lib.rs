@@ -102,17 +102,34 @@ pub struct Device {
     id: String,
     key: DeviceKey,
     next_sequence: u64,
+    /// Sequence numbers follow the clock (see [`Device::clocked`]).
+    clocked: bool,
 }
 
 impl Device {
     /// `next_sequence` must be larger than any sequence this key ever used, or msec rejects the
-    /// readings as replays. A device without durable storage can start from its clock, e.g.
-    /// [`sequence_from_clock`].
+    /// readings as replays: for a device that stores its counter durably. One that does not
+    /// uses [`Device::clocked`].
     pub fn new(id: impl Into<String>, key: DeviceKey, next_sequence: u64) -> Self {
         Device {
             id: id.into(),
             key,
             next_sequence,
+            clocked: false,
+        }
+    }
+
+    /// A device without a durable counter: each reading's sequence number is its clock in
+    /// microseconds since the Unix epoch, or one more than the last, whichever is larger. It is
+    /// taken at every reading, not only at start: after a restart that follows a clock set
+    /// back (a fast clock corrected), readings are refused as replays only until the clock
+    /// passes the last number sent before, not for as many readings as the clock was ahead.
+    pub fn clocked(id: impl Into<String>, key: DeviceKey) -> Self {
+        Device {
+            id: id.into(),
+            key,
+            next_sequence: 1,
+            clocked: true,
         }
     }
     pub fn id(&self) -> &str {
@@ -126,6 +143,9 @@ impl Device {
     }
     /// Signs the measurements into a COSE_Sign1 envelope and advances the sequence number.
     pub fn seal(&mut self, measurements: &[Measurement], now_unix_secs: f64) -> Vec<u8> {
+        if self.clocked {
+            self.next_sequence = self.next_sequence.max(clock_micros());
+        }
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         seal(
@@ -137,14 +157,11 @@ impl Device {
     }
 }
 
-/// A sequence start for devices without durable counters: microseconds since the Unix epoch.
-/// Strictly newer than anything sent before a restart as long as the device sends fewer than a
-/// million readings per second and its clock does not go backwards.
-pub fn sequence_from_clock() -> u64 {
+/// Microseconds since the Unix epoch (1 for a clock set before it).
+fn clock_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(1)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Seconds since the Unix epoch as a float, the time unit of SenML.
@@ -172,6 +189,30 @@ mod tests {
         let shown = format!("{file:?} {file:#?}");
         assert!(!shown.contains(&key.seed_hex()[..16]), "{shown}");
         assert!(shown.contains("d1"));
+    }
+
+    #[test]
+    fn a_clocked_device_follows_its_clock_at_every_reading() {
+        let mut d = Device::clocked("d1", DeviceKey::from_seed([1; 32]));
+        let seq = |d: &mut Device| {
+            msec_envelope::open(
+                &d.seal(&[Measurement::boolean("x", 1.0, true)], 5.0),
+                1 << 16,
+            )
+            .unwrap()
+            .sequence
+        };
+        let before = clock_micros();
+        let (a, b) = (seq(&mut d), seq(&mut d));
+        assert!(a >= before && b > a, "{before} {a} {b}");
+        // Restarted after numbers had run ahead of the clock (it was fast, then set back):
+        // it goes on one by one, and takes up the clock again once the clock passes them.
+        let mut d = Device::clocked("d1", DeviceKey::from_seed([1; 32]));
+        d.next_sequence = clock_micros() + 5_000;
+        let ahead = seq(&mut d);
+        assert_eq!(seq(&mut d), ahead + 1);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(seq(&mut d) > ahead + 5_000);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! The people counter mirrors how M-Sec's counter protects privacy: it hears phones' Wi-Fi and
 //! Bluetooth MAC addresses, replaces each one at once by an HMAC-SHA256 under a secret salt
-//! that is drawn afresh every local day, and reports only how many distinct hashes it heard in
+//! that is drawn afresh every local day (midnight of Santander's standard time, UTC+1, all
+//! year), and reports only how many distinct hashes it heard in
 //! the last five minutes. MACs and hashes stay inside [`PeopleCounter`]; the salt comes from
 //! the operating system, not from the simulation seed, so knowing the seed does not let anyone
 //! recompute hashes.
