@@ -73,7 +73,10 @@ impl DeviceKey {
     }
 }
 
-/// What a device stores about itself: enough to restart without reusing a sequence number.
+/// What a device stores about itself (`msec device keygen` writes one). `next_sequence` keeps
+/// a restart from reusing sequence numbers only if the device writes it back durably before it
+/// sends the readings it numbers (e.g. a block ahead at a time); one that cannot uses
+/// [`Device::clocked`] instead.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct DeviceFile {
     pub device_id: String,
