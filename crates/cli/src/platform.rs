@@ -37,20 +37,29 @@ pub struct DataDirClaim {
 pub fn claim_data_dir(s: &Settings) -> Result<DataDirClaim> {
     s.create_data_dir()?;
     let path = s.data_dir.join("msec.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(DataDirClaim { _lock: file }),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
+    let lock = lock_file(&path, || {
+        format!(
             "another msec is already running on {} (it holds {}); stop it first, or give this \
              one its own --data-dir",
             s.data_dir.display(),
             path.display()
-        ),
+        )
+    })?;
+    Ok(DataDirClaim { _lock: lock })
+}
+
+/// Opens (creating it) and locks `path` for this process, or fails with `busy()` when another
+/// holds it; the operating system releases the lock when the file closes or the process ends.
+pub fn lock_file(path: &std::path::Path, busy: impl FnOnce() -> String) -> Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!("{}", busy()),
         Err(std::fs::TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("cannot lock {}", path.display()))
         }

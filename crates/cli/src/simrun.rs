@@ -81,7 +81,6 @@ pub fn prepare(
     Ok((devices, registered))
 }
 
-/// Writes a file only its owner can read: it holds private keys.
 /// Locks `DATA_DIR/sim.lock` for this process: one process at a time may run the simulated
 /// devices of a data directory (`msec demo` or `msec sim`), since two signing as one device
 /// send interleaved sequence numbers that msec refuses as replays.
@@ -89,25 +88,16 @@ pub fn claim_simulators(data_dir: &Path) -> Result<std::fs::File> {
     msec_store::create_private_dir(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let path = data_dir.join("sim.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
+    crate::platform::lock_file(&path, || {
+        format!(
             "the simulated devices of {} are already running (in `msec demo` or another `msec sim`, which holds {}); stop it first, or give this one its own --data-dir",
             data_dir.display(),
             path.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot lock {}", path.display()))
-        }
-    }
+        )
+    })
 }
 
+/// Writes a file only its owner can read: it holds private keys.
 pub fn write_private(path: &Path, text: &str) -> Result<()> {
     msec_vault::write_private(path, text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
