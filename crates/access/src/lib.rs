@@ -37,9 +37,12 @@ pub struct Denied {
     /// [`Access::require`]), else the refused principal's; None for platform-wide events.
     pub tenant: Option<Box<str>>, // boxed: refusals travel in `Result`s, so kept small
     /// The rule that decided a `forbidden`, if one did (else deny by default).
-    pub rule: Option<String>,
+    pub rule: Option<Box<str>>,
     /// For `rate_limited`: seconds until the lock ends.
-    pub retry_after_s: Option<i64>,
+    pub retry_after_s: Option<u32>,
+    /// What the refused client is told, where `detail` (for the security event) says more
+    /// than it may learn: whether a user name exists.
+    pub answer: Option<Box<str>>, // boxed, as `tenant`
 }
 
 /// The reason of a [`Denied`] that is no refusal: the database could not answer. The caller
@@ -60,6 +63,7 @@ impl Denied {
             tenant: None,
             rule: None,
             retry_after_s: None,
+            answer: None,
         }
     }
 
@@ -365,7 +369,7 @@ impl Access {
                 ),
             )
             .of(p);
-            d.retry_after_s = Some(wait);
+            d.retry_after_s = Some(u32::try_from(wait).unwrap_or(u32::MAX));
             return Err(d);
         }
         times.push_back(now_ms);
@@ -470,7 +474,9 @@ impl Access {
             if let Some(p) = principal {
                 d = d.of(&p);
             }
-            d.retry_after_s = Some((until - now_ms).max(0) / 1000 + 1);
+            let retry = u32::try_from((until - now_ms).max(0) / 1000 + 1).unwrap_or(u32::MAX);
+            d.retry_after_s = Some(retry);
+            d.answer = Some(format!("too many failed logins; try again in {retry} seconds").into());
             return Err(d);
         }
         // A database failure judges nothing: take the attempt's advance count back.
@@ -501,10 +507,11 @@ impl Access {
         let Some(principal) = principal else {
             // The attempt already counts as a failure (see `Throttle::begin`).
             let (shown, principal) = self.login_name(user);
-            let d = Denied::new(
+            let mut d = Denied::new(
                 "login_failed",
                 format!("wrong user name or password for {shown}"),
             );
+            d.answer = Some("wrong user name or password".into());
             return Err(match principal {
                 Some(p) => d.of(&p),
                 None => d,
@@ -702,7 +709,7 @@ impl Access {
             format!("{} may not {action} {resource}: {by}", p.id),
         )
         .of(p);
-        denied.rule = d.rule;
+        denied.rule = d.rule.map(String::into_boxed_str);
         // The event names the resource, so it is the resource's tenant's to read (another
         // tenant's auditors must not learn what exists there); none for a tenant nobody knows
         // (requests name any text) or for things that do not exist (`*/…`).

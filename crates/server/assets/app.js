@@ -336,7 +336,14 @@ function dashboard() {
 
   function onStream(msg) {
     if (!msg || typeof msg !== "object") return;
-    if (msg.type === "state") { setLive(msg.state); return; }
+    if (msg.type === "state") {
+      setLive(msg.state);
+      // The stream was refused or lost. If the session ended (logged out in another tab,
+      // expired) `api` goes back to the login page; otherwise a hidden tab, whose polling has
+      // stopped, would retry the stream without end, each try a refusal on the security log.
+      if (msg.state === "offline") api("/api/v1/me").catch(() => {});
+      return;
+    }
     if (msg.type !== "batch" || !Array.isArray(msg.items)) return;
     for (const { kind, data } of msg.items) {
       if (kind !== "reading") continue;

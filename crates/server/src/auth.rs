@@ -27,7 +27,7 @@ pub(crate) async fn refuse(s: &AppState, d: Denied, peer: SocketAddr) -> Problem
         return Problem::new(StatusCode::SERVICE_UNAVAILABLE, d.reason, d.detail);
     }
     let who = d.principal.clone().unwrap_or_else(|| "-".into());
-    let rule = d.rule.clone().unwrap_or_else(|| "-".into());
+    let rule = d.rule.as_deref().unwrap_or("-").to_owned();
     // Resources and names in the detail come from the request: bound them before they reach
     // the log and the dashboard.
     let detail = msec_store::bounded(&format!("{} (principal {who}, rule {rule})", d.detail), 600);
@@ -45,7 +45,7 @@ pub(crate) async fn refuse(s: &AppState, d: Denied, peer: SocketAddr) -> Problem
         "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::FORBIDDEN,
     };
-    let mut p = Problem::new(status, d.reason, d.detail);
+    let mut p = Problem::new(status, d.reason, d.answer.map_or(d.detail, String::from));
     p.extra = json!({ "security_event_id": event });
     p
 }

@@ -3,8 +3,9 @@
 //! device, which verifies it before acting. The signing key never leaves this process.
 
 use crate::client::Client;
+use crate::problem::PathParam;
 use crate::{auth, AppState, Problem};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -94,7 +95,7 @@ pub(crate) async fn send(
     State(s): State<AppState>,
     Client(peer): Client,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     body: axum::body::Body,
 ) -> Result<Response, Problem> {
     let p = auth::caller(&s, &headers, peer, true).await?;

@@ -3,8 +3,9 @@
 //! resource pattern (`santander/resident-007/**` needs `manage` on `santander/resident-007`).
 
 use crate::client::Client;
+use crate::problem::PathParam;
 use crate::{auth, AppState, Problem};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -120,7 +121,7 @@ pub(crate) async fn revoke(
     State(s): State<AppState>,
     Client(peer): Client,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Response, Problem> {
     let p = auth::caller(&s, &headers, peer, true).await?;
     let id: i64 = id

@@ -20,8 +20,9 @@ pub use db::DbHandle;
 pub use problem::Problem;
 
 use crate::client::Client;
+use crate::problem::PathParam;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -133,7 +134,9 @@ fn static_file(content_type: &'static str, body: &'static str) -> Response {
 }
 
 async fn security_headers(req: Request<Body>, next: Next) -> Response {
-    let api = req.uri().path().starts_with("/api/");
+    // Answers that depend on who asks (the API, and /metrics, read with a session too) are
+    // kept by no cache, the browser's and shared proxies' included.
+    let private = req.uri().path().starts_with("/api/") || req.uri().path() == "/metrics";
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     h.insert(
@@ -149,7 +152,7 @@ async fn security_headers(req: Request<Body>, next: Next) -> Response {
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    if api {
+    if private {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     resp
@@ -251,7 +254,7 @@ async fn show_device(
     State(s): State<AppState>,
     Client(peer): Client,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Response, Problem> {
     let p = auth::caller(&s, &headers, peer, false).await?;
     Ok(Json(device_for(&s, &p, &id, Action::Read, peer).await?).into_response())
@@ -324,7 +327,7 @@ async fn revoke_device(
     State(s): State<AppState>,
     Client(peer): Client,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Response, Problem> {
     let p = auth::caller(&s, &headers, peer, true).await?;
     device_for(&s, &p, &id, Action::Manage, peer).await?;
@@ -358,7 +361,7 @@ async fn device_readings(
     State(s): State<AppState>,
     Client(peer): Client,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     let p = auth::caller(&s, &headers, peer, false).await?;

@@ -76,3 +76,21 @@ impl IntoResponse for Problem {
         resp
     }
 }
+
+/// The one path parameter of a route (`{id}`), taken as text. A parameter that is no text
+/// (`%FF`) is a problem+json 400 like every other bad request, not axum's plain-text answer.
+pub(crate) struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<PathParam, Problem> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(p)| PathParam(p))
+            .map_err(|e| Problem::bad_request(format!("bad path: {}", e.body_text())))
+    }
+}

@@ -3,8 +3,9 @@
 //! whoever may `read` the subject's data: the resident, their operators, administrators.
 
 use crate::client::Client;
+use crate::problem::PathParam;
 use crate::{auth, AppState, Problem};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,7 +15,7 @@ pub(crate) async fn export(
     State(s): State<AppState>,
     Client(peer): Client,
     headers: HeaderMap,
-    Path(subject): Path<String>,
+    PathParam(subject): PathParam,
 ) -> Result<Response, Problem> {
     let p = auth::caller(&s, &headers, peer, false).await?;
     // Whether msec holds anything about a person is itself personal data.

@@ -389,6 +389,8 @@ fn scenario(addr: Srv) {
     for (method, path, status) in [
         ("PUT", "/api/v1/devices", 405),
         ("DELETE", "/api/v1/grants/abc", 400),
+        ("GET", "/api/v1/devices/%FF", 400),
+        ("GET", "/api/v1/subjects/%FF/export", 400),
     ] {
         let r = http(addr, method, path, "application/json", b"");
         assert_eq!(r.status, status, "{method} {path}: {}", r.body);
@@ -540,6 +542,15 @@ fn scenario(addr: Srv) {
         "x-frame-options: deny",
     ] {
         assert!(home.headers.contains(h), "missing {h}");
+    }
+    // What depends on who asks is cached nowhere.
+    for path in ["/metrics", "/api/v1/devices"] {
+        let r = get(addr, path);
+        assert!(
+            r.headers.contains("cache-control: no-store"),
+            "{path}: {}",
+            r.headers
+        );
     }
     assert_eq!(get(addr, "/healthz").json()["database"], "sqlite");
 }
@@ -936,9 +947,22 @@ async fn hostile_text_reaches_events_bounded_and_without_control_characters() {
             newest["detail"].as_str().unwrap().contains("\"admin\""),
             "{newest}"
         );
+        // The answer, though, is the same for a name nobody has: it tells no one which exist.
+        let answer = |user: &str| {
+            let body = serde_json::json!({"user": user, "password": "not the password 2"});
+            let r = http(
+                srv,
+                "POST",
+                "/api/v1/login",
+                "application/json",
+                body.to_string().as_bytes(),
+            );
+            (r.status, r.json()["detail"].clone())
+        };
+        assert_eq!(answer("admin"), answer("nobody-is-called-this"));
         // A password typed into the user field stays out of every event, the lockout's too.
         let typed = serde_json::json!({"user": "Secret-Passw0rd!", "password": "x"}).to_string();
-        let statuses: Vec<u16> = (0..7)
+        let replies: Vec<Reply> = (0..7)
             .map(|_| {
                 http(
                     srv,
@@ -947,10 +971,18 @@ async fn hostile_text_reaches_events_bounded_and_without_control_characters() {
                     "application/json",
                     typed.as_bytes(),
                 )
-                .status
             })
             .collect();
-        assert!(statuses.contains(&429), "{statuses:?}");
+        let locked = replies
+            .iter()
+            .find(|r| r.status == 429)
+            .expect("locked out within 7 attempts");
+        // Nor does the lockout's answer tell whether the name exists.
+        assert!(
+            !locked.body.contains("characters") && !locked.body.contains("Secret"),
+            "{}",
+            locked.body
+        );
         let all = get(srv, "/api/v1/security-events?limit=100").body;
         assert!(
             all.contains("rate_limited") && !all.contains("Secret-Passw0rd!"),

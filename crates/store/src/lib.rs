@@ -509,13 +509,14 @@ impl Store {
         // A data subject belongs to one tenant: its data key, export and erasure are the
         // subject's, so a second tenant's device under the same name would fall under the
         // first tenant's export (and its erasure), and the reverse.
-        if let Some(other) = self
+        // The answer does not name that tenant: whoever registers here may manage only this one.
+        if self
             .subject_tenants(&d.owner)?
-            .into_iter()
-            .find(|t| *t != d.tenant)
+            .iter()
+            .any(|t| *t != d.tenant)
         {
             return Err(StoreError::Invalid(format!(
-                "owner {:?} is a data subject of tenant {other:?}; a subject belongs to one tenant",
+                "owner {:?} is a data subject of another tenant; a subject belongs to one tenant",
                 d.owner
             )));
         }
