@@ -84,10 +84,6 @@ pub struct IngestArgs {
     embedded_only: bool,
 }
 
-fn free_addr() -> Result<std::net::SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
 fn measurements(now: f64, i: usize) -> Vec<Measurement> {
     let x = i as f64;
     vec![
@@ -498,7 +494,9 @@ struct PrivateMosquitto(std::process::Child, std::path::PathBuf);
 
 impl PrivateMosquitto {
     fn start() -> Result<(PrivateMosquitto, String)> {
-        let addr = free_addr()?;
+        let localhost = std::net::Ipv4Addr::LOCALHOST;
+        let addr =
+            std::net::SocketAddr::from((localhost, msec_broker::free_port(localhost.into())?));
         let conf =
             std::env::temp_dir().join(format!("msec-bench-mosquitto-{}.conf", std::process::id()));
         std::fs::write(
@@ -997,8 +995,9 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let embedded = Settings {
         data_dir: dir.clone(),
         database: format!("sqlite:{}", dir.join("msec.db").display()),
-        http: free_addr()?,
-        broker: Broker::Embedded(free_addr()?),
+        // Port 0: the HTTP listener and the embedded broker each take a free port themselves.
+        http: ([127, 0, 0, 1], 0).into(),
+        broker: Broker::Embedded(([127, 0, 0, 1], 0).into()),
         topic_root: "bench".into(),
         max_skew: 3600,
         max_age: 86_400,
@@ -1045,7 +1044,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         keys: pg_dir.join("keys.json"),
         data_dir: pg_dir,
         database: db,
-        http: free_addr()?,
+        http: ([127, 0, 0, 1], 0).into(),
         broker: Broker::External(mosquitto.clone()),
         topic_root: format!("bench{}", std::process::id()),
         max_skew: 3600,

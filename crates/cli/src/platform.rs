@@ -207,9 +207,15 @@ impl Platform {
                 )
             })?;
         let http = listener.local_addr()?;
-        let broker_url = match &s.broker {
-            Broker::Embedded(addr) => format!("mqtt://{}", msec_broker::start(*addr)?),
-            Broker::External(url) => url.clone(),
+        // The embedded broker's subscription for msec is made before it listens, so that no
+        // reading a device sends from the first moment is acknowledged and then missed.
+        let (broker_url, embedded) = match &s.broker {
+            Broker::Embedded(addr) => {
+                let filter = msec_ingest::readings_filter(&s.topic_root);
+                let (addr, readings) = msec_broker::start_consuming(*addr, &filter)?;
+                (format!("mqtt://{addr}"), Some(readings))
+            }
+            Broker::External(url) => (url.clone(), None),
         };
         let config = msec_ingest::Config {
             max_envelope_bytes: s.max_envelope_bytes,
@@ -269,10 +275,18 @@ impl Platform {
             last_command.unwrap_or(0),
         ));
         let (stop, stopped) = watch::channel(false);
-        let mut mqtt = MqttConfig::from_url(&broker_url, &consumer_id, &s.topic_root)
-            .map_err(anyhow::Error::msg)?;
-        mqtt.drain_on_stop = matches!(s.broker, Broker::Embedded(_));
-        let consumer = tokio::spawn(msec_ingest::run_mqtt(ingest.clone(), mqtt, stopped.clone()));
+        let consumer = match embedded {
+            Some(readings) => tokio::spawn(msec_ingest::run_embedded(
+                ingest.clone(),
+                readings,
+                stopped.clone(),
+            )),
+            None => {
+                let mqtt = MqttConfig::from_url(&broker_url, &consumer_id, &s.topic_root)
+                    .map_err(anyhow::Error::msg)?;
+                tokio::spawn(msec_ingest::run_mqtt(ingest.clone(), mqtt, stopped.clone()))
+            }
+        };
         let state = msec_server::AppState {
             db,
             ingest: ingest.clone(),

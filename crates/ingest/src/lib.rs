@@ -19,7 +19,7 @@ mod writer;
 
 pub use commands::CommandPublisher;
 pub use metrics::{Metrics, REASONS};
-pub use mqtt::{run_mqtt, MqttConfig};
+pub use mqtt::{readings_filter, run_embedded, run_mqtt, MqttConfig};
 
 use ed25519_dalek::VerifyingKey;
 use msec_envelope::{Reading, KEY_ID_LEN};

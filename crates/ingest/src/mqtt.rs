@@ -1,14 +1,17 @@
-//! The MQTT consumer: subscribes to every device's readings topic with QoS 1 on a persistent
-//! session and sends each PUBACK only after ingest has committed the reading (or the security
-//! event recording its rejection). A consumer killed mid-stream therefore loses nothing it
-//! acknowledged: the broker redelivers the rest, and redelivery is idempotent.
+//! The MQTT consumers. From an external broker (Mosquitto): a subscription to every device's
+//! readings topic with QoS 1 on a persistent session, each PUBACK sent only after ingest has
+//! committed the reading (or the security event recording its rejection); a consumer killed
+//! mid-stream therefore loses nothing it acknowledged: the broker redelivers the rest, and
+//! redelivery is idempotent. From the embedded broker: msec's subscription inside the process
+//! ([`run_embedded`]), with nothing to acknowledge, since that broker's queue lives and dies
+//! with this process.
 
 use crate::{Checked, Ingest, Pending, Source};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 /// Where and how to consume readings.
@@ -24,10 +27,6 @@ pub struct MqttConfig {
     pub topic_root: String,
     /// Most readings received but not yet acknowledged.
     pub inflight: u16,
-    /// On a stop, keep consuming until the broker has nothing left for us. For a broker inside
-    /// this process: it has acknowledged those readings to their devices, and its queue dies
-    /// with the process. An external broker keeps them for the next start instead.
-    pub drain_on_stop: bool,
 }
 
 /// A broker login. The password never appears in `Debug` output.
@@ -112,7 +111,6 @@ impl MqttConfig {
             client_id: client_id.to_string(),
             topic_root: topic_root.to_string(),
             inflight: 1000,
-            drain_on_stop: false,
         })
     }
 
@@ -126,13 +124,17 @@ impl MqttConfig {
     }
 
     pub fn filter(&self) -> String {
-        format!("{}/v1/+/+/readings", self.topic_root)
+        readings_filter(&self.topic_root)
     }
 }
 
-/// After a stop with [`MqttConfig::drain_on_stop`], the broker has nothing left for us once
-/// everything received is acknowledged and nothing new came for this long (over loopback it
-/// sends within a millisecond of an acknowledgement freeing the window).
+/// The MQTT topic filter for every device's readings under `topic_root`.
+pub fn readings_filter(topic_root: &str) -> String {
+    format!("{topic_root}/v1/+/+/readings")
+}
+
+/// After a stop, the embedded broker has nothing left for us once everything taken is committed
+/// and nothing new came for this long (it hands over within a millisecond of being asked).
 const DRAINED_AFTER: Duration = Duration::from_millis(250);
 /// The longest a stop waits for the broker to drain; devices that keep publishing would
 /// otherwise hold it forever.
@@ -143,9 +145,9 @@ const DRAIN_AT_MOST: Duration = Duration::from_secs(10);
 /// end.
 const QOS0_AT_MOST: usize = 4096;
 
-/// Consumes readings until `stop` turns true (with [`MqttConfig::drain_on_stop`], until the
-/// broker has nothing more for us as well), then acknowledges what was committed and
-/// disconnects. Broker outages are retried every second, with the error logged.
+/// Consumes readings from an external broker until `stop` turns true, then acknowledges what
+/// was committed and disconnects; the broker keeps the rest for the next start. Broker outages
+/// are retried every second, with the error logged.
 pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver<bool>) {
     let mut options = cfg.client_options(cfg.client_id.clone());
     options
@@ -163,47 +165,23 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
     // The queues are unbounded on purpose: the event loop must never wait on them, or it stops
     // sending the very PUBACKs that would drain them (a deadlock seen with Mosquitto). What is
     // in flight is bounded by the broker's per-client inflight limit instead.
-    let (queue, checking) =
-        mpsc::unbounded_channel::<(rumqttc::Publish, JoinHandle<Checked>, Unsettled)>();
-    let (to_ack, pending) = mpsc::unbounded_channel::<(rumqttc::Publish, Pending, Unsettled)>();
+    let (queue, checking) = mpsc::unbounded_channel();
+    let (to_ack, pending) = mpsc::unbounded_channel();
     let forwarder = tokio::spawn(forward_in_order(ingest.clone(), checking, to_ack));
     let unacked = Arc::new(AtomicUsize::new(0));
-    let acker = tokio::spawn(ack_in_order(client.clone(), pending));
+    // Counts connections: a packet id means something only on the connection it came on.
+    let connection = Arc::new(AtomicUsize::new(0));
+    let acker = tokio::spawn(ack_in_order(client.clone(), pending, connection.clone()));
     let filter = cfg.filter();
     let mut broker_down = false;
-    let mut draining_since: Option<Instant> = None;
     loop {
-        if draining_since.is_some_and(|t| t.elapsed() >= DRAIN_AT_MOST) {
-            // Devices kept publishing: there was never a quiet moment to stop at.
-            tracing::warn!(
-                "stopping after 10 s of draining while readings kept arriving; those the \
-                 embedded broker accepted from now on are lost"
-            );
-            break;
-        }
         let event = tokio::select! {
-            // Events first: an acknowledgement still queued must go out before a quiet spell
-            // can end the drain.
-            biased;
             e = events.poll() => e,
-            _ = stop.wait_for(|s| *s), if draining_since.is_none() => {
-                if !cfg.drain_on_stop || broker_down {
-                    break;
-                }
-                tracing::info!("stopping: taking the readings still queued in the embedded broker");
-                draining_since = Some(Instant::now());
-                continue;
-            }
-            // Quiet: drained once everything received is settled; until then commits are due.
-            _ = tokio::time::sleep(DRAINED_AFTER), if draining_since.is_some() => {
-                if unacked.load(Ordering::Acquire) == 0 {
-                    break;
-                }
-                continue;
-            }
+            _ = stop.wait_for(|s| *s) => break,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                connection.fetch_add(1, Ordering::AcqRel);
                 tracing::info!(broker = %format!("{}:{}", cfg.host, cfg.port), %filter, "consuming readings");
                 broker_down = false;
                 if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
@@ -239,7 +217,14 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
                 publish.payload = Default::default();
                 let check = tokio::spawn(async move { ingest.check(payload, Source::Mqtt(topic)) });
                 if queue
-                    .send((publish, check, Unsettled::new(&unacked)))
+                    .send((
+                        check,
+                        (
+                            publish,
+                            connection.load(Ordering::Acquire),
+                            Unsettled::new(&unacked),
+                        ),
+                    ))
                     .is_err()
                 {
                     break;
@@ -247,10 +232,6 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
             }
             Ok(_) => {}
             Err(e) => {
-                if draining_since.is_some() {
-                    // The broker (in this process) is going away; nothing more will come.
-                    break;
-                }
                 if !broker_down {
                     tracing::error!(broker = %format!("{}:{}", cfg.host, cfg.port), error = %e, "MQTT connection lost; retrying every second");
                 }
@@ -259,17 +240,26 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
             }
         }
     }
-    // Drain: every reading already handed to ingest gets its PUBACK once committed. Keep the
-    // event loop turning so those acks reach the broker, then disconnect.
+    // Every reading already handed to ingest gets its PUBACK once committed. The event loop
+    // keeps turning meanwhile: the acks wait in its request queue, which only it empties
+    // (more of them than the queue holds would otherwise block the acker for good). What the
+    // broker sends meanwhile stays unacknowledged, for the next start.
     drop(queue);
     let flush = async {
-        let _ = forwarder.await;
-        let _ = acker.await;
-        let _ = client.disconnect().await;
+        let settle = async {
+            let _ = forwarder.await;
+            let _ = acker.await;
+            let _ = client.disconnect().await;
+        };
+        tokio::pin!(settle);
+        let mut settled = false;
         loop {
-            match events.poll().await {
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                _ => {}
+            tokio::select! {
+                _ = &mut settle, if !settled => settled = true,
+                e = events.poll() => match e {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    _ => {}
+                },
             }
         }
     };
@@ -278,20 +268,130 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
         .is_err()
     {
         tracing::warn!(
-            "MQTT consumer did not drain within 10 s; unacknowledged readings will be redelivered by an external broker (an embedded one loses them)"
+            "MQTT consumer did not finish within 10 s; the broker will redeliver the unacknowledged readings"
         );
     }
 }
 
-async fn forward_in_order(
+/// Most readings taken from the embedded broker and not yet committed. Past it the broker
+/// holds the rest back.
+const EMBEDDED_IN_FLIGHT: usize = 1000;
+
+/// Consumes readings from msec's own subscription in the embedded broker until `stop` turns
+/// true and the broker has nothing more (everything taken is committed and nothing new came
+/// for 0.25 s, or 10 s have passed), then waits for the last commits. There is nothing to
+/// acknowledge: the broker acknowledged each reading to its device on receipt, and its queue
+/// lives in this process, like this consumer's.
+pub async fn run_embedded(
     ingest: Ingest,
-    mut checking: mpsc::UnboundedReceiver<(rumqttc::Publish, JoinHandle<Checked>, Unsettled)>,
-    to_ack: mpsc::UnboundedSender<(rumqttc::Publish, Pending, Unsettled)>,
+    mut readings: msec_broker::Subscription,
+    mut stop: watch::Receiver<bool>,
 ) {
-    while let Some((publish, check, unsettled)) = checking.recv().await {
-        let Ok(checked) = check.await else { continue }; // a panicked check is never acknowledged
+    let (queue, checking) = mpsc::unbounded_channel();
+    let (to_settle, mut settling) = mpsc::unbounded_channel::<(Pending, OwnedSemaphorePermit)>();
+    let forwarder = tokio::spawn(forward_in_order(ingest.clone(), checking, to_settle));
+    let settler = tokio::spawn(async move {
+        while let Some((pending, _room)) = settling.recv().await {
+            if let Err(r) = pending.outcome().await {
+                if r.is_retryable() {
+                    tracing::error!(
+                        reason = r.reason,
+                        "reading not stored while stopping; the embedded broker acknowledged it, so it is lost"
+                    );
+                }
+            }
+        }
+    });
+    let room = Arc::new(Semaphore::new(EMBEDDED_IN_FLIGHT));
+    let mut draining_since: Option<Instant> = None;
+    tracing::info!("consuming readings from the embedded broker");
+    loop {
+        if draining_since.is_some_and(|t| t.elapsed() >= DRAIN_AT_MOST) {
+            tracing::warn!(
+                "stopping after 10 s of draining while readings kept arriving; those the \
+                 embedded broker accepted from now on are lost"
+            );
+            break;
+        }
+        let permit = tokio::select! {
+            permit = room.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = stop.wait_for(|s| *s), if draining_since.is_none() => {
+                tracing::info!("stopping: taking the readings still queued in the embedded broker");
+                draining_since = Some(Instant::now());
+                continue;
+            }
+        };
+        let message = tokio::select! {
+            biased;
+            m = readings.next() => m,
+            _ = stop.wait_for(|s| *s), if draining_since.is_none() => {
+                tracing::info!("stopping: taking the readings still queued in the embedded broker");
+                draining_since = Some(Instant::now());
+                continue;
+            }
+            // Quiet: drained once everything taken is settled (this loop holds one permit).
+            _ = tokio::time::sleep(DRAINED_AFTER), if draining_since.is_some() => {
+                if room.available_permits() + 1 == EMBEDDED_IN_FLIGHT {
+                    break;
+                }
+                continue;
+            }
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "no more readings will come from the embedded broker");
+                break;
+            }
+        };
+        let ingest = ingest.clone();
+        // Past the size limit one byte is enough for ingest to refuse and record it.
+        let payload = message.payload();
+        let payload = payload[..payload.len().min(ingest.config().max_envelope_bytes + 1)].to_vec();
+        let topic = message.topic;
+        let check = tokio::spawn(async move { ingest.check(payload, Source::Mqtt(topic)) });
+        if queue.send((check, permit)).is_err() {
+            break;
+        }
+    }
+    drop(queue);
+    let flush = async {
+        let _ = forwarder.await;
+        let _ = settler.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(10), flush)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the last readings taken from the embedded broker were not committed within 10 s; they are lost");
+    }
+}
+
+/// Hands checked readings to the writer in arrival order (sequence checks depend on it), each
+/// with what travels alongside (`T`) to the stage that settles it.
+async fn forward_in_order<T>(
+    ingest: Ingest,
+    mut checking: mpsc::UnboundedReceiver<(JoinHandle<Checked>, T)>,
+    to_settle: mpsc::UnboundedSender<(Pending, T)>,
+) {
+    while let Some((check, along)) = checking.recv().await {
+        let checked = check.await.unwrap_or_else(|e| {
+            // A bug. Refused and recorded rather than skipped: a broker takes acknowledgements
+            // in order only, so one left out would hold back every later reading for good.
+            tracing::error!(error = %e, "the checks of a reading failed");
+            Checked(crate::Verdict::Rejected {
+                rejection: crate::Rejection {
+                    reason: "internal_error",
+                    detail: "msec's checks of this reading failed (a bug; see msec's log)".into(),
+                    device_id: None,
+                    tenant: None,
+                    event_id: None,
+                },
+                source: "mqtt".into(),
+            })
+        });
         let pending = ingest.enqueue(checked).await;
-        if to_ack.send((publish, pending, unsettled)).is_err() {
+        if to_settle.send((pending, along)).is_err() {
             break;
         }
     }
@@ -300,11 +400,12 @@ async fn forward_in_order(
 /// Acknowledges in arrival order (MQTT requires PUBACKs in order), and only after commit.
 async fn ack_in_order(
     client: AsyncClient,
-    mut pending: mpsc::UnboundedReceiver<(rumqttc::Publish, Pending, Unsettled)>,
+    mut pending: mpsc::UnboundedReceiver<(Pending, (rumqttc::Publish, usize, Unsettled))>,
+    connection: Arc<AtomicUsize>,
 ) {
     // Each reading counts as settled once this loop is done with it, acknowledged or left
     // for redelivery.
-    while let Some((publish, result, _unsettled)) = pending.recv().await {
+    while let Some((result, (publish, came_on, _unsettled))) = pending.recv().await {
         match result.outcome().await {
             Ok(_) => {}
             // A rejection is final and already recorded as a security event: acknowledge it
@@ -318,6 +419,12 @@ async fn ack_in_order(
                 continue;
             }
         }
+        // Received on an earlier connection: the broker sends it again on this one (where
+        // it is answered as a duplicate), and its packet id may now name another reading,
+        // not yet committed, which this acknowledgement would settle.
+        if came_on != connection.load(Ordering::Acquire) {
+            continue;
+        }
         if let Err(e) = client.ack(&publish).await {
             tracing::error!(error = %e, "cannot acknowledge a reading; the broker will redeliver it");
         }
@@ -325,7 +432,7 @@ async fn ack_in_order(
 }
 
 /// Travels with a received reading through the stages and counts it as outstanding until
-/// dropped, wherever its handling ends; a drain waits for the count to reach zero.
+/// dropped, wherever its handling ends.
 struct Unsettled(Arc<AtomicUsize>);
 
 impl Unsettled {

@@ -14,6 +14,12 @@ use tokio::sync::{broadcast, mpsc};
 
 /// How often registry changes made by other processes (the CLI) are picked up.
 pub(crate) const REFRESH_EVERY_MS: i64 = 1000;
+/// How often the whole registry is read again. The frequent refresh finds changes by the time
+/// written with them, which is the writing process's clock, read before its commit: a change
+/// from a machine whose clock is behind this one's, or committed long after it was written,
+/// falls before the window. The full reload bounds how long such a change (a revocation)
+/// goes unnoticed.
+const RELOAD_EVERY_MS: i64 = 30_000;
 /// Commit attempts before a batch is failed back to its senders, once msec is stopping. While it
 /// runs, a failed commit is retried until it succeeds: failing it would leave MQTT readings
 /// unacknowledged, which a broker redelivers only after a reconnect, and readings committed
@@ -33,6 +39,7 @@ pub(crate) struct Writer {
     /// replay) of it is judged without a database query on this, the only writer thread.
     last_digest: HashMap<String, [u8; 32]>,
     refreshed_ms: i64,
+    reloaded_ms: i64,
     flags: Flags,
     budget: EventBudget,
     /// Lives as long as the writer.
@@ -86,6 +93,7 @@ impl Writer {
             last_sequence,
             last_digest: HashMap::new(),
             refreshed_ms: msec_store::now_ms(),
+            reloaded_ms: msec_store::now_ms(),
             flags,
             budget: EventBudget::new(msec_store::now_ms()),
             _checkpoints: checkpoints,
@@ -143,9 +151,20 @@ impl Writer {
     /// it the refusal is only counted (in the metrics now, and in the budget's next summary).
     fn refuse(&mut self, batch: &mut Batch, rejection: Rejection, source: &str) -> Refused {
         let now = msec_store::now_ms();
-        let stored = self
-            .budget
-            .admit(rejection.reason, rejection.tenant.as_deref(), now);
+        // Refusals that no signature of the device stands behind (its key id is in every
+        // reading it sends, so anyone can copy it) are the tenant's to read, but spend the
+        // platform-wide budget: a flood of them must not cost the tenant's auditors the events
+        // of its devices' own refusals.
+        let unproven = matches!(
+            rejection.reason,
+            "revoked_device" | "topic_mismatch" | "bad_signature"
+        );
+        let budget = if unproven {
+            None
+        } else {
+            rejection.tenant.as_deref()
+        };
+        let stored = self.budget.admit(rejection.reason, budget, now);
         if stored {
             batch.events.push(NewEvent {
                 at_ms: now,
@@ -171,14 +190,20 @@ impl Writer {
             return;
         }
         // Overlap the window so a change written in the same millisecond is not missed.
-        match self
-            .store
-            .devices_changed_since(self.refreshed_ms - REFRESH_EVERY_MS)
-        {
+        let reload = now.saturating_sub(self.reloaded_ms) >= RELOAD_EVERY_MS;
+        let since = if reload {
+            i64::MIN
+        } else {
+            self.refreshed_ms - REFRESH_EVERY_MS
+        };
+        match self.store.devices_changed_since(since) {
             Ok(changed) => {
                 let mut registry = self.registry.write().unwrap_or_else(|e| e.into_inner());
                 registry.extend(changed.iter().filter_map(known));
                 self.refreshed_ms = now;
+                if reload {
+                    self.reloaded_ms = now;
+                }
             }
             Err(e) => tracing::error!(error = %e, "cannot refresh the device registry"),
         }

@@ -3,7 +3,9 @@
 
 use msec_device::{readings_topic, unix_now, Device, DeviceKey};
 use msec_envelope::Measurement;
-use msec_ingest::{run_mqtt, Config, Ingest, MqttConfig, Outcome, Source};
+use msec_ingest::{
+    readings_filter, run_embedded, run_mqtt, Config, Ingest, MqttConfig, Outcome, Source,
+};
 use msec_store::{NewDevice, ReadingQuery, Store};
 use std::time::Duration;
 
@@ -391,6 +393,34 @@ async fn revocation_by_another_process_takes_effect_within_seconds() {
     assert_eq!(last, Some("revoked_device"));
 }
 
+/// A revocation written by a process whose clock is far behind (here: stamped at the epoch)
+/// falls before every window of the quick refresh; the full reload still finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_from_a_slow_clock_takes_effect_within_a_minute() {
+    let url = sqlite_url();
+    let key = registered(&url, "dev-s");
+    let ingest = start(&url);
+    let mut d = Device::new("dev-s", key, 1);
+    let src = || Source::Http("t".into());
+    let send = |d: &mut Device| d.seal(&temp(unix_now(), 1.0), unix_now());
+    assert!(ingest.submit(send(&mut d), src()).await.is_ok());
+    msec_testkit::raw_sql(
+        &url,
+        "UPDATE devices SET status = 'revoked', updated_ms = 0 WHERE id = 'dev-s'",
+    );
+    let started = std::time::Instant::now();
+    let mut last = None;
+    while started.elapsed() < Duration::from_secs(60) && last != Some("revoked_device") {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        last = ingest
+            .submit(send(&mut d), src())
+            .await
+            .err()
+            .map(|r| r.reason);
+    }
+    assert_eq!(last, Some("revoked_device"));
+}
+
 /// Publishes envelopes with QoS 1 and waits for the broker's PUBACKs.
 async fn publish_all(broker: &MqttConfig, messages: Vec<(String, Vec<u8>)>, pace: Duration) {
     let mut opts = broker.client_options(msec_testkit::unique("pub-"));
@@ -452,16 +482,41 @@ fn events(url: &str) -> Vec<msec_store::SecurityEvent> {
     })
 }
 
+/// Starts the consumer under test: msec's own subscription in a fresh embedded broker (`None`),
+/// or a consumer of the external broker at `broker_url`. Returns the settings its devices
+/// publish with.
+async fn consume(
+    broker_url: Option<&str>,
+    ingest: Ingest,
+    root: &str,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> (MqttConfig, tokio::task::JoinHandle<()>) {
+    match broker_url {
+        None => {
+            let any = "127.0.0.1:0".parse().unwrap();
+            let (addr, readings) =
+                msec_broker::start_consuming(any, &readings_filter(root)).unwrap();
+            let url = format!("mqtt://{addr}");
+            let cfg = MqttConfig::from_url(&url, "unused", root).unwrap();
+            (cfg, tokio::spawn(run_embedded(ingest, readings, stopped)))
+        }
+        Some(url) => {
+            let cfg =
+                MqttConfig::from_url(url, &msec_testkit::unique("msec-ingest-"), root).unwrap();
+            let consumer = tokio::spawn(run_mqtt(ingest, cfg.clone(), stopped));
+            tokio::time::sleep(Duration::from_millis(500)).await; // subscription in place
+            (cfg, consumer)
+        }
+    }
+}
+
 /// Valid readings are stored and a forged one is rejected, through a real broker.
-async fn through_broker(broker_url: String, db_url: String) {
+async fn through_broker(broker_url: Option<&str>, db_url: String) {
     let root = msec_testkit::unique("t");
     let key = registered(&db_url, "dev-m");
     let ingest = start(&db_url);
-    let cfg =
-        MqttConfig::from_url(&broker_url, &msec_testkit::unique("msec-ingest-"), &root).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let consumer = tokio::spawn(run_mqtt(ingest.clone(), cfg.clone(), stopped));
-    tokio::time::sleep(Duration::from_millis(500)).await; // subscription in place
+    let (cfg, consumer) = consume(broker_url, ingest.clone(), &root, stopped).await;
     let topic = readings_topic(&root, "santander", "dev-m");
     let mut d = Device::new("dev-m", key, 1);
     let now = unix_now();
@@ -532,14 +587,9 @@ async fn crash_and_resume(broker_url: String, db_url: String) {
     second.abort();
 }
 
-fn embedded() -> String {
-    let addr = msec_broker::start("127.0.0.1:0".parse().unwrap()).unwrap();
-    format!("mqtt://{addr}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_broker_sqlite() {
-    through_broker(embedded(), sqlite_url()).await;
+    through_broker(None, sqlite_url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,12 +597,7 @@ async fn mosquitto_postgres() {
     let (Some(mqtt), Some(pg)) = (msec_testkit::mqtt_url(), msec_testkit::postgres_url()) else {
         return;
     };
-    through_broker(mqtt, pg).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consumer_crash_embedded_broker() {
-    crash_and_resume(embedded(), sqlite_url()).await;
+    through_broker(Some(&mqtt), pg).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -619,65 +664,53 @@ async fn wide_inflight_window_does_not_stall_the_consumer() {
 }
 
 /// The embedded broker acknowledges a reading to its device on receipt and keeps its queue in
-/// memory, so a stop must not leave readings in it: with `drain_on_stop`, a consumer stopped
-/// while thousands are still queued takes them all before it exits. Without it (the setting
-/// for an external broker, which keeps its queue) the same stop leaves most of them behind.
+/// memory, so a stop must not leave readings in it: a consumer stopped while thousands are
+/// still queued takes them all before it exits, and no sooner than they are committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_drains_the_embedded_broker() {
-    let broker_url = embedded();
-    for drain in [true, false] {
-        let db_url = sqlite_url();
-        let key = registered(&db_url, "dev-d");
-        let root = msec_testkit::unique("t");
-        let mut cfg =
-            MqttConfig::from_url(&broker_url, &msec_testkit::unique("msec-ingest-"), &root)
-                .unwrap();
-        cfg.drain_on_stop = drain;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let consumer = tokio::spawn(run_mqtt(start(&db_url), cfg.clone(), stopped));
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let topic = readings_topic(&root, "santander", "dev-d");
-        let mut d = Device::new("dev-d", key, 1);
-        let now = unix_now();
-        let total = 3_000;
-        let msgs: Vec<_> = (0..total)
-            .map(|i| (topic.clone(), d.seal(&temp(now, i as f64), now)))
-            .collect();
-        // Hold the database's write lock so that nothing commits before the stop and the
-        // broker is sure to hold a backlog then, however fast this machine is.
-        let lock = rusqlite::Connection::open(&db_url).unwrap();
-        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
-        // Every reading is acknowledged by the broker once this returns.
-        publish_all(&cfg, msgs, Duration::ZERO).await;
-        let stored_at_stop = count_readings(&db_url);
-        stop.send(true).unwrap();
-        let stopping = std::time::Instant::now();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        lock.execute_batch("ROLLBACK").unwrap();
-        tokio::time::timeout(Duration::from_secs(30), consumer)
-            .await
-            .expect("the consumer stops")
-            .unwrap();
-        // Well before the 10 s limit: the drain ended because the broker had nothing left.
-        assert!(
-            stopping.elapsed() < Duration::from_secs(7),
-            "the drain took {:?}",
-            stopping.elapsed()
-        );
-        let stored = count_readings(&db_url);
-        assert_eq!(stored_at_stop, 0);
-        if drain {
-            assert_eq!(
-                stored, total,
-                "acknowledged readings left in the embedded broker"
-            );
-        } else {
-            assert!(
-                stored < total,
-                "without a drain the stop should not wait ({stored})"
-            );
-        }
-    }
+    let db_url = sqlite_url();
+    let key = registered(&db_url, "dev-d");
+    let root = msec_testkit::unique("t");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (cfg, consumer) = consume(None, start(&db_url), &root, stopped).await;
+    let topic = readings_topic(&root, "santander", "dev-d");
+    let mut d = Device::new("dev-d", key, 1);
+    let now = unix_now();
+    let total = 3_000;
+    let msgs: Vec<_> = (0..total)
+        .map(|i| (topic.clone(), d.seal(&temp(now, i as f64), now)))
+        .collect();
+    // Hold the database's write lock so that nothing commits before the stop and the
+    // broker is sure to hold a backlog then, however fast this machine is.
+    let lock = rusqlite::Connection::open(&db_url).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // Every reading is acknowledged by the broker once this returns.
+    publish_all(&cfg, msgs, Duration::ZERO).await;
+    let stored_at_stop = count_readings(&db_url);
+    stop.send(true).unwrap();
+    let stopping = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !consumer.is_finished(),
+        "the consumer stopped while nothing was committed"
+    );
+    lock.execute_batch("ROLLBACK").unwrap();
+    tokio::time::timeout(Duration::from_secs(30), consumer)
+        .await
+        .expect("the consumer stops")
+        .unwrap();
+    // Well before the 10 s limit: the drain ended because the broker had nothing left.
+    assert!(
+        stopping.elapsed() < Duration::from_secs(7),
+        "the drain took {:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(stored_at_stop, 0);
+    assert_eq!(
+        count_readings(&db_url),
+        total,
+        "acknowledged readings left in the embedded broker"
+    );
 }
 
 /// A database that fails for longer than a few commit attempts holds ingest up but loses
@@ -686,16 +719,12 @@ async fn stop_drains_the_embedded_broker() {
 /// after it would have made it look like a replay).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_holds_ingest_up_and_loses_nothing() {
-    let broker_url = embedded();
     let db_url = sqlite_url();
     let key = registered(&db_url, "dev-o");
     let root = msec_testkit::unique("t");
-    let cfg =
-        MqttConfig::from_url(&broker_url, &msec_testkit::unique("msec-ingest-"), &root).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let ingest = start(&db_url);
-    let consumer = tokio::spawn(run_mqtt(ingest.clone(), cfg.clone(), stopped));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (cfg, consumer) = consume(None, ingest.clone(), &root, stopped).await;
     let topic = readings_topic(&root, "santander", "dev-o");
     let mut d = Device::new("dev-o", key, 1);
     let now = unix_now();
@@ -998,4 +1027,55 @@ async fn a_flood_of_refusals_is_counted_not_stored_one_by_one() {
         "{}",
         summaries[0].detail
     );
+}
+
+/// Copies of a device's key id on junk (a real reading with its signature spoiled) are refused
+/// as the tenant's events, but a flood of them spends the platform-wide budget: the device's
+/// own refusal in the middle of it (a replay) is still stored as an event of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_junk_in_a_devices_name_cannot_spend_its_tenants_budget() {
+    use msec_ingest::budget::BURST;
+    let url = sqlite_url();
+    let key = registered(&url, "dev-v");
+    let (ingest, writer) = sync(|| {
+        Ingest::start(
+            Store::open(&url, msec_testkit::test_keys()).unwrap(),
+            Config::default(),
+        )
+        .unwrap()
+    });
+    let now = unix_now();
+    let mut dev = Device::new("dev-v", key.clone(), 1);
+    let genuine = dev.seal(&temp(now, 20.0), now);
+    let src = || Source::Http("127.0.0.1:9".into());
+    assert!(matches!(
+        ingest.submit(genuine.clone(), src()).await,
+        Ok(Outcome::Stored { .. })
+    ));
+    let mut forged = tokio::task::JoinSet::new();
+    for i in 0..BURST as usize + 500 {
+        let (ingest, mut junk) = (ingest.clone(), genuine.clone());
+        let last = junk.len() - 1 - i % 32;
+        junk[last] ^= 1 + (i / 32) as u8;
+        forged.spawn(async move {
+            ingest
+                .submit(junk, Source::Http("192.0.2.7:9".into()))
+                .await
+        });
+    }
+    while let Some(answer) = forged.join_next().await {
+        let refusal = answer.unwrap().expect_err("forgeries are refused");
+        assert_eq!(refusal.reason, "bad_signature");
+        assert_eq!(refusal.tenant.as_deref(), Some("santander"));
+    }
+    // The device, restarted with its counter lost, sends sequence 1 again with other values.
+    let replay = Device::new("dev-v", key, 1).seal(&temp(now, 21.0), now);
+    let refusal = ingest.submit(replay, src()).await.unwrap_err();
+    assert_eq!(refusal.reason, "replayed_sequence");
+    assert!(
+        refusal.event_id.is_some(),
+        "the device's own refusal was only counted: forgeries spent its tenant's budget"
+    );
+    drop(ingest);
+    sync(|| writer.join().unwrap());
 }

@@ -74,13 +74,10 @@ pub fn mqtt_url() -> Option<String> {
     Some(url)
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, from below the kernel's ephemeral range so that
+/// no other test's socket is handed it before the server meant for it binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind loopback")
-        .local_addr()
-        .expect("addr")
-        .port()
+    msec_broker::free_port(std::net::Ipv4Addr::LOCALHOST.into()).expect("a free loopback port")
 }
 
 /// One in-memory key ring per test process, so every store a test opens on the same database
