@@ -161,17 +161,24 @@ pub fn open(bytes: &[u8], max_bytes: usize) -> Result<Unverified, EnvelopeError>
     let Cbor::Map(claims) = claims else {
         return Err(bad("CWT claims (15) must be a map"));
     };
+    // A claim given twice would mean one thing to a verifier that takes the first and another
+    // to one that takes the last: refused.
     let claim = |label: i64| {
-        claims
+        let mut given = claims
             .iter()
-            .find(|(k, _)| k.as_integer().map(i128::from) == Some(label as i128))
-            .map(|(_, v)| v)
+            .filter(|(k, _)| k.as_integer().map(i128::from) == Some(label as i128))
+            .map(|(_, v)| v);
+        let first = given.next();
+        if given.next().is_some() {
+            return Err(bad("a CWT claim appears twice"));
+        }
+        Ok(first)
     };
-    let issued_at = claim(CLAIM_IAT)
+    let issued_at = claim(CLAIM_IAT)?
         .and_then(|v| v.as_integer())
         .and_then(|i| i64::try_from(i128::from(i)).ok())
         .ok_or_else(|| bad("iat (6) missing or not an integer"))?;
-    let sequence = claim(CLAIM_CTI)
+    let sequence = claim(CLAIM_CTI)?
         .and_then(|v| v.as_bytes())
         .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
         .map(u64::from_be_bytes)
@@ -336,6 +343,45 @@ mod tests {
             let result = open(&bad, DEFAULT_MAX_ENVELOPE_BYTES)
                 .and_then(|e| e.verify(&key().verifying_key()));
             assert!(result.is_err(), "flipping byte {i} was accepted");
+        }
+    }
+
+    /// A claim given twice, signed by the device itself, is refused: verifiers taking the first
+    /// and the last would read different sequence numbers.
+    #[test]
+    fn a_claim_given_twice_is_malformed() {
+        let k = key();
+        for label in [CLAIM_IAT, CLAIM_CTI] {
+            let value = |v: u8| match label {
+                CLAIM_CTI => Cbor::Bytes([v; 8].to_vec()),
+                _ => Cbor::Integer(1_700_000_000.into()),
+            };
+            let claims = Cbor::Map(vec![
+                (
+                    Cbor::Integer(CLAIM_IAT.into()),
+                    Cbor::Integer(1_700_000_000.into()),
+                ),
+                (
+                    Cbor::Integer(CLAIM_CTI.into()),
+                    Cbor::Bytes(1u64.to_be_bytes().to_vec()),
+                ),
+                (Cbor::Integer(label.into()), value(2)),
+            ]);
+            let protected = coset::HeaderBuilder::new()
+                .algorithm(iana::Algorithm::EdDSA)
+                .key_id(key_id(&k.verifying_key().to_bytes()).to_vec())
+                .content_format(iana::CoapContentFormat::SenmlCbor)
+                .value(HEADER_CWT_CLAIMS, claims)
+                .build();
+            let bytes = CoseSign1Builder::new()
+                .protected(protected)
+                .payload(senml::encode(&sample()))
+                .create_signature(b"", |data| k.sign(data).to_bytes().to_vec())
+                .build()
+                .to_tagged_vec()
+                .unwrap();
+            let err = open(&bytes, DEFAULT_MAX_ENVELOPE_BYTES).unwrap_err();
+            assert_eq!(err.reason(), "malformed_envelope", "claim {label}: {err}");
         }
     }
 

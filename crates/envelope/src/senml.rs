@@ -156,8 +156,17 @@ fn valid_name(name: &str) -> bool {
 /// Decodes and resolves a SenML CBOR pack. `now` anchors relative times. Numeric values must
 /// carry a unit: a reading whose meaning depends on a guess is not accepted.
 pub fn decode(bytes: &[u8], now: f64) -> Result<Vec<Measurement>, SenmlError> {
+    let mut rest = bytes;
     let value: Cbor =
-        ciborium::from_reader(bytes).map_err(|e| SenmlError::NotCbor(e.to_string()))?;
+        ciborium::from_reader(&mut rest).map_err(|e| SenmlError::NotCbor(e.to_string()))?;
+    // Anything after the pack is signed too, but would be read by no one: refused, so that
+    // what was signed and what is stored mean the same.
+    if !rest.is_empty() {
+        return Err(SenmlError::NotCbor(format!(
+            "{} bytes after the SenML pack",
+            rest.len()
+        )));
+    }
     let Cbor::Array(records) = value else {
         return Err(SenmlError::NotAPack);
     };
@@ -172,6 +181,7 @@ pub fn decode(bytes: &[u8], now: f64) -> Result<Vec<Measurement>, SenmlError> {
             return Err(err("not a map"));
         };
         let (mut n, mut u, mut t, mut value) = (None, None, 0.0f64, None);
+        let mut labels = Vec::with_capacity(fields.len());
         for (k, v) in fields {
             let label = match k {
                 Cbor::Integer(l) => i64::try_from(i128::from(*l)).map_err(|_| err("bad label"))?,
@@ -179,6 +189,12 @@ pub fn decode(bytes: &[u8], now: f64) -> Result<Vec<Measurement>, SenmlError> {
                 Cbor::Text(_) => continue, // unknown extension field: ignored (RFC 8428 4.4)
                 _ => return Err(err("label must be an integer")),
             };
+            // One field given twice would be read as the first by one parser and the last by
+            // another.
+            if labels.contains(&label) {
+                return Err(err("a field appears twice"));
+            }
+            labels.push(label);
             let text = || {
                 v.as_text()
                     .map(str::to_owned)
@@ -424,6 +440,44 @@ mod tests {
         ] {
             assert!(decode(&pack(&bad), 0.0).is_err(), "{bad:?}");
         }
+    }
+
+    /// What two parsers could read differently is refused: a field given twice in a record,
+    /// and bytes after the pack.
+    #[test]
+    fn one_reading_one_meaning() {
+        let record = |fields: Vec<(Cbor, Cbor)>| cbor(Cbor::Array(vec![Cbor::Map(fields)]));
+        let name = (int(N), Cbor::Text("a".into()));
+        let unit = (int(U), Cbor::Text("Cel".into()));
+        let value = |v: f64| (int(V), Cbor::Float(v));
+        let single = record(vec![name.clone(), unit.clone(), value(1.0)]);
+        assert!(decode(&single, 0.0).is_ok());
+        for twice in [
+            vec![name.clone(), name.clone(), unit.clone(), value(1.0)],
+            vec![name.clone(), unit.clone(), unit.clone(), value(1.0)],
+            vec![
+                name.clone(),
+                unit.clone(),
+                value(1.0),
+                (int(T), Cbor::Float(1.0)),
+                (int(T), Cbor::Float(2.0)),
+            ],
+            vec![
+                (int(BN), Cbor::Text("x".into())),
+                (int(BN), Cbor::Text("y".into())),
+                name.clone(),
+                unit.clone(),
+                value(1.0),
+            ],
+        ] {
+            assert!(decode(&record(twice.clone()), 0.0).is_err(), "{twice:?}");
+        }
+        let mut trailing = single.clone();
+        trailing.push(0);
+        assert!(matches!(
+            decode(&trailing, 0.0),
+            Err(SenmlError::NotCbor(_))
+        ));
     }
 
     #[test]
