@@ -219,6 +219,9 @@ pub(crate) fn bump_access(db: &mut crate::db::Db) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Longest resource pattern a grant may name.
+pub const MAX_GRANT_RESOURCE_CHARS: usize = 256;
+
 impl Store {
     pub fn user(&mut self, id: &str) -> Result<Option<User>, StoreError> {
         Ok(self.users()?.into_iter().find(|u| u.id == id))
@@ -246,6 +249,14 @@ impl Store {
                     crate::UNQUALIFIED_ROLES.join(" and ")
                 )));
             }
+        }
+        // Resources land in events and the dashboard; the API and the CLI share this limit.
+        if g.resource.chars().count() > MAX_GRANT_RESOURCE_CHARS
+            || g.resource.chars().any(char::is_control)
+        {
+            return Err(StoreError::Invalid(format!(
+                "resource: at most {MAX_GRANT_RESOURCE_CHARS} characters, no control characters"
+            )));
         }
         match (g.valid_from_ms, g.valid_until_ms) {
             (Some(from), Some(until)) if from >= until => {

@@ -173,6 +173,17 @@ fn suite(url: &str) {
         s.add_grant(&to("role:operator"), "t"),
         Err(StoreError::Invalid(_))
     ));
+    // Resource patterns are bounded whoever adds them (the API and the CLI alike).
+    for resource in [format!("santander/{}", "x".repeat(250)), "santander/a\nb".into()] {
+        let g = NewGrant {
+            resource: resource.clone(),
+            ..window(None, None)
+        };
+        assert!(
+            matches!(s.add_grant(&g, "t"), Err(StoreError::Invalid(_))),
+            "{resource:?}"
+        );
+    }
     assert!(s.grants().unwrap().is_empty());
     s.register_device(&device("d2", 2)).unwrap();
     assert_eq!(
