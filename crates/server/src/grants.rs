@@ -62,6 +62,7 @@ pub(crate) async fn create(
     if g.actions.is_empty() {
         return Err(Problem::bad_request("a grant needs at least one action"));
     }
+    msec_store::valid_grant_resource(&g.resource).map_err(Problem::bad_request)?;
     g.resource
         .parse::<Pattern>()
         .map_err(|e| Problem::bad_request(format!("resource: {e}")))?;

@@ -22,7 +22,7 @@ pub use db::{redact, sqlite_path, StoreError};
 pub use gdpr::{Consent, Erasure, ExportedReading, SubjectExport};
 pub use log::{AuditScan, Finding, FindingKind, RecordId, RecordKind};
 pub use msec_vault::{create_private_dir, KekProvider};
-pub use principals::{ApiToken, Grant, NewGrant, NewToken, NewUser, User};
+pub use principals::{valid_grant_resource, ApiToken, Grant, NewGrant, NewToken, NewUser, User};
 
 /// Millisecond Unix time, the time unit of every stored timestamp.
 pub fn now_ms() -> i64 {

@@ -220,7 +220,20 @@ pub(crate) fn bump_access(db: &mut crate::db::Db) -> Result<(), StoreError> {
 }
 
 /// Longest resource pattern a grant may name.
-pub const MAX_GRANT_RESOURCE_CHARS: usize = 256;
+const MAX_GRANT_RESOURCE_CHARS: usize = 256;
+
+/// Whether a grant may name `resource`: resources land in events and the dashboard, so they are
+/// bounded whoever adds the grant (the API checks early, before the change counts against the
+/// caller's rate limit; the store checks for every caller).
+pub fn valid_grant_resource(resource: &str) -> Result<(), String> {
+    if resource.chars().count() > MAX_GRANT_RESOURCE_CHARS || resource.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "resource: at most {MAX_GRANT_RESOURCE_CHARS} characters, no control characters"
+        ));
+    }
+    Ok(())
+}
 
 impl Store {
     pub fn user(&mut self, id: &str) -> Result<Option<User>, StoreError> {
@@ -250,14 +263,7 @@ impl Store {
                 )));
             }
         }
-        // Resources land in events and the dashboard; the API and the CLI share this limit.
-        if g.resource.chars().count() > MAX_GRANT_RESOURCE_CHARS
-            || g.resource.chars().any(char::is_control)
-        {
-            return Err(StoreError::Invalid(format!(
-                "resource: at most {MAX_GRANT_RESOURCE_CHARS} characters, no control characters"
-            )));
-        }
+        valid_grant_resource(&g.resource).map_err(StoreError::Invalid)?;
         match (g.valid_from_ms, g.valid_until_ms) {
             (Some(from), Some(until)) if from >= until => {
                 return Err(StoreError::Invalid(format!(

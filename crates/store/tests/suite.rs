@@ -174,7 +174,10 @@ fn suite(url: &str) {
         Err(StoreError::Invalid(_))
     ));
     // Resource patterns are bounded whoever adds them (the API and the CLI alike).
-    for resource in [format!("santander/{}", "x".repeat(250)), "santander/a\nb".into()] {
+    for resource in [
+        format!("santander/{}", "x".repeat(250)),
+        "santander/a\nb".into(),
+    ] {
         let g = NewGrant {
             resource: resource.clone(),
             ..window(None, None)
