@@ -132,8 +132,10 @@ fn start_with(
 /// msec's subscription inside the embedded broker. Messages come in the order the broker
 /// received them. There are no acknowledgements (the broker acknowledged each publish to its
 /// device on receipt, and its queue lives in this process either way); the broker hands over
-/// a batch at a time and sends the next only when [`Subscription::next`] is called again, so
-/// a consumer that stops asking holds readings back in the broker, not in its own memory.
+/// a batch at a time (up to 1,000) and sends the next only when [`Subscription::next`] is
+/// called again, so a consumer that stops asking leaves the rest in the broker's own bounded
+/// log (docs/operations.md, Durability). [`Subscription::next`] must not be cancelled: it
+/// may be asking the broker to resume, and a request dropped half-way leaves it paused.
 pub struct Subscription {
     // Kept so that the broker keeps the connection; dropping it ends the subscription.
     _tx: rumqttd::local::LinkTx,
@@ -208,7 +210,8 @@ impl Subscription {
 /// life make the broker's own bind fail. Connecting instead would fill the broker's log with
 /// "connection closed by peer".)
 fn listening(addr: SocketAddr) -> bool {
-    bound_quietly(addr).is_err()
+    // Only "in use" says that: running out of file descriptors, say, says nothing.
+    bound_quietly(addr).is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
 }
 
 /// A socket bound to `addr` with address reuse on, and not listening.

@@ -180,7 +180,7 @@ impl Fleet {
     }
 
     /// Signs `n` readings round-robin, on all cores.
-    fn sign(&mut self, n: usize, root: &str) -> Vec<(String, Vec<u8>)> {
+    fn sign(&mut self, n: usize, root: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let now = unix_now();
         let per_device = n.div_ceil(self.devices.len());
         let tenant = self.tenant.clone();
@@ -197,18 +197,23 @@ impl Fleet {
                         for d in chunk {
                             let topic = readings_topic(root, &tenant, d.id());
                             for i in 0..per_device {
-                                v.push((topic.clone(), d.seal(&measurements(now, i), now)));
+                                v.push((topic.clone(), d.seal(&measurements(now, i), now)?));
                             }
                         }
-                        v
+                        Ok::<_, msec_device::EnvelopeError>(v)
                     })
                 })
                 .collect();
             out = handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_default())
-                .collect();
-        });
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("a signing thread panicked"))?
+                        .map_err(anyhow::Error::from)
+                })
+                .collect::<Result<_>>()?;
+            Ok::<_, anyhow::Error>(())
+        })?;
         // Interleave devices, as a broker would see them.
         let mut all: Vec<(String, Vec<u8>)> = Vec::with_capacity(n);
         let mut iters: Vec<_> = out.into_iter().map(|v| v.into_iter()).collect();
@@ -225,7 +230,7 @@ impl Fleet {
             }
         }
         all.truncate(n);
-        all
+        Ok(all)
     }
 
     async fn register(&self, platform: &Platform, settings: &Settings) -> Result<()> {
@@ -434,7 +439,7 @@ async fn latency(
         let topic = readings_topic(root, &fleet.tenant, d.id());
         let now = unix_now();
         let t0 = Instant::now();
-        let env = d.seal(&measurements(now, i), now);
+        let env = d.seal(&measurements(now, i), now)?;
         sent.lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert((d.id().to_string(), seq), t0);
@@ -585,7 +590,7 @@ async fn run_mode(
         let mut fleet = Fleet::new(devices)?;
         fleet.register(&platform, &settings).await?;
         eprintln!("  signing {n} readings…");
-        let messages = fleet.sign(n, &settings.topic_root);
+        let messages = fleet.sign(n, &settings.topic_root)?;
         eprintln!("  publishing and ingesting…");
         let (throughput, busy) = throughput(&platform, messages).await?;
         eprintln!("  latency run: {rate} readings/s for {secs} s…");
@@ -981,7 +986,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     );
     let sample = {
         let mut d = Device::new("x", DeviceKey::from_seed([1; 32]), 1);
-        d.seal(&measurements(unix_now(), 0), unix_now())
+        d.seal(&measurements(unix_now(), 0), unix_now())?
     };
     let len = sample.len();
     eprintln!("baseline: raw Ed25519 verification…");
@@ -1059,7 +1064,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&prod.data_dir);
     let p = p?;
     eprintln!("baseline: raw Mosquitto publish->subscribe…");
-    let payloads = Fleet::new(devices)?.sign(readings, "raw");
+    let payloads = Fleet::new(devices)?.sign(readings, "raw")?;
     let raw = raw_broker_rate(&mosquitto, payloads).await?;
     println!(
         "baseline  raw Mosquitto QoS 1 pub->sub, same payloads: {:>10.0} /s",

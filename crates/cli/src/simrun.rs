@@ -176,7 +176,14 @@ pub async fn run(
                     _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
                 }
                 let now = unix_now();
-                let envelope = device.seal(&sim.sample(now), now);
+                let envelope = match device.seal(&sim.sample(now), now) {
+                    Ok(envelope) => envelope,
+                    Err(e) => {
+                        // A model producing what msec refuses is a bug: say so, keep the others going.
+                        tracing::error!(device = device.id(), error = %e, "simulated reading not sent");
+                        continue;
+                    }
+                };
                 if client
                     .publish(topic.clone(), QoS::AtLeastOnce, false, envelope)
                     .await

@@ -403,7 +403,9 @@ fn serve_accepts_a_registered_device_over_mqtt_and_rejects_after_revocation() {
     let mut device = Device::new("gw-1", DeviceKey::from_seed_hex(&file.seed).unwrap(), 1);
     let publish = |device: &mut Device, value: f64| {
         let now = unix_now();
-        let envelope = device.seal(&[Measurement::number("link", "%", now, value)], now);
+        let envelope = device
+            .seal(&[Measurement::number("link", "%", now, value)], now)
+            .unwrap();
         let port: u16 = mqtt.rsplit(':').next().unwrap().parse().unwrap();
         let mut opts = rumqttc::MqttOptions::new(msec_testkit::unique("dev-"), "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(5));
@@ -902,10 +904,12 @@ fn post_reading(http: &str, device: &mut Device, value: f64) -> String {
     http_post(
         http,
         "/api/v1/readings",
-        &device.seal(
-            &[Measurement::number("temperature", "Cel", now, value)],
-            now,
-        ),
+        &device
+            .seal(
+                &[Measurement::number("temperature", "Cel", now, value)],
+                now,
+            )
+            .unwrap(),
     )
 }
 

@@ -15,7 +15,7 @@ use ed25519_dalek::SigningKey;
 use msec_envelope::{key_id, seal, KEY_ID_LEN};
 use serde::{Deserialize, Serialize};
 
-pub use msec_envelope::{Measurement, Value};
+pub use msec_envelope::{EnvelopeError, Measurement, Value};
 
 /// The MQTT topic a device publishes its readings on: `{root}/v1/{tenant}/{device}/readings`.
 pub fn readings_topic(root: &str, tenant: &str, device_id: &str) -> String {
@@ -144,19 +144,27 @@ impl Device {
     pub fn next_sequence(&self) -> u64 {
         self.next_sequence
     }
-    /// Signs the measurements into a COSE_Sign1 envelope and advances the sequence number.
-    pub fn seal(&mut self, measurements: &[Measurement], now_unix_secs: f64) -> Vec<u8> {
+    /// Signs the measurements into a COSE_Sign1 envelope and advances the sequence number. An
+    /// error says what msec would refuse (a bad name or unit, a value that is not finite, too
+    /// many records, too large, sequence numbers used up); the sequence number then stays.
+    pub fn seal(
+        &mut self,
+        measurements: &[Measurement],
+        now_unix_secs: f64,
+    ) -> Result<Vec<u8>, EnvelopeError> {
         if self.clocked {
             self.next_sequence = self.next_sequence.max(clock_micros());
         }
         let sequence = self.next_sequence;
-        self.next_sequence += 1;
-        seal(
+        let sealed = seal(
             &self.key.0,
             sequence,
             now_unix_secs.floor() as i64,
             measurements,
-        )
+        )?;
+        // Below 2^63, or `seal` refused it: the increment cannot overflow.
+        self.next_sequence = sequence + 1;
+        Ok(sealed)
     }
 }
 
@@ -179,6 +187,40 @@ pub fn unix_now() -> f64 {
 mod tests {
     use super::*;
 
+    /// What msec would refuse is refused when it is sealed, and costs no sequence number.
+    #[test]
+    fn sealing_refuses_what_msec_would_refuse() {
+        let mut d = Device::new("d1", DeviceKey::from_seed([3; 32]), 5);
+        let ok = Measurement::number("t", "Cel", 1.0, 20.0);
+        let data = |b64: &str| Measurement {
+            name: "blob".into(),
+            unit: None,
+            time: 1.0,
+            value: Value::Data(b64.into()),
+        };
+        let refused: Vec<Vec<Measurement>> = vec![
+            vec![],
+            vec![Measurement::number("t", "Cel", 1.0, f64::NAN)],
+            vec![Measurement::number("t", "Cel", 1.0, f64::INFINITY)],
+            vec![Measurement::number("t", "deg C", 1.0, 20.0)],
+            vec![Measurement::number("", "Cel", 1.0, 20.0)],
+            vec![data("not base64!")],
+            vec![ok.clone(); msec_envelope::MAX_RECORDS + 1],
+            vec![Measurement::text("big", 1.0, &"x".repeat(70_000))],
+        ];
+        for ms in refused {
+            assert!(d.seal(&ms, 1.0).is_err(), "{:?}", ms.first());
+            assert_eq!(d.next_sequence(), 5);
+        }
+        assert!(d.seal(&[ok.clone(), data("AP8")], 1.0).is_ok());
+        assert_eq!(d.next_sequence(), 6);
+        // Sequence numbers end below 2^63; the last one is used, then every seal is refused.
+        let mut last = Device::new("d1", DeviceKey::from_seed([3; 32]), i64::MAX as u64);
+        assert!(last.seal(std::slice::from_ref(&ok), 1.0).is_ok());
+        let err = last.seal(&[ok], 1.0).unwrap_err();
+        assert_eq!(err.reason(), "malformed_envelope", "{err}");
+    }
+
     #[test]
     fn a_printed_device_file_never_shows_its_seed() {
         let key = DeviceKey::from_seed([7; 32]);
@@ -199,7 +241,8 @@ mod tests {
         let mut d = Device::clocked("d1", DeviceKey::from_seed([1; 32]));
         let seq = |d: &mut Device| {
             msec_envelope::open(
-                &d.seal(&[Measurement::boolean("x", 1.0, true)], 5.0),
+                &d.seal(&[Measurement::boolean("x", 1.0, true)], 5.0)
+                    .unwrap(),
                 1 << 16,
             )
             .unwrap()
@@ -222,12 +265,14 @@ mod tests {
     fn sequence_advances_and_key_id_matches() {
         let mut d = Device::new("d1", DeviceKey::from_seed([1; 32]), 10);
         let a = msec_envelope::open(
-            &d.seal(&[Measurement::boolean("x", 1.0, true)], 5.0),
+            &d.seal(&[Measurement::boolean("x", 1.0, true)], 5.0)
+                .unwrap(),
             1 << 16,
         )
         .unwrap();
         let b = msec_envelope::open(
-            &d.seal(&[Measurement::boolean("x", 1.0, true)], 5.0),
+            &d.seal(&[Measurement::boolean("x", 1.0, true)], 5.0)
+                .unwrap(),
             1 << 16,
         )
         .unwrap();

@@ -8,7 +8,10 @@
 
 mod senml;
 
-pub use senml::{Measurement, SenmlError, Value, MAX_NAME_BYTES, MAX_RECORDS, MAX_UNIT_BYTES};
+pub use senml::{
+    encode as encode_senml, Measurement, SenmlError, Value, MAX_NAME_BYTES, MAX_RECORDS,
+    MAX_UNIT_BYTES,
+};
 
 use coset::{
     cbor::value::Value as Cbor, iana, CborSerializable, CoseSign1, CoseSign1Builder,
@@ -228,23 +231,48 @@ impl Unverified {
     }
 }
 
-/// Builds and signs an envelope. Used by the device library; lives here so that encoder and
-/// decoder are tested against each other in one place.
+/// Signs `measurements` as the device holding `key`, after checking that msec would accept what
+/// it signs, so that firmware learns of a mistake at once rather than from a refusal: a
+/// sequence number below 2^63, a pack that docs/protocol.md section 4 allows (names, units,
+/// finite numbers, base64url data) and the default size limit. Only the clock checks are left
+/// to the receiver.
 pub fn seal(
     key: &SigningKey,
     sequence: u64,
     issued_at: i64,
     measurements: &[Measurement],
-) -> Vec<u8> {
+) -> Result<Vec<u8>, EnvelopeError> {
+    if sequence > i64::MAX as u64 {
+        return Err(EnvelopeError::BadHeader(
+            "sequence numbers must be below 2^63".into(),
+        ));
+    }
+    let payload = senml::encode(measurements)?;
+    senml::decode(&payload, issued_at as f64)?;
+    let bytes = sign(key, sequence, issued_at, payload);
+    if bytes.len() > DEFAULT_MAX_ENVELOPE_BYTES {
+        return Err(EnvelopeError::Oversized {
+            size: bytes.len(),
+            limit: DEFAULT_MAX_ENVELOPE_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Signs `payload` as it is into an envelope, with none of [`seal`]'s checks: what a device
+/// that does not use this library might send. Tests of the receiving side use it to make what
+/// msec must refuse (an envelope over the size limit, a sequence number of 2^63).
+pub fn sign(key: &SigningKey, sequence: u64, issued_at: i64, payload: Vec<u8>) -> Vec<u8> {
     let protected = protected_header(&key.verifying_key().to_bytes(), sequence, issued_at).build();
-    let sign1 = CoseSign1Builder::new()
+    CoseSign1Builder::new()
         .protected(protected)
-        .payload(senml::encode(measurements))
+        .payload(payload)
         .create_signature(b"", |data| key.sign(data).to_bytes().to_vec())
-        .build();
-    // Serialising a structure we just built cannot fail; an empty result would be rejected by
-    // every receiver, which is the safe failure.
-    sign1.to_tagged_vec().unwrap_or_default()
+        .build()
+        .to_tagged_vec()
+        // Serialising a structure just built cannot fail; an empty envelope would be refused by
+        // every receiver, which is the safe failure.
+        .unwrap_or_default()
 }
 
 /// The protected header of section 3 of docs/protocol.md.
@@ -300,7 +328,7 @@ mod tests {
 
     #[test]
     fn what_seal_makes_is_already_canonical_and_reframed_copies_are_not() {
-        let bytes = seal(&key(), 42, 1_700_000_000, &sample());
+        let bytes = seal(&key(), 42, 1_700_000_000, &sample()).unwrap();
         let canonical = open(&bytes, 4096).unwrap().canonical().unwrap();
         assert_eq!(canonical, bytes, "stored byte for byte");
         // Untagged, or with a non-shortest length head for the payload: the same reading.
@@ -326,7 +354,7 @@ mod tests {
 
     #[test]
     fn round_trip_verifies_and_decodes() {
-        let bytes = seal(&key(), 42, 1_700_000_000, &sample());
+        let bytes = seal(&key(), 42, 1_700_000_000, &sample()).unwrap();
         let env = open(&bytes, DEFAULT_MAX_ENVELOPE_BYTES).unwrap();
         assert_eq!(env.sequence, 42);
         assert_eq!(env.key_id, key_id(&key().verifying_key().to_bytes()));
@@ -336,7 +364,7 @@ mod tests {
 
     #[test]
     fn every_flipped_byte_is_rejected() {
-        let bytes = seal(&key(), 1, 1_700_000_000, &sample());
+        let bytes = seal(&key(), 1, 1_700_000_000, &sample()).unwrap();
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x01;
@@ -375,7 +403,7 @@ mod tests {
                 .build();
             let bytes = CoseSign1Builder::new()
                 .protected(protected)
-                .payload(senml::encode(&sample()))
+                .payload(senml::encode(&sample()).unwrap())
                 .create_signature(b"", |data| k.sign(data).to_bytes().to_vec())
                 .build()
                 .to_tagged_vec()
@@ -387,7 +415,7 @@ mod tests {
 
     #[test]
     fn other_key_is_bad_signature() {
-        let bytes = seal(&key(), 1, 1_700_000_000, &sample());
+        let bytes = seal(&key(), 1, 1_700_000_000, &sample()).unwrap();
         let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
         let err = open(&bytes, 1 << 16).unwrap().verify(&other).unwrap_err();
         assert_eq!(err.reason(), "bad_signature");
@@ -416,7 +444,9 @@ mod tests {
         let builder = CoseSign1Builder::new().protected(header);
         match payload {
             Some(p) => builder.payload(p).create_signature(b"", sign),
-            None => builder.create_detached_signature(b"", &senml::encode(&sample()), sign),
+            None => {
+                builder.create_detached_signature(b"", &senml::encode(&sample()).unwrap(), sign)
+            }
         }
         .build()
         .to_tagged_vec()
@@ -426,7 +456,7 @@ mod tests {
     #[test]
     fn validly_signed_envelopes_that_break_the_header_rules_are_malformed() {
         let base = || protected_header(&key().verifying_key().to_bytes(), 1, 1_700_000_000);
-        let payload = || Some(senml::encode(&sample()));
+        let payload = || Some(senml::encode(&sample()).unwrap());
         let sign = |data: &[u8]| key().sign(data).to_bytes().to_vec();
         let control = signed(base().build(), payload(), sign);
         assert!(open(&control, 1 << 16)
@@ -477,7 +507,7 @@ mod tests {
         let mut lax_accepts = false;
         let bytes = signed(
             protected_header(&public.to_bytes(), 1, 1_700_000_000).build(),
-            Some(senml::encode(&sample())),
+            Some(senml::encode(&sample()).unwrap()),
             |data| {
                 let hash: [u8; 64] = sha2::Sha512::new()
                     .chain_update(identity)
@@ -521,7 +551,7 @@ mod tests {
                 .collect();
             let _ = open(&bytes, 1 << 16).and_then(|e| e.verify(&key().verifying_key()));
         }
-        let good = seal(&key(), 1, 1, &sample());
+        let good = seal(&key(), 1, 1, &sample()).unwrap();
         for cut in 0..good.len() {
             assert!(open(&good[..cut], 1 << 16)
                 .and_then(|e| e.verify(&key().verifying_key()))

@@ -111,11 +111,13 @@ fn int(i: i64) -> Cbor {
     Cbor::Integer(i.into())
 }
 
-/// Encodes measurements as a SenML CBOR pack, one self-contained record each.
-pub fn encode(measurements: &[Measurement]) -> Vec<u8> {
-    let pack: Vec<Cbor> = measurements
+/// Encodes measurements as a SenML CBOR pack, one self-contained record each. Fails only on a
+/// data value that is not base64url without padding.
+pub fn encode(measurements: &[Measurement]) -> Result<Vec<u8>, SenmlError> {
+    let pack = measurements
         .iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             let mut rec = vec![(int(N), Cbor::Text(m.name.clone()))];
             if let Some(u) = &m.unit {
                 rec.push((int(U), Cbor::Text(u.clone())));
@@ -126,15 +128,20 @@ pub fn encode(measurements: &[Measurement]) -> Vec<u8> {
                 Value::Sum(v) => (int(S), Cbor::Float(*v)),
                 Value::Bool(b) => (int(VB), Cbor::Bool(*b)),
                 Value::String(s) => (int(VS), Cbor::Text(s.clone())),
-                Value::Data(b64) => (int(VD), Cbor::Bytes(B64.decode(b64).unwrap_or_default())),
+                Value::Data(b64) => {
+                    let bytes = B64.decode(b64).map_err(|_| {
+                        SenmlError::Record(i, "vd is not base64url without padding".into())
+                    })?;
+                    (int(VD), Cbor::Bytes(bytes))
+                }
             });
-            Cbor::Map(rec)
+            Ok(Cbor::Map(rec))
         })
-        .collect();
+        .collect::<Result<Vec<Cbor>, SenmlError>>()?;
     let mut out = Vec::with_capacity(32 * measurements.len());
     // Writing into a Vec cannot fail.
     let _ = ciborium::into_writer(&Cbor::Array(pack), &mut out);
-    out
+    Ok(out)
 }
 
 fn number(v: &Cbor) -> Option<f64> {
@@ -493,6 +500,6 @@ mod tests {
                 value: Value::Data("AP8".into()),
             },
         ];
-        assert_eq!(decode(&encode(&ms), 0.0).unwrap(), ms);
+        assert_eq!(decode(&encode(&ms).unwrap(), 0.0).unwrap(), ms);
     }
 }

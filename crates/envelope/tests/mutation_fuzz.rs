@@ -38,7 +38,7 @@ fn mutated_envelopes_never_panic_or_forge() {
     let envelopes: Vec<Vec<u8>> = samples
         .iter()
         .enumerate()
-        .map(|(i, m)| seal(&key, i as u64 + 1, 1_700_000_000, m))
+        .map(|(i, m)| seal(&key, i as u64 + 1, 1_700_000_000, m).unwrap())
         .collect();
     let originals: Vec<_> = envelopes
         .iter()
@@ -159,7 +159,8 @@ fn mutated_senml_behind_a_valid_signature_never_panics_or_drops_records() {
         1,
         1_700_000_000,
         &[Measurement::boolean("x", 0.0, true)],
-    );
+    )
+    .unwrap();
     // Packs that use every SenML feature the decoder resolves: base name, time, unit, value,
     // sum and version, relative times, extension fields, and each kind of value.
     let base = |label: i64, v: Cbor| (Cbor::Integer(label.into()), v);
@@ -225,7 +226,7 @@ fn mutated_senml_behind_a_valid_signature_never_panics_or_drops_records() {
 /// The SenML payload `seal` puts in an envelope, read back out of it.
 fn msec_envelope_payload(measurements: &[Measurement]) -> Vec<u8> {
     let key = SigningKey::from_bytes(&[7; 32]);
-    CoseSign1::from_tagged_slice(&seal(&key, 1, 0, measurements))
+    CoseSign1::from_tagged_slice(&seal(&key, 1, 0, measurements).unwrap())
         .unwrap()
         .payload
         .unwrap()
@@ -346,7 +347,8 @@ fn generated_senml_behind_a_valid_signature_never_panics_or_drops_records() {
         1,
         1_700_000_000,
         &[Measurement::boolean("x", 0.0, true)],
-    );
+    )
+    .unwrap();
     let mut rng = Rng::new(0x0dd_ba11_cafe_f00d);
     let (mut accepted, mut rejected) = (0, 0);
     for _ in 0..20_000 {

@@ -20,7 +20,7 @@ fn example() -> String {
         Measurement::number("battery", "%EL", t, 93.0),
         Measurement::boolean("door", t, false),
     ];
-    let envelope = seal(&key, 1_764_000_000_000_001, 1_764_000_000, &measurements);
+    let envelope = seal(&key, 1_764_000_000_000_001, 1_764_000_000, &measurements).unwrap();
     let parsed = CoseSign1::from_tagged_slice(&envelope).expect("our own envelope parses");
     let protected = parsed.protected.original_data.clone().expect("kept");
     let payload = parsed.payload.clone().expect("attached");

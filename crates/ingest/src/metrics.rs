@@ -14,6 +14,7 @@ pub const REASONS: &[&str] = &[
     "replayed_sequence",
     "stale_timestamp",
     "future_timestamp",
+    "internal_error",
     // Not about readings: access control (see msec-access and msec-server).
     "forbidden",
     "unauthenticated",

@@ -232,6 +232,9 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttConfig, mut stop: watch::Receiver
             }
             Ok(_) => {}
             Err(e) => {
+                // Acknowledgements made from now on belong to no connection: the next one may
+                // reuse their packet ids for other readings.
+                connection.fetch_add(1, Ordering::AcqRel);
                 if !broker_down {
                     tracing::error!(broker = %format!("{}:{}", cfg.host, cfg.port), error = %e, "MQTT connection lost; retrying every second");
                 }
@@ -302,59 +305,63 @@ pub async fn run_embedded(
             }
         }
     });
+    // The subscription is read by a task of its own, never cancelled half-way: asking the
+    // broker to resume after a full batch is a send that may wait, and one dropped by a
+    // `select!` would leave the broker holding every later reading back for good.
     let room = Arc::new(Semaphore::new(EMBEDDED_IN_FLIGHT));
-    let mut draining_since: Option<Instant> = None;
+    let taken = Arc::new(AtomicUsize::new(0));
+    let pump = tokio::spawn({
+        let (room, taken, ingest) = (room.clone(), taken.clone(), ingest.clone());
+        async move {
+            loop {
+                let Ok(permit) = room.clone().acquire_owned().await else {
+                    break;
+                };
+                let message = match readings.next().await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::error!(error = %e, "no more readings will come from the embedded broker");
+                        break;
+                    }
+                };
+                taken.fetch_add(1, Ordering::AcqRel);
+                let ingest = ingest.clone();
+                // Past the size limit one byte is enough for ingest to refuse and record it.
+                let payload = message.payload();
+                let keep = payload.len().min(ingest.config().max_envelope_bytes + 1);
+                let payload = payload[..keep].to_vec();
+                let topic = message.topic;
+                let check = tokio::spawn(async move { ingest.check(payload, Source::Mqtt(topic)) });
+                if queue.send((check, permit)).is_err() {
+                    break;
+                }
+            }
+        }
+    });
     tracing::info!("consuming readings from the embedded broker");
+    let _ = stop.wait_for(|s| *s).await;
+    tracing::info!("stopping: taking the readings still queued in the embedded broker");
+    let draining_since = Instant::now();
+    let mut seen = taken.load(Ordering::Acquire);
     loop {
-        if draining_since.is_some_and(|t| t.elapsed() >= DRAIN_AT_MOST) {
+        if draining_since.elapsed() >= DRAIN_AT_MOST {
             tracing::warn!(
                 "stopping after 10 s of draining while readings kept arriving; those the \
-                 embedded broker accepted from now on are lost"
+                 embedded broker still holds are lost"
             );
             break;
         }
-        let permit = tokio::select! {
-            permit = room.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            _ = stop.wait_for(|s| *s), if draining_since.is_none() => {
-                tracing::info!("stopping: taking the readings still queued in the embedded broker");
-                draining_since = Some(Instant::now());
-                continue;
-            }
-        };
-        let message = tokio::select! {
-            biased;
-            m = readings.next() => m,
-            _ = stop.wait_for(|s| *s), if draining_since.is_none() => {
-                tracing::info!("stopping: taking the readings still queued in the embedded broker");
-                draining_since = Some(Instant::now());
-                continue;
-            }
-            // Quiet: drained once everything taken is settled (this loop holds one permit).
-            _ = tokio::time::sleep(DRAINED_AFTER), if draining_since.is_some() => {
-                if room.available_permits() + 1 == EMBEDDED_IN_FLIGHT {
-                    break;
-                }
-                continue;
-            }
-        };
-        let message = match message {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(error = %e, "no more readings will come from the embedded broker");
-                break;
-            }
-        };
-        let ingest = ingest.clone();
-        // Past the size limit one byte is enough for ingest to refuse and record it.
-        let payload = message.payload();
-        let payload = payload[..payload.len().min(ingest.config().max_envelope_bytes + 1)].to_vec();
-        let topic = message.topic;
-        let check = tokio::spawn(async move { ingest.check(payload, Source::Mqtt(topic)) });
-        if queue.send((check, permit)).is_err() {
+        tokio::time::sleep(DRAINED_AFTER).await;
+        // Drained once nothing new came for a while and everything taken is settled (the
+        // reader holds one permit while it waits for the next message).
+        let now = taken.load(Ordering::Acquire);
+        if now == seen && room.available_permits() + 1 >= EMBEDDED_IN_FLIGHT {
             break;
         }
+        seen = now;
     }
-    drop(queue);
+    // Ends the reader and with it the queue to the writer, once what it queued is handled.
+    pump.abort();
     let flush = async {
         let _ = forwarder.await;
         let _ = settler.await;

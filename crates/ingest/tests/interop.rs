@@ -103,15 +103,17 @@ async fn pycose_reading_is_accepted() {
 fn msec_envelope_verifies_with_pycose() {
     let key = DeviceKey::from_seed([0x43; 32]);
     let mut d = Device::new("d", key.clone(), 1);
-    let env = d.seal(
-        &[msec_envelope::Measurement::number(
-            "co2",
-            "ppm",
+    let env = d
+        .seal(
+            &[msec_envelope::Measurement::number(
+                "co2",
+                "ppm",
+                1_700_000_000.0,
+                415.0,
+            )],
             1_700_000_000.0,
-            415.0,
-        )],
-        1_700_000_000.0,
-    );
+        )
+        .unwrap();
     let Some(json) = python(&["verify", &hex::encode(key.public_key()), &hex::encode(env)]) else {
         return;
     };

@@ -330,13 +330,15 @@ fn scenario(addr: Srv) {
     let mut dev = Device::new("park-env-01", key, 1);
     let now = unix_now();
     let cose = "application/cose; cose-type=\"cose-sign1\"";
-    let env = dev.seal(
-        &[
-            Measurement::number("temperature", "Cel", now, 18.5),
-            Measurement::number("battery", "%EL", now, 91.0),
-        ],
-        now,
-    );
+    let env = dev
+        .seal(
+            &[
+                Measurement::number("temperature", "Cel", now, 18.5),
+                Measurement::number("battery", "%EL", now, 91.0),
+            ],
+            now,
+        )
+        .unwrap();
     let r = http(addr, "POST", "/api/v1/readings", cose, &env);
     assert_eq!(
         (r.status, r.json()["status"].as_str().unwrap()),
@@ -347,7 +349,9 @@ fn scenario(addr: Srv) {
         (r.status, r.json()["status"].as_str().unwrap()),
         (200, "duplicate")
     );
-    let mut forged = dev.seal(&[Measurement::number("temperature", "Cel", now, 99.0)], now);
+    let mut forged = dev
+        .seal(&[Measurement::number("temperature", "Cel", now, 99.0)], now)
+        .unwrap();
     let l = forged.len() - 1;
     forged[l] ^= 1;
     let r = http(addr, "POST", "/api/v1/readings", cose, &forged);
@@ -526,7 +530,8 @@ fn scenario(addr: Srv) {
         "POST",
         "/api/v1/readings",
         cose,
-        &dev.seal(&[Measurement::number("temperature", "Cel", now, 1.0)], now),
+        &dev.seal(&[Measurement::number("temperature", "Cel", now, 1.0)], now)
+            .unwrap(),
     );
     assert_eq!(
         (r.status, r.json()["type"].as_str().unwrap()),
@@ -587,7 +592,7 @@ async fn live_stream_delivers_readings() {
         std::thread::sleep(std::time::Duration::from_millis(300));
         let mut dev = Device::new("d", key, 1);
         let now = unix_now();
-        let env = dev.seal(&[Measurement::number("co2", "ppm", now, 420.0)], now);
+        let env = dev.seal(&[Measurement::number("co2", "ppm", now, 420.0)], now).unwrap();
         assert_eq!(http(addr, "POST", "/api/v1/readings", "application/cose", &env).status, 201);
         sse.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
         let mut seen = String::new();
@@ -617,7 +622,7 @@ async fn live_stream_shows_each_caller_only_what_it_may_see() {
         let mut watcher = open_stream(srv, watcher_auth.auth);
         std::thread::sleep(std::time::Duration::from_millis(300));
         let now = unix_now();
-        let env = Device::new("d", key, 1).seal(&[Measurement::number("co2", "ppm", now, 420.0)], now);
+        let env = Device::new("d", key, 1).seal(&[Measurement::number("co2", "ppm", now, 420.0)], now).unwrap();
         assert_eq!(http(srv, "POST", "/api/v1/readings", "application/cose", &env).status, 201);
         assert_eq!(http(srv, "POST", "/api/v1/readings", "application/cose", b"\xd2\x84garbage").status, 400);
         let (saw_admin, saw_watcher) = (read_for(&mut admin, 2), read_for(&mut watcher, 1));
@@ -656,7 +661,7 @@ async fn each_tenants_auditors_read_only_that_tenants_events() {
             let key = DeviceKey::generate().unwrap();
             let reg = serde_json::json!({"id": id, "tenant": tenant, "kind": "k", "public_key": hex::encode(key.public_key())});
             assert_eq!(http(srv, "POST", "/api/v1/devices", "application/json", reg.to_string().as_bytes()).status, 201);
-            let mut forged = Device::new(id, key, 1).seal(&[Measurement::number("co2", "ppm", now, 420.0)], now);
+            let mut forged = Device::new(id, key, 1).seal(&[Measurement::number("co2", "ppm", now, 420.0)], now).unwrap();
             *forged.last_mut().unwrap() ^= 1;
             let r = http(srv, "POST", "/api/v1/readings", "application/cose", &forged);
             assert_eq!((r.status, r.json()["type"].as_str()), (403, Some("urn:msec:problem:bad_signature")), "{}", r.body);
@@ -752,7 +757,7 @@ async fn live_stream_stops_after_logout() {
         let mut dev = Device::new("d", key, 1);
         let mut post = |v: f64| {
             let now = unix_now();
-            let env = dev.seal(&[Measurement::number("co2", "ppm", now, v)], now);
+            let env = dev.seal(&[Measurement::number("co2", "ppm", now, v)], now).unwrap();
             assert_eq!(http(srv, "POST", "/api/v1/readings", "application/cose", &env).status, 201);
         };
         post(1.0);
@@ -1557,7 +1562,7 @@ async fn a_reading_waits_out_a_database_outage() {
         msec_testkit::raw_sql(srv.db, "ALTER TABLE readings RENAME TO readings_away");
         let now = unix_now();
         let envelope = Device::new("o-1", key, 1)
-            .seal(&[Measurement::number("temperature", "Cel", now, 1.0)], now);
+            .seal(&[Measurement::number("temperature", "Cel", now, 1.0)], now).unwrap();
         let cose = "application/cose; cose-type=\"cose-sign1\"";
         let posting = std::thread::spawn(move || http(srv, "POST", "/api/v1/readings", cose, &envelope));
         let mut health = get(srv, "/healthz");
