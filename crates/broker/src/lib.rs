@@ -77,7 +77,10 @@ pub fn start_consuming(
         subscription = Some(Subscription::new(&broker, filter));
         broker
     })?;
-    Ok((addr, subscription.expect("made before the broker started")?))
+    // Made whenever `start_with` succeeded, which makes the broker before it can succeed.
+    let subscription = subscription
+        .unwrap_or_else(|| Err(BrokerError::Subscribe("the broker was never made".into())))?;
+    Ok((addr, subscription))
 }
 
 fn start_with(
