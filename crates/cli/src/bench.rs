@@ -102,7 +102,33 @@ fn machine() -> String {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!("{} cores, {cpu}", cores())
+    format!(
+        "{} cores, {cpu}; Ed25519 arithmetic: {}",
+        cores(),
+        curve_backend()
+    )
+}
+
+/// Which of curve25519-dalek's backends verifies signatures here. The crate picks at run time
+/// among those compiled in, and compiles the AVX-512 IFMA one only under the cfg that
+/// .cargo/config.toml passes to every crate, this one included, so both halves can be read here.
+fn curve_backend() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let ifma = std::arch::is_x86_feature_detected!("avx512ifma")
+            && std::arch::is_x86_feature_detected!("avx512vl");
+        if cfg!(curve25519_dalek_backend = "avx512") && ifma {
+            return "AVX-512 IFMA";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return if ifma {
+                "AVX2 (this CPU has AVX-512 IFMA, but this build leaves it out: see .cargo/config.toml)"
+            } else {
+                "AVX2"
+            };
+        }
+    }
+    "portable 64-bit"
 }
 
 fn cores() -> usize {

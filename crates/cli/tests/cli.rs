@@ -622,6 +622,18 @@ fn bench_ingest_prints_rates_latencies_and_both_baselines() {
         let rest = &line[line.find(after).unwrap() + after.len()..];
         rest.split_whitespace().next().unwrap().parse().unwrap()
     };
+    // The IFMA backend is built in by .cargo/config.toml; where the CPU has IFMA, it is used.
+    let header = line("msec bench ingest");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512ifma")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+    {
+        assert!(
+            header.ends_with("Ed25519 arithmetic: AVX-512 IFMA"),
+            "{header}"
+        );
+    }
+    assert!(header.contains("Ed25519 arithmetic: "), "{header}");
     let verify = line("baseline  raw Ed25519");
     assert!(rate(&verify, ":") > 0.0);
     assert!(rate(&verify, "/s;") > 0.0, "{verify}");
