@@ -232,6 +232,21 @@ fn quiet_exit_when_stdout_closes() {
     }));
 }
 
+/// Waits for Ctrl-C or SIGTERM (Ok), or for a part of the platform to end on its own (the
+/// error that `serve` and `demo` then exit with, after stopping the rest).
+async fn until_stop(
+    interrupted: impl std::future::Future<Output = ()>,
+    p: &platform::Platform,
+) -> Result<()> {
+    tokio::select! {
+        _ = interrupted => Ok(()),
+        part = p.failed() => {
+            tracing::error!(part, "a part of msec ended on its own; stopping");
+            Err(anyhow::anyhow!("{part} ended on its own; msec stopped (see the log above)"))
+        }
+    }
+}
+
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Serve { platform } => {
@@ -247,9 +262,10 @@ async fn run(command: Command) -> Result<()> {
             );
             platform::announce_admin(admin);
             println!("Press Ctrl-C to stop.");
-            interrupted.await;
+            let failed = until_stop(interrupted, &p).await;
             eprintln!("stopping: finishing in-flight readings…");
-            p.shutdown().await
+            p.shutdown().await?;
+            failed
         }
         Command::Demo { platform, sim } => {
             let interrupted = platform::interrupts();
@@ -302,11 +318,12 @@ async fn run(command: Command) -> Result<()> {
             platform::announce_admin(admin);
             println!("  Press Ctrl-C to stop.");
             println!();
-            interrupted.await;
+            let failed = until_stop(interrupted, &p).await;
             eprintln!("stopping: simulators first, then in-flight readings…");
             let _ = stop.send(true);
             let _ = sims.await;
-            p.shutdown().await
+            p.shutdown().await?;
+            failed
         }
         Command::Sim {
             pilots,

@@ -17,12 +17,52 @@ pub struct Platform {
     pub broker_url: String,
     pub ingest: Ingest,
     stop: watch::Sender<bool>,
+    /// Which part of the platform ended first, if one has (see [`Platform::failed`]).
+    ended: watch::Receiver<Option<&'static str>>,
     consumer: JoinHandle<()>,
-    server: JoinHandle<std::io::Result<()>>,
-    writer: std::thread::JoinHandle<()>,
+    server: JoinHandle<()>,
+    writer: JoinHandle<()>,
     notary_stop: Arc<AtomicBool>,
     notary: std::thread::JoinHandle<()>,
     _claim: DataDirClaim,
+}
+
+/// Records, when dropped, that the part of the platform it was given to has ended, whether it
+/// returned, panicked or was cancelled: the first part to end is the one [`Platform::failed`]
+/// names.
+struct EndGuard {
+    part: &'static str,
+    ended: Arc<watch::Sender<Option<&'static str>>>,
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.ended.send_if_modified(|first| {
+            let news = first.is_none();
+            first.get_or_insert(self.part);
+            news
+        });
+    }
+}
+
+impl EndGuard {
+    fn new(part: &'static str, ended: &Arc<watch::Sender<Option<&'static str>>>) -> EndGuard {
+        EndGuard {
+            part,
+            ended: ended.clone(),
+        }
+    }
+}
+
+/// The part that an [`EndGuard`] on `ended` named first, once there is one.
+async fn first_ended(mut ended: watch::Receiver<Option<&'static str>>) -> &'static str {
+    // Each guard names its part before letting go of the channel, so a closed channel has a
+    // name in it already.
+    let part = ended
+        .wait_for(Option::is_some)
+        .await
+        .map_or(None, |part| *part);
+    part.unwrap_or("a part of msec")
 }
 
 /// The claim of one platform on its data directory: two platforms on one directory would both
@@ -263,6 +303,17 @@ impl Platform {
             tokio::task::spawn_blocking(move || Ingest::start(writer_store, config))
                 .await?
                 .context("cannot start ingest")?;
+        // Without its consumer, its writer or its HTTP server msec must not run on: the
+        // embedded broker would go on acknowledging readings that nothing stores.
+        let (ended_tx, ended) = watch::channel(None);
+        let ended_tx = Arc::new(ended_tx);
+        let writer = tokio::task::spawn_blocking({
+            let guard = EndGuard::new("the ingest writer", &ended_tx);
+            move || {
+                let _guard = guard;
+                let _ = writer.join();
+            }
+        });
         let db = msec_server::DbHandle::start(open_store(s).await?)?;
         let last_command = db
             .call(|db| db.last_command_id())
@@ -275,17 +326,23 @@ impl Platform {
             last_command.unwrap_or(0),
         ));
         let (stop, stopped) = watch::channel(false);
-        let consumer = match embedded {
-            Some(readings) => tokio::spawn(msec_ingest::run_embedded(
-                ingest.clone(),
-                readings,
-                stopped.clone(),
-            )),
-            None => {
-                let mqtt = MqttConfig::from_url(&broker_url, &consumer_id, &s.topic_root)
-                    .map_err(anyhow::Error::msg)?;
-                tokio::spawn(msec_ingest::run_mqtt(ingest.clone(), mqtt, stopped.clone()))
-            }
+        let consumer = {
+            let guard = EndGuard::new("the consumer of readings from the MQTT broker", &ended_tx);
+            let (ingest, stopped) = (ingest.clone(), stopped.clone());
+            let mqtt = match embedded {
+                Some(readings) => Err(readings),
+                None => Ok(
+                    MqttConfig::from_url(&broker_url, &consumer_id, &s.topic_root)
+                        .map_err(anyhow::Error::msg)?,
+                ),
+            };
+            tokio::spawn(async move {
+                let _guard = guard;
+                match mqtt {
+                    Err(readings) => msec_ingest::run_embedded(ingest, readings, stopped).await,
+                    Ok(mqtt) => msec_ingest::run_mqtt(ingest, mqtt, stopped).await,
+                }
+            })
         };
         let state = msec_server::AppState {
             db,
@@ -296,15 +353,25 @@ impl Platform {
             trusted_proxies: s.trusted_proxies.clone().into(),
         };
         let mut until_stop = stopped;
-        let server = tokio::spawn(msec_server::serve(listener, state, async move {
-            let _ = until_stop.wait_for(|s| *s).await;
-        }));
+        let server = {
+            let guard = EndGuard::new("the HTTP server", &ended_tx);
+            tokio::spawn(async move {
+                let _guard = guard;
+                let stopped = async move {
+                    let _ = until_stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = msec_server::serve(listener, state, stopped).await {
+                    tracing::error!(error = %e, "the HTTP server failed");
+                }
+            })
+        };
         tracing::info!(http = %http, broker = %msec_store::redact(&broker_url), database = %msec_store::redact(&s.database), "msec is running");
         Ok(Platform {
             http,
             broker_url,
             ingest,
             stop,
+            ended,
             consumer,
             server,
             writer,
@@ -312,6 +379,13 @@ impl Platform {
             notary: notary_thread,
             _claim: claim,
         })
+    }
+
+    /// Resolves, naming the part, when a part msec cannot run without (the consumer of
+    /// readings, the ingest writer, the HTTP server) has ended before [`Platform::shutdown`]:
+    /// `serve` and `demo` then stop with an error, so that a supervisor restarts them.
+    pub async fn failed(&self) -> &'static str {
+        first_ended(self.ended.clone()).await
     }
 
     /// Stops taking input, acknowledges what was committed, and waits for the last commit.
@@ -332,10 +406,7 @@ impl Platform {
         // The writer commits each batch as it arrives, so everything acknowledged is already
         // durable; it exits once the last ingest handle (some may linger in closing HTTP
         // connections) is gone. Wait a little for a clean exit, not forever.
-        let writer = tokio::task::spawn_blocking(move || {
-            let _ = self.writer.join();
-        });
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.writer).await;
         // One last checkpoint covers everything committed before the stop.
         self.notary_stop.store(true, Ordering::Relaxed);
         // Bounded like the writer: a database that stopped answering must not hold the stop.
@@ -370,4 +441,46 @@ pub fn interrupts() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 
     Box::pin(async {
         let _ = tokio::signal::ctrl_c().await;
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_first_part_to_end_is_named_whether_it_returns_or_panics() {
+        let (tx, rx) = watch::channel(None);
+        let tx = Arc::new(tx);
+        let running = EndGuard::new("a part still running", &tx);
+        let panics = {
+            let guard = EndGuard::new("the part that panicked", &tx);
+            tokio::spawn(async move {
+                let _guard = guard;
+                panic!("on purpose");
+            })
+        };
+        assert!(panics.await.is_err());
+        let returns = {
+            let guard = EndGuard::new("a part that returned later", &tx);
+            tokio::spawn(async move {
+                let _guard = guard;
+            })
+        };
+        returns.await.unwrap();
+        drop(tx);
+        let named = tokio::time::timeout(Duration::from_secs(5), first_ended(rx.clone())).await;
+        assert_eq!(named.ok(), Some("the part that panicked"));
+        drop(running);
+        assert_eq!(first_ended(rx).await, "the part that panicked");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_named_while_every_part_runs() {
+        let (tx, rx) = watch::channel(None);
+        let tx = Arc::new(tx);
+        let _running = EndGuard::new("a part", &tx);
+        let waited = tokio::time::timeout(Duration::from_millis(200), first_ended(rx)).await;
+        assert!(waited.is_err(), "a part was named while none had ended");
+    }
 }
