@@ -5,11 +5,25 @@
 use crate::client::Client;
 use crate::problem::PathParam;
 use crate::{auth, AppState, Problem};
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use msec_policy::Action;
+use msec_store::{ExportPart, StoreError};
+use std::io::Write;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+
+/// Exports run on connections of their own, at most this many at once: each holds a database
+/// connection and a thread for as long as its client takes to read it.
+static EXPORTS: Semaphore = Semaphore::const_new(2);
+
+/// How long an export waits for its client to take the next chunk before giving up.
+const CLIENT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The size of the chunks an export is sent in.
+const CHUNK: usize = 64 * 1024;
 
 pub(crate) async fn export(
     State(s): State<AppState>,
@@ -31,8 +45,159 @@ pub(crate) async fn export(
             "{shown} is a tenant, not a data subject: read its devices' readings page by page (GET /api/v1/devices/{{id}}/readings)"
         )));
     }
-    let export = s.db.call(move |db| db.export_subject(&subject)).await?;
-    Ok(Json(export).into_response())
+    let Ok(permit) = EXPORTS.try_acquire() else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "other exports are under way; retry shortly",
+        ));
+    };
+    // The export is read page by page on a connection of its own and sent as it is read: a
+    // large one holds up neither the API's other requests nor the server's memory.
+    let store = s.db.call(|db| db.another()).await?;
+    let (tx, mut rx) = mpsc::channel::<Result<Bytes, StoreError>>(4);
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut store = store;
+        let mut out = Chunks {
+            tx: tx.clone(),
+            runtime: runtime.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let mut json = ExportJson::default();
+        let result = out
+            .write_all(b"{\"subject\":")
+            .and_then(|()| serde_json::to_writer(&mut out, &subject).map_err(Into::into))
+            .map_err(gone)
+            .and_then(|()| {
+                store.export_subject_in_parts(&subject, &mut |part| {
+                    json.part(&mut out, part).map_err(gone)
+                })
+            })
+            .and_then(|()| json.finish(&mut out).map_err(gone))
+            .and_then(|()| out.flush().map_err(gone));
+        if let Err(e) = result {
+            // Before the first chunk this becomes the answer; after it, the connection is cut
+            // short, so that a truncated export cannot pass for a whole one.
+            let _ = runtime.block_on(tx.send(Err(e)));
+        }
+    });
+    let first = match rx.recv().await {
+        Some(Ok(chunk)) => chunk,
+        Some(Err(e)) => return Err(e.into()),
+        None => return Err(StoreError::Backend("the export stopped".into()).into()),
+    };
+    let rest = futures_util::stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?.map_err(|e| {
+            tracing::error!(error = %e, "a subject export failed part-way; its answer was cut short");
+            std::io::Error::other("the export failed part-way")
+        });
+        Some((item, rx))
+    });
+    let body = futures_util::StreamExt::chain(futures_util::stream::iter([Ok(first)]), rest);
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// An export whose client went away or stopped reading.
+fn gone(e: std::io::Error) -> StoreError {
+    StoreError::Backend(format!("the export could not be sent: {e}"))
+}
+
+/// Writes into `CHUNK`-sized pieces sent to the HTTP answer, waiting for the client to take
+/// them (at most [`CLIENT_PATIENCE`] each).
+struct Chunks {
+    tx: mpsc::Sender<Result<Bytes, StoreError>>,
+    runtime: tokio::runtime::Handle,
+    buf: Vec<u8>,
+}
+
+impl Write for Chunks {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        let sent = self.runtime.block_on(tokio::time::timeout(
+            CLIENT_PATIENCE,
+            self.tx.send(Ok(chunk)),
+        ));
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::other("the client went away")),
+            Err(_) => Err(std::io::Error::other("the client stopped reading")),
+        }
+    }
+}
+
+/// The export's JSON, written as its parts come: `{"subject":…,"devices":[…],"readings":[…],
+/// "consents":[…],"records":[…]}`, the shape of `msec_store::SubjectExport`. The caller writes
+/// the opening and the subject.
+#[derive(Default)]
+struct ExportJson {
+    /// The array being written, and whether it has an item yet.
+    open: Option<(&'static str, bool)>,
+}
+
+impl ExportJson {
+    fn part(&mut self, out: &mut impl Write, part: ExportPart) -> std::io::Result<()> {
+        match part {
+            ExportPart::Devices(items) => self.items(out, "devices", &items),
+            ExportPart::Readings(items) => self.items(out, "readings", &items),
+            ExportPart::Consents(items) => {
+                // A subject without readings still has the (empty) array.
+                self.items(out, "readings", &[] as &[()])?;
+                self.items(out, "consents", &items)
+            }
+            ExportPart::Records(items) => self.items(out, "records", &items),
+        }
+    }
+
+    fn items<T: serde::Serialize>(
+        &mut self,
+        out: &mut impl Write,
+        array: &'static str,
+        items: &[T],
+    ) -> std::io::Result<()> {
+        if self.open.map(|(name, _)| name) != Some(array) {
+            if self.open.is_some() {
+                out.write_all(b"]")?;
+            }
+            write!(out, ",\"{array}\":[")?;
+            self.open = Some((array, false));
+        }
+        for item in items {
+            if let Some((_, any)) = &mut self.open {
+                if *any {
+                    out.write_all(b",")?;
+                }
+                *any = true;
+            }
+            serde_json::to_writer(&mut *out, item)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        // A subject's records name at least its devices or its consents, so the last array
+        // is always "records"; close whatever is open all the same.
+        if self.open.is_some() {
+            out.write_all(b"]")?;
+        }
+        out.write_all(b"}")
+    }
 }
 
 /// Allows or refuses `action` on a subject's data, `TENANT/SUBJECT`, in every tenant it has
@@ -58,4 +223,92 @@ pub(crate) async fn authorize(
         auth::authorize_hidden(s, p, action, &resource, shown, peer).await?;
     }
     Ok(tenants)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msec_store::{Consent, ExportedReading, StoredReading, SubjectExport};
+
+    fn reading(sequence: i64) -> ExportedReading {
+        ExportedReading {
+            reading: StoredReading {
+                device_id: "d-1".into(),
+                sequence,
+                issued_at: 1_700_000_000 + sequence,
+                received_ms: 1,
+                measurements: serde_json::json!([{"n": "t", "u": "Cel", "v": 1.5}]),
+            },
+            envelope: "d28443".into(),
+        }
+    }
+
+    fn consent() -> Consent {
+        Consent {
+            id: 7,
+            subject: "bob".into(),
+            grantee: "clinic".into(),
+            purpose: "care \"night\"".into(),
+            given_ms: 1,
+            withdrawn_ms: None,
+        }
+    }
+
+    /// Written part by part, the export reads as the whole `SubjectExport` would serialize.
+    fn streamed(parts: Vec<ExportPart>) -> serde_json::Value {
+        let mut out = b"{\"subject\":\"bob\"".to_vec();
+        let mut json = ExportJson::default();
+        for part in parts {
+            json.part(&mut out, part).unwrap();
+        }
+        json.finish(&mut out).unwrap();
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    fn whole(readings: Vec<ExportedReading>, records: Vec<(String, u64)>) -> serde_json::Value {
+        serde_json::to_value(SubjectExport {
+            subject: "bob".into(),
+            devices: vec![],
+            readings,
+            consents: vec![consent()],
+            records,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn pages_make_the_same_document_as_the_whole() {
+        let records = |from: u64, to: u64| -> Vec<(String, u64)> {
+            (from..to)
+                .map(|i| (format!("reading:d-1/{i}"), i))
+                .collect()
+        };
+        let parts = vec![
+            ExportPart::Devices(vec![]),
+            ExportPart::Readings(vec![reading(3), reading(2)]),
+            ExportPart::Readings(vec![reading(1)]),
+            ExportPart::Consents(vec![consent()]),
+            ExportPart::Records(vec![]),
+            ExportPart::Records(records(0, 2)),
+            ExportPart::Records(records(2, 4)),
+        ];
+        assert_eq!(
+            streamed(parts),
+            whole(vec![reading(3), reading(2), reading(1)], records(0, 4))
+        );
+    }
+
+    #[test]
+    fn a_subject_without_readings_gets_empty_arrays() {
+        let parts = vec![
+            ExportPart::Devices(vec![]),
+            ExportPart::Consents(vec![consent()]),
+            ExportPart::Records(vec![("consent:7".into(), 0)]),
+        ];
+        assert_eq!(
+            streamed(parts),
+            whole(vec![], vec![("consent:7".into(), 0)])
+        );
+    }
 }

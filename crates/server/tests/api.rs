@@ -1652,3 +1652,74 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_throttled() {
     })
     .await;
 }
+
+/// The body of a chunked HTTP/1.1 answer, its framing taken off.
+fn dechunk(body: &str) -> String {
+    let (mut rest, mut out) = (body, String::new());
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..]
+            .strip_prefix("\r\n")
+            .expect("a chunk ends in CRLF");
+    }
+}
+
+/// A subject's export is sent as it is read (chunked), and what arrives is the whole document:
+/// every reading, and a log position for each record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_export_streams_the_whole_document() {
+    let srv = start().await;
+    blocking(move || {
+        let key = DeviceKey::generate().unwrap();
+        let reg = serde_json::json!({"id": "home-9-bed", "tenant": "santander", "owner": "resident-9", "kind": "bed", "public_key": hex::encode(key.public_key())});
+        let r = http(srv, "POST", "/api/v1/devices", "application/json", reg.to_string().as_bytes());
+        assert_eq!(r.status, 201, "{}", r.body);
+        let mut dev = Device::new("home-9-bed", key, 1);
+        let cose = "application/cose; cose-type=\"cose-sign1\"";
+        for i in 0..5 {
+            let now = unix_now();
+            let env = dev
+                .seal(&[Measurement::number("occupied", "/", now, f64::from(i % 2))], now)
+                .unwrap();
+            assert_eq!(http(srv, "POST", "/api/v1/readings", cose, &env).status, 201);
+        }
+        let r = get(srv, "/api/v1/subjects/resident-9/export");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.headers.contains("transfer-encoding: chunked"), "{}", r.head);
+        assert!(r.headers.contains("content-type: application/json"), "{}", r.head);
+        let doc: serde_json::Value = serde_json::from_str(&dechunk(&r.body)).unwrap();
+        assert_eq!(doc["subject"], "resident-9");
+        assert_eq!(doc["devices"][0]["id"], "home-9-bed");
+        let sequences: Vec<_> = doc["readings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["sequence"].as_i64().unwrap())
+            .collect();
+        assert_eq!(sequences, [5, 4, 3, 2, 1]);
+        let records: Vec<_> = doc["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[0].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            records,
+            [
+                "device:home-9-bed",
+                "reading:home-9-bed/5",
+                "reading:home-9-bed/4",
+                "reading:home-9-bed/3",
+                "reading:home-9-bed/2",
+                "reading:home-9-bed/1"
+            ]
+        );
+        assert_eq!(doc["consents"], serde_json::json!([]));
+    })
+    .await;
+}

@@ -17,7 +17,8 @@ pub struct Consent {
     pub withdrawn_ms: Option<i64>,
 }
 
-/// Everything held about one subject, decrypted, each record with its log index.
+/// Everything held about one subject, decrypted, each record with its log index: the parts of
+/// [`Store::export_subject_in_parts`] gathered in memory (see [`Store::export_subject`]).
 #[derive(Debug, Serialize)]
 pub struct SubjectExport {
     pub subject: String,
@@ -36,6 +37,22 @@ pub struct ExportedReading {
     /// section 3), hex: proof of origin.
     pub envelope: String,
 }
+
+/// One piece of a subject's export. [`Store::export_subject_in_parts`] hands them out in this
+/// order: the devices once, the readings in pages (none if there are none), the consents once,
+/// then the records in pages: the devices', the readings' in the order given, the consents'.
+#[derive(Debug)]
+pub enum ExportPart {
+    Devices(Vec<Device>),
+    Readings(Vec<ExportedReading>),
+    Consents(Vec<Consent>),
+    /// (record id, log index).
+    Records(Vec<(String, u64)>),
+}
+
+/// Readings and records per [`ExportPart`]: a page of a subject's export stays small however
+/// much is held about it.
+const EXPORT_PAGE: u32 = 1000;
 
 /// What an erasure did.
 #[derive(Debug, Serialize)]
@@ -162,9 +179,38 @@ impl Store {
         )
     }
 
-    /// Everything held about `subject`, decrypted. `Erased` after an erasure, `NotFound` when
-    /// nothing is held.
+    /// Everything held about `subject`, decrypted, in memory: for exports known to be small
+    /// (tests, the CLI's export with proofs). [`Store::export_subject_in_parts`] says what fails.
     pub fn export_subject(&mut self, subject: &str) -> Result<SubjectExport, StoreError> {
+        let mut export = SubjectExport {
+            subject: subject.into(),
+            devices: Vec::new(),
+            readings: Vec::new(),
+            consents: Vec::new(),
+            records: Vec::new(),
+        };
+        self.export_subject_in_parts(subject, &mut |part| {
+            match part {
+                ExportPart::Devices(d) => export.devices.extend(d),
+                ExportPart::Readings(r) => export.readings.extend(r),
+                ExportPart::Consents(c) => export.consents.extend(c),
+                ExportPart::Records(r) => export.records.extend(r),
+            }
+            Ok(())
+        })?;
+        Ok(export)
+    }
+
+    /// Everything held about `subject`, decrypted, handed to `each` a page at a time (see
+    /// [`ExportPart`] for the order), so that an export is never whole in memory. Fails before
+    /// handing anything out with `Erased` after an erasure and `NotFound` when nothing is held;
+    /// later, if a record cannot be decrypted (an erasure meanwhile) or `each` fails.
+    /// Readings ingested meanwhile are left out, from the readings and the records alike.
+    pub fn export_subject_in_parts(
+        &mut self,
+        subject: &str,
+        each: &mut dyn FnMut(ExportPart) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         valid_subject(subject)?;
         if self.is_erased(subject)? {
             return Err(StoreError::Erased(format!(
@@ -177,29 +223,8 @@ impl Store {
             |r| r.text(0),
         )?;
         let mut devices = Vec::new();
-        let mut readings = Vec::new();
-        let mut records = Vec::new();
         for id in &ids {
             devices.extend(self.device(id)?);
-            let mut before = None;
-            loop {
-                let page = self.sealed_readings(
-                    id,
-                    &ReadingQuery {
-                        before_sequence: before,
-                        limit: 1000,
-                        ..Default::default()
-                    },
-                )?;
-                let Some(last) = page.last() else { break };
-                before = Some(last.0.sequence);
-                for (reading, envelope) in page {
-                    readings.push(ExportedReading {
-                        reading,
-                        envelope: hex::encode(envelope),
-                    });
-                }
-            }
         }
         let consents = self.consents(subject)?;
         if devices.is_empty() && consents.is_empty() {
@@ -207,34 +232,84 @@ impl Store {
                 "nothing is held about subject {subject:?}"
             )));
         }
-        let mut wanted: Vec<RecordId> = devices
+        let device_ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+        let consent_ids: Vec<i64> = consents.iter().map(|c| c.id).collect();
+        each(ExportPart::Devices(devices))?;
+        // Each device's newest reading at the time bounds both passes over its readings, so
+        // that the records name exactly the readings exported while ingest goes on (a device's
+        // later readings always have higher sequence numbers).
+        let mut newest = Vec::with_capacity(device_ids.len());
+        for id in &device_ids {
+            let mut before = None;
+            let mut first = None;
+            loop {
+                let page = self.sealed_readings(
+                    id,
+                    &ReadingQuery {
+                        before_sequence: before,
+                        limit: EXPORT_PAGE,
+                        ..Default::default()
+                    },
+                )?;
+                let Some(last) = page.last() else { break };
+                before = Some(last.0.sequence);
+                first = first.or(Some(page[0].0.sequence));
+                each(ExportPart::Readings(
+                    page.into_iter()
+                        .map(|(reading, envelope)| ExportedReading {
+                            reading,
+                            envelope: hex::encode(envelope),
+                        })
+                        .collect(),
+                ))?;
+            }
+            newest.push(first);
+        }
+        each(ExportPart::Consents(consents))?;
+        let devices = device_ids
             .iter()
-            .map(|d| RecordId::new(RecordKind::Device, d.id.clone()))
-            .collect();
-        wanted.extend(readings.iter().map(|r| {
-            RecordId::new(
-                RecordKind::Reading,
-                format!("{}/{}", r.reading.device_id, r.reading.sequence),
-            )
-        }));
-        wanted.extend(
-            consents
-                .iter()
-                .map(|c| RecordId::new(RecordKind::Consent, c.id.to_string())),
-        );
-        for id in wanted {
+            .map(|id| RecordId::new(RecordKind::Device, id.clone()));
+        each(ExportPart::Records(self.leaf_indices(devices)?))?;
+        for (id, newest) in device_ids.iter().zip(newest) {
+            // One past the newest exported reading: `sequence < before` below.
+            let mut before = newest.map(|n| n.saturating_add(1));
+            while let Some(below) = before {
+                let sequences = self.db.query(
+                    "SELECT sequence FROM readings WHERE device_id = $1 AND sequence < $2 \
+                     ORDER BY sequence DESC LIMIT $3",
+                    &[P::Text(id), P::I64(below), P::I64(i64::from(EXPORT_PAGE))],
+                    |r| r.i64(0),
+                )?;
+                before = sequences.last().copied();
+                if sequences.is_empty() {
+                    break;
+                }
+                let readings = sequences
+                    .iter()
+                    .map(|seq| RecordId::new(RecordKind::Reading, format!("{id}/{seq}")));
+                each(ExportPart::Records(self.leaf_indices(readings)?))?;
+            }
+        }
+        let consents = consent_ids
+            .iter()
+            .map(|c| RecordId::new(RecordKind::Consent, c.to_string()));
+        each(ExportPart::Records(self.leaf_indices(consents)?))?;
+        Ok(())
+    }
+
+    /// (record id, log index) of each record; every record has a leaf, or the log was
+    /// tampered with.
+    fn leaf_indices(
+        &mut self,
+        ids: impl Iterator<Item = RecordId>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        ids.map(|id| {
             let index = self
                 .leaf_index(&id)?
                 .ok_or_else(|| StoreError::Tampered(format!("record {id} has no log leaf")))?;
-            records.push((id.to_string(), index));
-        }
-        Ok(SubjectExport {
-            subject: subject.into(),
-            devices,
-            readings,
-            consents,
-            records,
+            Ok((id.to_string(), index))
         })
+        .collect()
     }
 
     /// Crypto-shreds a subject: its data key is destroyed, its devices revoked, the erasure

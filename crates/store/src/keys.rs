@@ -47,6 +47,10 @@ impl Keys {
         })
     }
 
+    pub(crate) fn provider(&self) -> Arc<dyn KekProvider> {
+        self.provider.clone()
+    }
+
     /// Drops cached keys if another process rotated keys or erased a subject since last time.
     /// `in_transaction`: called at the start of a write transaction, which may make data keys.
     pub(crate) fn sync(&mut self, db: &mut Db, in_transaction: bool) -> Result<(), StoreError> {

@@ -19,7 +19,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 pub use db::{redact, sqlite_path, StoreError};
-pub use gdpr::{Consent, Erasure, ExportedReading, SubjectExport};
+pub use gdpr::{Consent, Erasure, ExportPart, ExportedReading, SubjectExport};
 pub use log::{AuditScan, Finding, FindingKind, RecordId, RecordKind};
 pub use msec_vault::{create_private_dir, KekProvider};
 pub use principals::{valid_grant_resource, ApiToken, Grant, NewGrant, NewToken, NewUser, User};
@@ -416,6 +416,16 @@ impl Store {
         schema::migrate(&mut store.db)?;
         store.keys.check_matches(&mut store.db)?;
         Ok(store)
+    }
+
+    /// Another connection to the same database, with the same key-encryption key: for long
+    /// reads (a subject's export) that must not hold up the connection they were asked on.
+    pub fn another(&self) -> Result<Store, StoreError> {
+        Ok(Store {
+            db: Db::open(&self.url)?,
+            keys: Keys::new(self.keys.provider())?,
+            url: self.url.clone(),
+        })
     }
 
     /// Moves SQLite's WAL checkpoints off this connection onto a thread of their own. By
