@@ -76,8 +76,9 @@ pub struct PlatformArgs {
     #[arg(long, env = "MSEC_WITNESS_QUORUM", value_name = "K")]
     pub witness_quorum: Option<usize>,
     /// The address of a reverse proxy in front of msec whose X-Forwarded-For names the client
-    /// (for login throttling and security events); repeat for several. From anyone else the
-    /// header is ignored [default: none]
+    /// (for login throttling and security events) and whose X-Forwarded-Proto says whether it
+    /// came over HTTPS (for Secure session cookies); repeat for several. From anyone else both
+    /// headers are ignored [default: none]
     #[arg(
         long = "trusted-proxy",
         env = "MSEC_TRUSTED_PROXIES",

@@ -14,7 +14,21 @@ use msec_policy::Action;
 use serde_json::json;
 use std::net::SocketAddr;
 
-pub(crate) const COOKIE: &str = "msec_session";
+/// The session cookie's name over plain HTTP (the loopback demo).
+const COOKIE: &str = "msec_session";
+/// Its name over HTTPS: browsers keep a `__Host-` cookie only if it is `Secure`, has `Path=/`
+/// and no `Domain`, so another host of the same site (a sibling subdomain) cannot plant one
+/// and log a visitor into its own account.
+const SECURE_COOKIE: &str = "__Host-msec_session";
+
+/// The name the session cookie has on this request's transport; only that one is read.
+fn cookie_name(headers: &HeaderMap) -> &'static str {
+    if crate::client::over_https(headers) {
+        SECURE_COOKIE
+    } else {
+        COOKIE
+    }
+}
 
 fn now_ms() -> i64 {
     msec_store::now_ms()
@@ -62,6 +76,7 @@ pub(crate) async fn refusal_response(s: &AppState, d: Denied, peer: SocketAddr) 
 }
 
 fn cookie(headers: &HeaderMap) -> Option<String> {
+    let name = cookie_name(headers);
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -69,7 +84,7 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .find_map(|kv| {
             kv.trim()
-                .strip_prefix(COOKIE)?
+                .strip_prefix(name)?
                 .strip_prefix('=')
                 .map(str::to_string)
         })
@@ -179,15 +194,18 @@ pub(crate) struct Login {
     password: String,
 }
 
-/// `Secure` is set when the request reached us over HTTPS (directly or via a proxy that says so);
-/// browsers refuse Secure cookies over plain HTTP, which is what the loopback demo speaks.
+/// `Secure` (and the `__Host-` name) when the request reached us over HTTPS, through a trusted
+/// proxy that says so; browsers refuse Secure cookies over plain HTTP, which is what the
+/// loopback demo speaks.
 fn set_cookie(headers: &HeaderMap, value: &str, max_age_s: i64) -> HeaderValue {
-    let https = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v == "https");
-    let secure = if https { "; Secure" } else { "" };
+    let name = cookie_name(headers);
+    let secure = if name == SECURE_COOKIE {
+        "; Secure"
+    } else {
+        ""
+    };
     HeaderValue::from_str(&format!(
-        "{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age_s}{secure}"
+        "{name}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age_s}{secure}"
     ))
     .expect("cookie values are base64url")
 }

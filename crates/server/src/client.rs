@@ -43,10 +43,41 @@ fn hop_address(hop: &str) -> Option<IpAddr> {
         .map(|ip| ip.to_canonical())
 }
 
+/// Whether `ip` is one of the `trusted` proxies. Canonical forms: an IPv4 client of a
+/// dual-stack listener arrives as `::ffff:a.b.c.d`, which must still match `a.b.c.d`.
+fn is_trusted(trusted: &[IpAddr], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    trusted.iter().any(|t| t.to_canonical() == ip)
+}
+
+/// Drops `X-Forwarded-Proto` from requests that did not come from a trusted proxy, before any
+/// handler sees them: whether a request came over HTTPS decides the session cookie's name and
+/// `Secure` flag, and anyone can send the header.
+pub(crate) async fn forwarded_proto_from_proxies_only(
+    axum::extract::State(s): axum::extract::State<AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if !peer.is_some_and(|ip| is_trusted(&s.trusted_proxies, ip)) {
+        request.headers_mut().remove("x-forwarded-proto");
+    }
+    next.run(request).await
+}
+
+/// Whether the request reached msec over HTTPS: through a trusted proxy that says so (msec
+/// itself speaks plain HTTP). Valid behind [`forwarded_proto_from_proxies_only`].
+pub(crate) fn over_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
 fn client_of(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> SocketAddr {
-    // Canonical forms: an IPv4 client of a dual-stack listener arrives as `::ffff:a.b.c.d`,
-    // which must still match `a.b.c.d`.
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|t| t.to_canonical() == ip);
+    let is_trusted = |ip: IpAddr| is_trusted(trusted, ip);
     if !is_trusted(peer.ip().to_canonical()) {
         return peer;
     }

@@ -114,6 +114,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            client::forwarded_proto_from_proxies_only,
+        ))
         .with_state(state)
 }
 

@@ -1341,13 +1341,16 @@ async fn endpoints_refuse_an_authenticated_caller_without_permissions() {
     .await;
 }
 
-/// Behind a TLS-terminating proxy the session cookie is `Secure`; the database keeps only a
-/// hash of the session secret, so a copy of it opens no session.
+/// Behind a trusted TLS-terminating proxy the session cookie is `Secure` and named `__Host-…`;
+/// the database keeps only a hash of the session secret, so a copy of it opens no session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_cookie_is_secure_behind_https_and_stored_hashed() {
-    let srv = start().await;
+    let srv = start_behind(&["127.0.0.1".parse().unwrap()]).await;
     blocking(move || {
         let (r, cookie, _) = login_admin(srv, "X-Forwarded-Proto: https\r\n");
+        assert!(cookie.starts_with("__Host-msec_session="), "{cookie}");
+        let https =
+            |cookie: &str| srv.with(format!("X-Forwarded-Proto: https\r\nCookie: {cookie}\r\n"));
         let max_age: i64 = r
             .headers
             .split("max-age=")
@@ -1365,10 +1368,12 @@ async fn session_cookie_is_secure_behind_https_and_stored_hashed() {
         );
         let secret = cookie.split_once('=').unwrap().1;
         assert!(secret.len() >= 20, "{cookie}");
-        assert_eq!(
-            get(srv.with(format!("Cookie: {cookie}\r\n")), "/api/v1/me").status,
-            200
-        );
+        assert_eq!(get(https(&cookie), "/api/v1/me").status, 200);
+        // The same secret under the plain-HTTP name, as another host of the site could plant
+        // it, opens nothing over HTTPS.
+        let secret_only = cookie.split_once('=').unwrap().1;
+        let planted = format!("msec_session={secret_only}");
+        assert_eq!(get(https(&planted), "/api/v1/me").status, 401);
         let mut stored = Vec::new();
         for suffix in ["", "-wal"] {
             if let Ok(bytes) = std::fs::read(format!("{}{suffix}", srv.db)) {
@@ -1382,10 +1387,22 @@ async fn session_cookie_is_secure_behind_https_and_stored_hashed() {
         );
         // Once its 8 hours are over (moved into the past here), the session opens nothing.
         msec_testkit::raw_sql(srv.db, "UPDATE sessions SET expires_ms = 1");
-        assert_eq!(
-            get(srv.with(format!("Cookie: {cookie}\r\n")), "/api/v1/me").status,
-            401
-        );
+        assert_eq!(get(https(&cookie), "/api/v1/me").status, 401);
+    })
+    .await;
+}
+
+/// Only a trusted proxy says whether a request came over HTTPS: a client that sends
+/// `X-Forwarded-Proto: https` itself gets the plain-HTTP cookie, which its browser keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_trusted_proxy_makes_the_session_cookie_secure() {
+    let srv = start().await;
+    blocking(move || {
+        let (r, cookie, _) = login_admin(srv, "X-Forwarded-Proto: https\r\n");
+        assert!(cookie.starts_with("msec_session="), "{cookie}");
+        assert!(!r.headers.contains("; secure"), "{}", r.head);
+        let session = srv.with(format!("X-Forwarded-Proto: https\r\nCookie: {cookie}\r\n"));
+        assert_eq!(get(session, "/api/v1/me").status, 200);
     })
     .await;
 }
