@@ -551,7 +551,7 @@ mod tests {
                 .collect();
             let _ = open(&bytes, 1 << 16).and_then(|e| e.verify(&key().verifying_key()));
         }
-        let good = seal(&key(), 1, 1, &sample()).unwrap();
+        let good = seal(&key(), 1, 1_700_000_000, &sample()).unwrap();
         for cut in 0..good.len() {
             assert!(open(&good[..cut], 1 << 16)
                 .and_then(|e| e.verify(&key().verifying_key()))

@@ -15,6 +15,8 @@ pub const MAX_NAME_BYTES: usize = 255;
 pub const MAX_UNIT_BYTES: usize = 32;
 /// SenML: times below 2^28 are relative to "now" (RFC 8428 section 4.5.3).
 const RELATIVE_TIME_LIMIT: f64 = 268_435_456.0;
+/// How far after its envelope's `iat` a record's resolved time may lie, in seconds.
+pub const MAX_TIME_AFTER_SIGNING: f64 = 300.0;
 
 // CBOR labels from RFC 8428 section 6.
 const BVER: i64 = -1;
@@ -275,8 +277,13 @@ pub fn decode(bytes: &[u8], now: f64) -> Result<Vec<Measurement>, SenmlError> {
         if time < RELATIVE_TIME_LIMIT {
             time += now;
         }
-        if !time.is_finite() {
-            return Err(err("time out of range"));
+        // A measurement is taken before it is signed: a little later allows for a sensor's
+        // clock beside the signer's. Before 1970 is no time of a reading either (and what a
+        // chart would make of -1e300 s is anyone's guess).
+        if !(0.0..=now + MAX_TIME_AFTER_SIGNING).contains(&time) {
+            return Err(err(&format!(
+                "time {time} is before 1970 or more than {MAX_TIME_AFTER_SIGNING} s after the envelope was signed"
+            )));
         }
         out.push(Measurement {
             name,
@@ -291,6 +298,9 @@ pub fn decode(bytes: &[u8], now: f64) -> Result<Vec<Measurement>, SenmlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The signing time the packs below are decoded against.
+    const NOW: f64 = 1_700_000_010.0;
 
     fn cbor(v: Cbor) -> Vec<u8> {
         let mut out = Vec::new();
@@ -315,7 +325,7 @@ mod tests {
                 (int(V), int(40)),
             ]),
         ]);
-        let m = decode(&cbor(pack), 0.0).unwrap();
+        let m = decode(&cbor(pack), NOW).unwrap();
         assert_eq!(
             m[0],
             Measurement::number("urn:dev:x:temp", "Cel", 1_700_000_000.0, 20.5)
@@ -385,9 +395,9 @@ mod tests {
             ])]),
         ];
         for (i, c) in cases.into_iter().enumerate() {
-            assert!(decode(&cbor(c), 0.0).is_err(), "case {i} accepted");
+            assert!(decode(&cbor(c), NOW).is_err(), "case {i} accepted");
         }
-        assert!(decode(&[0xff, 0x00], 0.0).is_err());
+        assert!(decode(&[0xff, 0x00], NOW).is_err());
     }
 
     #[test]
@@ -403,21 +413,21 @@ mod tests {
                 (0..n).map(|i| record(format!("r{i}"))).collect(),
             ))
         };
-        assert_eq!(decode(&pack(MAX_RECORDS), 0.0).unwrap().len(), MAX_RECORDS);
+        assert_eq!(decode(&pack(MAX_RECORDS), NOW).unwrap().len(), MAX_RECORDS);
         assert!(matches!(
-            decode(&pack(MAX_RECORDS + 1), 0.0),
+            decode(&pack(MAX_RECORDS + 1), NOW),
             Err(SenmlError::NotAPack)
         ));
         let named = |len: usize| cbor(Cbor::Array(vec![record("n".repeat(len))]));
-        assert!(decode(&named(MAX_NAME_BYTES), 0.0).is_ok());
-        assert!(decode(&named(MAX_NAME_BYTES + 1), 0.0).is_err());
+        assert!(decode(&named(MAX_NAME_BYTES), NOW).is_ok());
+        assert!(decode(&named(MAX_NAME_BYTES + 1), NOW).is_err());
         // The limit holds for the resolved name: base name and name together.
         let split = cbor(Cbor::Array(vec![Cbor::Map(vec![
             (int(BN), Cbor::Text("b".repeat(200))),
             (int(N), Cbor::Text("n".repeat(56))),
             (int(VB), Cbor::Bool(true)),
         ])]));
-        assert!(decode(&split, 0.0).is_err());
+        assert!(decode(&split, NOW).is_err());
     }
 
     /// A base unit is copied into every record: bounded, one envelope cannot resolve into a
@@ -437,15 +447,15 @@ mod tests {
                 ]),
             ]))
         };
-        assert!(decode(&pack("m/s2"), 0.0).is_ok());
-        assert!(decode(&pack(&"u".repeat(MAX_UNIT_BYTES)), 0.0).is_ok());
+        assert!(decode(&pack("m/s2"), NOW).is_ok());
+        assert!(decode(&pack(&"u".repeat(MAX_UNIT_BYTES)), NOW).is_ok());
         for bad in [
             "u".repeat(MAX_UNIT_BYTES + 1),
             "deg C".into(),
             "Cel\n".into(),
             "°C".into(),
         ] {
-            assert!(decode(&pack(&bad), 0.0).is_err(), "{bad:?}");
+            assert!(decode(&pack(&bad), NOW).is_err(), "{bad:?}");
         }
     }
 
@@ -458,7 +468,7 @@ mod tests {
         let unit = (int(U), Cbor::Text("Cel".into()));
         let value = |v: f64| (int(V), Cbor::Float(v));
         let single = record(vec![name.clone(), unit.clone(), value(1.0)]);
-        assert!(decode(&single, 0.0).is_ok());
+        assert!(decode(&single, NOW).is_ok());
         for twice in [
             vec![name.clone(), name.clone(), unit.clone(), value(1.0)],
             vec![name.clone(), unit.clone(), unit.clone(), value(1.0)],
@@ -477,14 +487,62 @@ mod tests {
                 value(1.0),
             ],
         ] {
-            assert!(decode(&record(twice.clone()), 0.0).is_err(), "{twice:?}");
+            assert!(decode(&record(twice.clone()), NOW).is_err(), "{twice:?}");
         }
         let mut trailing = single.clone();
         trailing.push(0);
         assert!(matches!(
-            decode(&trailing, 0.0),
+            decode(&trailing, NOW),
             Err(SenmlError::NotCbor(_))
         ));
+    }
+
+    /// A record's time may lie up to MAX_TIME_AFTER_SIGNING after the signature, not later,
+    /// and not before 1970, however it is reached (absolute, relative, through a base time).
+    #[test]
+    fn record_times_are_bounded_by_the_signing_time() {
+        let at = |fields: Vec<(Cbor, Cbor)>| {
+            let mut rec = vec![
+                (int(N), Cbor::Text("x".into())),
+                (int(U), Cbor::Text("Cel".into())),
+                (int(V), Cbor::Float(1.0)),
+            ];
+            rec.extend(fields);
+            decode(&cbor(Cbor::Array(vec![Cbor::Map(rec)])), NOW)
+        };
+        let latest = NOW + MAX_TIME_AFTER_SIGNING;
+        assert_eq!(
+            at(vec![(int(T), Cbor::Float(latest))]).unwrap()[0].time,
+            latest
+        );
+        assert_eq!(
+            at(vec![(int(T), Cbor::Float(MAX_TIME_AFTER_SIGNING))]).unwrap()[0].time,
+            latest
+        );
+        assert!(at(vec![(int(T), Cbor::Float(-86_400.0 * 365.0))]).is_ok());
+        for (what, fields) in [
+            (
+                "absolute, a second too late",
+                vec![(int(T), Cbor::Float(latest + 1.0))],
+            ),
+            (
+                "relative, a second too late",
+                vec![(int(T), Cbor::Float(MAX_TIME_AFTER_SIGNING + 1.0))],
+            ),
+            ("far future", vec![(int(T), Cbor::Float(1e300))]),
+            (
+                "through a base time",
+                vec![(int(BT), Cbor::Float(latest)), (int(T), int(1))],
+            ),
+            ("before 1970", vec![(int(T), Cbor::Float(-NOW - 1.0))]),
+            ("far past", vec![(int(T), Cbor::Float(-1e300))]),
+        ] {
+            let refused = at(fields).err();
+            assert!(
+                matches!(&refused, Some(SenmlError::Record(0, m)) if m.contains("time")),
+                "{what}: {refused:?}"
+            );
+        }
     }
 
     #[test]
@@ -500,6 +558,6 @@ mod tests {
                 value: Value::Data("AP8".into()),
             },
         ];
-        assert_eq!(decode(&encode(&ms).unwrap(), 0.0).unwrap(), ms);
+        assert_eq!(decode(&encode(&ms).unwrap(), NOW).unwrap(), ms);
     }
 }

@@ -226,7 +226,7 @@ fn mutated_senml_behind_a_valid_signature_never_panics_or_drops_records() {
 /// The SenML payload `seal` puts in an envelope, read back out of it.
 fn msec_envelope_payload(measurements: &[Measurement]) -> Vec<u8> {
     let key = SigningKey::from_bytes(&[7; 32]);
-    CoseSign1::from_tagged_slice(&seal(&key, 1, 0, measurements).unwrap())
+    CoseSign1::from_tagged_slice(&seal(&key, 1, 1_700_000_000, measurements).unwrap())
         .unwrap()
         .payload
         .unwrap()

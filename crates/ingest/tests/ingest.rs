@@ -195,13 +195,13 @@ async fn rules(url: String) {
         ),
         (
             "stale_timestamp",
-            a.seal(&temp(now, 1.0), now - 3600.0).unwrap(),
+            a.seal(&temp(now - 3600.0, 1.0), now - 3600.0).unwrap(),
             http(),
             st,
         ),
         (
             "future_timestamp",
-            a.seal(&temp(now, 1.0), now + 3600.0).unwrap(),
+            a.seal(&temp(now + 3600.0, 1.0), now + 3600.0).unwrap(),
             http(),
             st,
         ),
@@ -363,21 +363,28 @@ async fn extreme_timestamps_are_refused() {
     let ingest = start(&url);
     let http = || Source::Http("127.0.0.1:9".into());
     let now = unix_now();
-    let mut d = Device::new("dev-t", key, 1);
-    // `seal` saturates: these are iat = i64::MIN and i64::MAX.
-    for (iat, reason) in [(-1e300, "stale_timestamp"), (1e300, "future_timestamp")] {
-        let err = ingest
-            .submit(d.seal(&temp(now, 1.0), iat).unwrap(), http())
-            .await
-            .unwrap_err();
-        assert_eq!(err.reason, reason);
+    // These are iat = i64::MIN, 0 and i64::MAX (the conversion saturates). Times relative to
+    // the signature (0: at it) keep the records' times as extreme as the signature's: before
+    // 1970 a record's time is refused by the SenML rules, after that by the clock checks.
+    let at_signing = [Measurement::number("temperature", "Cel", 0.0, 1.0)];
+    for (sequence, (iat, reason)) in [
+        (-1e300, "malformed_senml"),
+        (0.0, "stale_timestamp"),
+        (1e300, "future_timestamp"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sealed = unchecked(&key, sequence as u64 + 1, iat, &at_signing);
+        let err = ingest.submit(sealed, http()).await.unwrap_err();
+        assert_eq!(err.reason, reason, "{}", err.detail);
         assert!(err.event_id.is_some());
     }
     assert!(matches!(
         ingest
-            .submit(d.seal(&temp(now, 2.0), now).unwrap(), http())
+            .submit(unchecked(&key, 4, now, &temp(now, 2.0)), http())
             .await,
-        Ok(Outcome::Stored { sequence: 3, .. })
+        Ok(Outcome::Stored { sequence: 4, .. })
     ));
 }
 
