@@ -110,14 +110,29 @@ fn machine() -> String {
 }
 
 /// Which of curve25519-dalek's backends verifies signatures here. The crate picks at run time
-/// among those compiled in, and compiles the AVX-512 IFMA one only under the cfg that
-/// .cargo/config.toml passes to every crate, this one included, so both halves can be read here.
+/// among those compiled in, from the CPU's features; which are compiled in follows from the
+/// cfgs and target features of the build, which every crate of it shares, this one included:
+/// the IFMA backend under the cfg that .cargo/config.toml passes or with IFMA as a target
+/// feature, none but the portable code under its own backend or 32-bit cfgs. Inferred, then,
+/// the way curve25519-dalek 5.0's build script decides (Cargo.lock pins that version).
 fn curve_backend() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
+    if cfg!(any(
+        curve25519_dalek_backend = "serial",
+        curve25519_dalek_backend = "fiat",
+        curve25519_dalek_bits = "32"
+    )) {
+        return "portable";
+    }
+    #[cfg(all(target_arch = "x86_64", target_pointer_width = "64"))]
     {
+        let ifma_built = cfg!(curve25519_dalek_backend = "avx512")
+            || cfg!(all(
+                target_feature = "avx512ifma",
+                target_feature = "avx512vl"
+            ));
         let ifma = std::arch::is_x86_feature_detected!("avx512ifma")
             && std::arch::is_x86_feature_detected!("avx512vl");
-        if cfg!(curve25519_dalek_backend = "avx512") && ifma {
+        if ifma_built && ifma {
             return "AVX-512 IFMA";
         }
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -128,7 +143,7 @@ fn curve_backend() -> &'static str {
             };
         }
     }
-    "portable 64-bit"
+    "portable"
 }
 
 fn cores() -> usize {

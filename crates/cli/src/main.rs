@@ -204,7 +204,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let outcome = runtime.block_on(run(cli.command));
+    // Blocking work still under way (a writer or a notary thread that a dead database holds
+    // up past `shutdown`'s own time limits) must not keep the process from exiting: a
+    // supervisor waits for the exit to restart msec.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -268,12 +268,21 @@ impl Platform {
             let s = s.clone();
             Arc::new(tokio::task::spawn_blocking(move || open_notary(&s, notary_store)).await??)
         };
+        // Without its consumer, writer, HTTP server, checkpoints or access rules msec must
+        // not run on: an embedded broker would go on acknowledging readings that nothing
+        // stores, and revoked grants would go on counting.
+        let (ended_tx, ended) = watch::channel(None);
+        let ended_tx = Arc::new(ended_tx);
         let notary_stop = Arc::new(AtomicBool::new(false));
         let notary_thread = {
             let (n, stop) = (notary.clone(), notary_stop.clone());
+            let guard = EndGuard::new("the transparency log's checkpoints", &ended_tx);
             std::thread::Builder::new()
                 .name("msec-log".into())
-                .spawn(move || n.run(CHECKPOINT_EVERY, &stop))?
+                .spawn(move || {
+                    let _guard = guard;
+                    n.run(CHECKPOINT_EVERY, &stop)
+                })?
         };
         let access_store = open_store(s).await?;
         let access = Arc::new(
@@ -282,9 +291,11 @@ impl Platform {
         {
             // Rule changes made by other processes (the CLI) apply within half a second.
             let (a, stop) = (access.clone(), notary_stop.clone());
+            let guard = EndGuard::new("the refresher of access rules", &ended_tx);
             std::thread::Builder::new()
                 .name("msec-access".into())
                 .spawn(move || {
+                    let _guard = guard;
                     while !stop.load(Ordering::Relaxed) {
                         if let Err(e) = a.refresh() {
                             tracing::error!(error = %e, "cannot refresh access rules");
@@ -303,10 +314,6 @@ impl Platform {
             tokio::task::spawn_blocking(move || Ingest::start(writer_store, config))
                 .await?
                 .context("cannot start ingest")?;
-        // Without its consumer, its writer or its HTTP server msec must not run on: the
-        // embedded broker would go on acknowledging readings that nothing stores.
-        let (ended_tx, ended) = watch::channel(None);
-        let ended_tx = Arc::new(ended_tx);
         let writer = tokio::task::spawn_blocking({
             let guard = EndGuard::new("the ingest writer", &ended_tx);
             move || {
@@ -382,7 +389,8 @@ impl Platform {
     }
 
     /// Resolves, naming the part, when a part msec cannot run without (the consumer of
-    /// readings, the ingest writer, the HTTP server) has ended before [`Platform::shutdown`]:
+    /// readings, the ingest writer, the HTTP server, the checkpoints of the transparency log,
+    /// the refresher of access rules) has ended before [`Platform::shutdown`]:
     /// `serve` and `demo` then stop with an error, so that a supervisor restarts them.
     pub async fn failed(&self) -> &'static str {
         first_ended(self.ended.clone()).await

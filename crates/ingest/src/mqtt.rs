@@ -310,7 +310,7 @@ pub async fn run_embedded(
     // `select!` would leave the broker holding every later reading back for good.
     let room = Arc::new(Semaphore::new(EMBEDDED_IN_FLIGHT));
     let taken = Arc::new(AtomicUsize::new(0));
-    let pump = tokio::spawn({
+    let mut pump = tokio::spawn({
         let (room, taken, ingest) = (room.clone(), taken.clone(), ingest.clone());
         async move {
             loop {
@@ -339,7 +339,33 @@ pub async fn run_embedded(
         }
     });
     tracing::info!("consuming readings from the embedded broker");
-    let _ = stop.wait_for(|s| *s).await;
+    // The reader only ends by itself when the broker stops delivering (it said why): this
+    // consumer then ends too, once what was taken is committed, so that msec stops rather than
+    // run on with a broker that acknowledges readings nothing will store.
+    let ended_early = tokio::select! {
+        _ = stop.wait_for(|s| *s) => false,
+        _ = &mut pump => true,
+    };
+    if !ended_early {
+        drain(&taken, &room).await;
+        // Ends the reader and with it the queue to the writer, once what it queued is handled.
+        pump.abort();
+    }
+    let flush = async {
+        let _ = forwarder.await;
+        let _ = settler.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(10), flush)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the last readings taken from the embedded broker were not committed within 10 s; they are lost");
+    }
+}
+
+/// Waits, once msec is stopping, until the embedded broker has nothing more for the reader:
+/// nothing new taken for a while and everything taken settled, or 10 s.
+async fn drain(taken: &AtomicUsize, room: &Semaphore) {
     tracing::info!("stopping: taking the readings still queued in the embedded broker");
     let draining_since = Instant::now();
     let mut seen = taken.load(Ordering::Acquire);
@@ -359,18 +385,6 @@ pub async fn run_embedded(
             break;
         }
         seen = now;
-    }
-    // Ends the reader and with it the queue to the writer, once what it queued is handled.
-    pump.abort();
-    let flush = async {
-        let _ = forwarder.await;
-        let _ = settler.await;
-    };
-    if tokio::time::timeout(Duration::from_secs(10), flush)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the last readings taken from the embedded broker were not committed within 10 s; they are lost");
     }
 }
 

@@ -51,8 +51,8 @@ pub enum ExportPart {
 }
 
 /// Readings and records per [`ExportPart`]: a page of a subject's export stays small however
-/// much is held about it.
-const EXPORT_PAGE: u32 = 1000;
+/// much is held about it (256 envelopes of at most 64 KiB: 16 MiB at worst).
+const EXPORT_PAGE: u32 = 256;
 
 /// What an erasure did.
 #[derive(Debug, Serialize)]
@@ -274,20 +274,34 @@ impl Store {
             // One past the newest exported reading: `sequence < before` below.
             let mut before = newest.map(|n| n.saturating_add(1));
             while let Some(below) = before {
-                let sequences = self.db.query(
-                    "SELECT sequence FROM readings WHERE device_id = $1 AND sequence < $2 \
-                     ORDER BY sequence DESC LIMIT $3",
-                    &[P::Text(id), P::I64(below), P::I64(i64::from(EXPORT_PAGE))],
-                    |r| r.i64(0),
+                // A reading's leaf is named `DEVICE/SEQUENCE`: one query a page.
+                let page = self.db.query(
+                    "SELECT r.sequence, l.idx FROM readings r LEFT JOIN log_leaves l \
+                     ON l.kind = $4 AND l.ref = r.device_id || '/' || r.sequence \
+                     WHERE r.device_id = $1 AND r.sequence < $2 ORDER BY r.sequence DESC LIMIT $3",
+                    &[
+                        P::Text(id),
+                        P::I64(below),
+                        P::I64(i64::from(EXPORT_PAGE)),
+                        P::Text(RecordKind::Reading.name()),
+                    ],
+                    |r| Ok((r.i64(0)?, r.opt_i64(1)?)),
                 )?;
-                before = sequences.last().copied();
-                if sequences.is_empty() {
+                before = page.last().map(|(seq, _)| *seq);
+                if page.is_empty() {
                     break;
                 }
-                let readings = sequences
-                    .iter()
-                    .map(|seq| RecordId::new(RecordKind::Reading, format!("{id}/{seq}")));
-                each(ExportPart::Records(self.leaf_indices(readings)?))?;
+                let records = page
+                    .into_iter()
+                    .map(|(seq, index)| {
+                        let id = RecordId::new(RecordKind::Reading, format!("{id}/{seq}"));
+                        let index = index.ok_or_else(|| {
+                            StoreError::Tampered(format!("record {id} has no log leaf"))
+                        })?;
+                        Ok((id.to_string(), index as u64))
+                    })
+                    .collect::<Result<_, StoreError>>()?;
+                each(ExportPart::Records(records))?;
             }
         }
         let consents = consent_ids

@@ -296,6 +296,23 @@ pub struct Store {
     url: String,
 }
 
+/// See [`Store::connector`].
+pub struct Connector {
+    url: String,
+    keys: Arc<dyn KekProvider>,
+}
+
+impl Connector {
+    /// A new connection; the schema is already migrated (by the store this came from).
+    pub fn open(&self) -> Result<Store, StoreError> {
+        Ok(Store {
+            db: Db::open(&self.url)?,
+            keys: Keys::new(self.keys.clone())?,
+            url: self.url.clone(),
+        })
+    }
+}
+
 /// The thread started by [`Store::checkpoint_in_background`]; dropping this stops it.
 pub struct WalCheckpointer {
     stop: Option<std::sync::mpsc::Sender<()>>,
@@ -418,14 +435,14 @@ impl Store {
         Ok(store)
     }
 
-    /// Another connection to the same database, with the same key-encryption key: for long
-    /// reads (a subject's export) that must not hold up the connection they were asked on.
-    pub fn another(&self) -> Result<Store, StoreError> {
-        Ok(Store {
-            db: Db::open(&self.url)?,
-            keys: Keys::new(self.keys.provider())?,
+    /// What opens another connection to this database, with the same key-encryption key: for
+    /// long reads (a subject's export) that must not hold up the connection they were asked
+    /// on. Taking it is cheap; [`Connector::open`] connects (wherever the caller likes).
+    pub fn connector(&self) -> Connector {
+        Connector {
             url: self.url.clone(),
-        })
+            keys: self.keys.provider(),
+        }
     }
 
     /// Moves SQLite's WAL checkpoints off this connection onto a thread of their own. By

@@ -458,7 +458,7 @@ fn export_in_pages(url: &str) {
     })
     .unwrap();
     let consent = s.give_consent("bob", "clinic", "care").unwrap();
-    let mut other = s.another().unwrap();
+    let mut other = s.connector().open().unwrap();
     let (mut kinds, mut readings, mut records) = (Vec::new(), Vec::new(), Vec::new());
     s.export_subject_in_parts("bob", &mut |part| {
         match part {
@@ -468,7 +468,7 @@ fn export_in_pages(url: &str) {
                 kinds.push("devices");
             }
             ExportPart::Readings(page) => {
-                assert!(!page.is_empty() && page.len() <= 1000, "{}", page.len());
+                assert!(!page.is_empty() && page.len() <= 256, "{}", page.len());
                 if readings.is_empty() {
                     other
                         .commit(&Batch {
