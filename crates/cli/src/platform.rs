@@ -322,6 +322,14 @@ impl Platform {
             }
         });
         let db = msec_server::DbHandle::start(open_store(s).await?)?;
+        tokio::spawn({
+            let guard = EndGuard::new("the API's database connection", &ended_tx);
+            let ended = db.ended();
+            async move {
+                let _guard = guard;
+                ended.await;
+            }
+        });
         let last_command = db
             .call(|db| db.last_command_id())
             .await
@@ -389,8 +397,9 @@ impl Platform {
     }
 
     /// Resolves, naming the part, when a part msec cannot run without (the consumer of
-    /// readings, the ingest writer, the HTTP server, the checkpoints of the transparency log,
-    /// the refresher of access rules) has ended before [`Platform::shutdown`]:
+    /// readings, the ingest writer, the HTTP server, the API's database connection, the
+    /// checkpoints of the transparency log, the refresher of access rules) has ended before
+    /// [`Platform::shutdown`]:
     /// `serve` and `demo` then stop with an error, so that a supervisor restarts them.
     pub async fn failed(&self) -> &'static str {
         first_ended(self.ended.clone()).await

@@ -4,7 +4,7 @@
 use msec_store::{Counts, Store, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::{oneshot, watch, Mutex};
 
 type Task = Box<dyn FnOnce(&mut Store) + Send>;
 
@@ -19,15 +19,28 @@ const STATS_FOR: Duration = Duration::from_secs(5);
 pub struct DbHandle {
     tasks: std::sync::mpsc::Sender<Task>,
     stats: Arc<Mutex<Option<Stats>>>,
+    /// Turns true when the thread ends.
+    ended: watch::Receiver<bool>,
+}
+
+/// Says, when dropped (the thread returned or a task panicked), that the thread has ended.
+struct Ended(watch::Sender<bool>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl DbHandle {
     /// Moves `store` onto a dedicated thread, which ends when the last handle is dropped.
     pub fn start(mut store: Store) -> std::io::Result<DbHandle> {
         let (tx, rx) = std::sync::mpsc::channel::<Task>();
+        let (ended_tx, ended) = watch::channel(false);
         std::thread::Builder::new()
             .name("msec-api-db".into())
             .spawn(move || {
+                let _ended = Ended(ended_tx);
                 for task in rx {
                     task(&mut store);
                 }
@@ -35,7 +48,19 @@ impl DbHandle {
         Ok(DbHandle {
             tasks: tx,
             stats: Arc::default(),
+            ended,
         })
+    }
+
+    /// Resolves once the thread has ended: after the last handle is gone, or early, when a
+    /// task panicked (every call then fails). Holds no handle, so it keeps the thread from
+    /// nothing.
+    pub fn ended(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut ended = self.ended.clone();
+        async move {
+            // A closed channel means the thread and its guard are gone: ended all the same.
+            let _ = ended.wait_for(|e| *e).await;
+        }
     }
 
     /// Counts of devices, readings and security events, and refusals by reason: at most
@@ -68,5 +93,32 @@ impl DbHandle {
             .map_err(|_| StoreError::Backend("the database thread has stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Backend("the database thread has stopped".into()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Store {
+        let dir = std::env::temp_dir().join(msec_testkit::unique("msec-db-handle-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys: Arc<dyn msec_store::KekProvider> = Arc::new(msec_vault::MemoryKeys::new());
+        Store::open(dir.join("msec.db").to_str().unwrap(), keys).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_call_ends_the_thread_and_says_so() {
+        let db = DbHandle::start(store()).unwrap();
+        let ended = db.ended();
+        assert_eq!(db.call(|s| Ok(s.engine())).await.unwrap(), "sqlite");
+        let still = tokio::time::timeout(Duration::from_millis(100), db.ended()).await;
+        assert!(still.is_err(), "ended while it still runs");
+        let failed = db.call(|_| -> Result<(), StoreError> { panic!("on purpose") });
+        assert!(failed.await.is_err());
+        tokio::time::timeout(Duration::from_secs(5), ended)
+            .await
+            .expect("the end was not reported");
+        assert!(db.call(|s| Ok(s.engine())).await.is_err());
     }
 }
