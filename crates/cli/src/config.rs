@@ -64,7 +64,7 @@ pub struct PlatformArgs {
     #[arg(long, env = "MSEC_KEYS", value_name = "FILE")]
     pub keys: Option<PathBuf>,
     /// A witness whose cosignatures count (its verifier key, as `msec witness` prints it);
-    /// repeat for several
+    /// repeat for several (in MSEC_WITNESSES: comma-separated)
     #[arg(
         long = "witness",
         env = "MSEC_WITNESSES",
@@ -77,8 +77,9 @@ pub struct PlatformArgs {
     pub witness_quorum: Option<usize>,
     /// The address of a reverse proxy in front of msec whose X-Forwarded-For names the client
     /// (for login throttling and security events) and whose X-Forwarded-Proto says whether it
-    /// came over HTTPS (for Secure session cookies); repeat for several. From anyone else both
-    /// headers are ignored [default: none]
+    /// came over HTTPS (for Secure session cookies); repeat for several (in
+    /// MSEC_TRUSTED_PROXIES: comma-separated). From anyone else both headers are ignored
+    /// [default: none]
     #[arg(
         long = "trusted-proxy",
         env = "MSEC_TRUSTED_PROXIES",
@@ -155,6 +156,21 @@ impl Settings {
                 Err(_) if file.exists() => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+        Ok(std::sync::Arc::new(file))
+    }
+    /// [`Settings::key_provider`] for a database that exists already: its key must exist too
+    /// (a command that only reads must not make a key and ask for it to be kept safe).
+    pub fn existing_key_provider(&self) -> Result<std::sync::Arc<dyn msec_store::KekProvider>> {
+        if std::env::var_os("MSEC_KEK").is_some() {
+            return Ok(std::sync::Arc::new(msec_vault::EnvKeys::new("MSEC_KEK")));
+        }
+        let file = msec_vault::FileKeys::new(&self.keys);
+        if !file.exists() {
+            bail!(
+                "no key file at {}: give the database's key with --keys FILE or MSEC_KEK",
+                self.keys.display()
+            );
         }
         Ok(std::sync::Arc::new(file))
     }
@@ -265,12 +281,24 @@ impl PlatformArgs {
                 msec_store::redact(&database)
             );
         }
-        // One of the two, from the first layer (flags and environment, then the file) that
-        // names either: both in one layer is a mistake to point out, not to settle silently.
+        // One of the two, from the first layer (flags, MSEC_* variables, the file) that names
+        // either: both in one layer is a mistake to point out, not to settle silently. Which
+        // layer a value came from is read off the environment: a value equal to its variable's
+        // came from there (or from a flag repeating it, which then makes no difference).
         let both =
             "an embedded broker's address (mqtt) and an external broker (broker) are both set";
+        let mqtt_from_env = std::env::var("MSEC_MQTT")
+            .ok()
+            .and_then(|v| v.parse::<SocketAddr>().ok())
+            .is_some_and(|v| Some(v) == self.mqtt);
+        let broker_from_env = std::env::var("MSEC_BROKER").ok() == self.broker;
         let broker = match (self.broker.clone(), self.mqtt) {
-            (Some(_), Some(_)) => bail!("{both} by flags or MSEC_* variables; keep one"),
+            (Some(url), Some(addr)) => match (broker_from_env, mqtt_from_env) {
+                (true, false) => Broker::Embedded(addr),
+                (false, true) => Broker::External(url),
+                (true, true) => bail!("{both} by MSEC_MQTT and MSEC_BROKER; keep one"),
+                (false, false) => bail!("{both} by flags (--mqtt, --broker); keep one"),
+            },
             (Some(url), None) => Broker::External(url),
             (None, Some(addr)) => Broker::Embedded(addr),
             (None, None) => match (file.broker, file.mqtt) {

@@ -75,12 +75,14 @@ pub enum DeviceCommand {
     },
     /// Show one device as JSON.
     Show {
+        /// The device's id, as `msec device list` shows it
         id: String,
         #[command(flatten)]
         platform: PlatformArgs,
     },
     /// Revoke a device: its readings are rejected (and logged) from now on.
     Revoke {
+        /// The device's id, as `msec device list` shows it
         id: String,
         #[command(flatten)]
         platform: PlatformArgs,
@@ -89,8 +91,8 @@ pub enum DeviceCommand {
 
 fn table(devices: &[Device]) {
     println!(
-        "{:<20} {:<10} {:<22} {:<8} {:>8} {:>14}",
-        "ID", "TENANT", "KIND", "STATUS", "BATTERY", "LAST SEEN (s)"
+        "{:<20} {:<10} {:<16} {:<22} {:<8} {:>8} {:>14}",
+        "ID", "TENANT", "OWNER", "KIND", "STATUS", "BATTERY", "LAST SEEN (s)"
     );
     let now = msec_store::now_ms();
     for d in devices {
@@ -107,8 +109,8 @@ fn table(devices: &[Device]) {
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
         println!(
-            "{:<20} {:<10} {:<22} {:<8} {:>8} {:>14}",
-            d.id, d.tenant, d.kind, status, battery, seen
+            "{:<20} {:<10} {:<16} {:<22} {:<8} {:>8} {:>14}",
+            d.id, d.tenant, d.owner, d.kind, status, battery, seen
         );
     }
 }

@@ -43,10 +43,13 @@ pub enum ConsentCommand {
     /// Example:  msec consent give --subject resident-007 --grantee caregiver:ana --purpose tele-assistance
     #[command(verbatim_doc_comment)]
     Give {
+        /// Whose data, e.g. resident-007 (a device's owner)
         #[arg(long)]
         subject: String,
+        /// Who may use it, e.g. caregiver:ana
         #[arg(long)]
         grantee: String,
+        /// What for, e.g. tele-assistance
         #[arg(long)]
         purpose: String,
         #[command(flatten)]
@@ -54,12 +57,14 @@ pub enum ConsentCommand {
     },
     /// Withdraw a consent by its id (logged as an administrative action).
     Withdraw {
+        /// The consent's id, as `msec consent list` shows it
         id: i64,
         #[command(flatten)]
         platform: PlatformArgs,
     },
     /// List a subject's consents, withdrawn ones included.
     List {
+        /// Whose consents, e.g. resident-007
         #[arg(long)]
         subject: String,
         #[command(flatten)]

@@ -60,6 +60,7 @@ pub struct AuditArgs {
 /// The log's verifier key: given, or read from the data directory (never created here).
 fn verifier_key(settings: &Settings, given: Option<String>) -> Result<String> {
     if let Some(k) = given {
+        msec_ledger::check_log_key(&k).with_context(|| format!("--log-key {k:?}"))?;
         return Ok(k);
     }
     let path = settings.log_key_file();

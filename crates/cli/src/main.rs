@@ -25,7 +25,12 @@ use std::time::Duration;
 ///
 /// Start here:  msec demo           (everything embedded, simulated pilots, dashboard)
 #[derive(Parser)]
-#[command(name = "msec", version, propagate_version = true)]
+#[command(
+    name = "msec",
+    version,
+    propagate_version = true,
+    after_help = "Logs go to stderr; MSEC_LOG takes a tracing filter, e.g. MSEC_LOG=debug,rumqttd=warn.\nSettings: flags, then MSEC_* variables, then --config FILE (see `msec serve --help`)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,6 +42,11 @@ enum Command {
     ///
     /// Starts the embedded MQTT broker, SQLite in --data-dir, ingest, the HTTP API and the
     /// dashboard, plus every simulator, then prints the dashboard URL. Ctrl-C stops cleanly.
+    ///
+    /// Examples:
+    ///   msec demo
+    ///   msec demo --data-dir /tmp/msec-demo --http 127.0.0.1:9090
+    #[command(verbatim_doc_comment)]
     Demo {
         #[command(flatten)]
         platform: PlatformArgs,
@@ -83,7 +93,7 @@ enum Command {
     /// Grant a principal (or role:NAME) actions on resources; `--list` shows active grants
     ///
     /// Example:  msec grant --principal caregiver-ana --actions read,subscribe
-    ///             --resource 'santander/resident-007/**' --until-ms 1767225600000
+    ///             --resource 'santander/resident-007/**' --until-ms 4102444800000
     #[command(verbatim_doc_comment)]
     Grant(principals::GrantArgs),
     /// Revoke a grant by its id; decisions (and open live streams) change at once.

@@ -112,8 +112,21 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 /// Opens the settings' database off the async workers (the PostgreSQL driver blocks), with the
 /// settings' encryption keys.
 pub async fn open_store(settings: &Settings) -> Result<Store> {
+    open_with(settings, settings.key_provider()?).await
+}
+
+/// [`open_store`] for what must exist already: the database (see [`require_database`]) and
+/// its key-encryption key; creates neither, nor the data directory.
+pub async fn open_existing_store(settings: &Settings) -> Result<Store> {
+    require_database(settings)?;
+    open_with(settings, settings.existing_key_provider()?).await
+}
+
+async fn open_with(
+    settings: &Settings,
+    keys: std::sync::Arc<dyn msec_store::KekProvider>,
+) -> Result<Store> {
     let url = settings.database.clone();
-    let keys = settings.key_provider()?;
     let shown = msec_store::redact(&url);
     tokio::task::spawn_blocking(move || Store::open(&url, keys))
         .await?
@@ -137,8 +150,8 @@ pub async fn with_existing_store<T: Send + 'static>(
     platform: &PlatformArgs,
     f: impl FnOnce(&mut Store) -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    require_database(&platform.resolve()?)?;
-    with_store(platform, f).await
+    let mut store = open_existing_store(&platform.resolve()?).await?;
+    tokio::task::spawn_blocking(move || f(&mut store)).await?
 }
 
 /// With no database where the settings point (a mistyped --data-dir, the wrong directory),

@@ -124,8 +124,7 @@ pub fn load(path: &PathBuf) -> Result<PolicySet> {
 pub async fn explain(args: ExplainArgs) -> Result<Decision> {
     let Some(path) = &args.policies else {
         let settings = args.platform.resolve()?;
-        crate::platform::require_database(&settings)?;
-        let store = crate::platform::open_store(&settings).await?;
+        let store = crate::platform::open_existing_store(&settings).await?;
         return tokio::task::spawn_blocking(move || {
             let at = args.at.unwrap_or_else(msec_store::now_ms);
             let access = msec_access::Access::open(store)?;

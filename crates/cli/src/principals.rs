@@ -38,6 +38,7 @@ pub enum UserCommand {
     },
     /// Disable a user: they can no longer log in.
     Disable {
+        /// The user's id, as `msec user list` shows it
         id: String,
         #[command(flatten)]
         platform: PlatformArgs,
@@ -71,10 +72,21 @@ pub enum TokenCommand {
     },
     /// Revoke a token by its id (the 16 hex digits after `msec_`).
     Revoke {
+        /// The token's id, as `msec token list` shows it
         id: String,
         #[command(flatten)]
         platform: PlatformArgs,
     },
+}
+
+/// When a token expires (or expired), relative to `now`, in days.
+fn expiry(expires_ms: i64, now: i64) -> String {
+    let days = (expires_ms - now) as f64 / 86_400_000.0;
+    if days >= 0.0 {
+        format!("in {days:.1} days")
+    } else {
+        format!("{:.1} days ago", -days)
+    }
 }
 
 const ROLES: [&str; 8] = [
@@ -144,6 +156,8 @@ pub async fn user(cmd: UserCommand) -> Result<()> {
             let users = with_existing_store(&platform, |s| Ok(s.users()?)).await?;
             if users.is_empty() {
                 println!("no users (see `msec user add --help`)");
+            } else {
+                println!("{:<24} {:<12} {:<30} STATUS", "ID", "TENANT", "ROLES");
             }
             for u in users {
                 println!(
@@ -188,12 +202,24 @@ pub async fn token(cmd: TokenCommand) -> Result<()> {
             let issued = msec_identity::issue_token()?;
             let stored = NewToken {
                 id: issued.stored.id.clone(),
-                principal,
+                principal: principal.clone(),
                 scopes,
                 secret_hash: issued.stored.secret_hash,
                 expires_ms: msec_store::now_ms() + i64::from(days) * 86_400_000,
             };
-            with_store(&platform, move |s| Ok(s.add_token(&stored, "cli")?)).await?;
+            let is_user = with_store(&platform, move |s| {
+                s.add_token(&stored, "cli")?;
+                Ok(s.users()?.iter().any(|u| u.id == stored.principal))
+            })
+            .await?;
+            if !is_user {
+                // Legitimate (a service account), and also what a mistyped user id gives.
+                eprintln!(
+                    "note: {principal} is no user, so the token acts for a service account: it \
+                     may do only what grants to {principal} allow (msec grant --principal \
+                     {principal} …)"
+                );
+            }
             let unit = if days == 1 { "day" } else { "days" };
             println!("token id {} (expires in {days} {unit})", issued.stored.id);
             println!("token (shown once, store it safely): {}", issued.text);
@@ -201,7 +227,16 @@ pub async fn token(cmd: TokenCommand) -> Result<()> {
         }
         TokenCommand::List { platform } => {
             let now = msec_store::now_ms();
-            for t in with_existing_store(&platform, |s| Ok(s.tokens()?)).await? {
+            let tokens = with_existing_store(&platform, |s| Ok(s.tokens()?)).await?;
+            if tokens.is_empty() {
+                println!("no tokens (see `msec token create --help`)");
+            } else {
+                println!(
+                    "{:<16}  {:<24} {:<28} {:<8} EXPIRES",
+                    "ID", "PRINCIPAL", "SCOPES", "STATUS"
+                );
+            }
+            for t in tokens {
                 let state = if t.revoked {
                     "revoked"
                 } else if t.expires_ms <= now {
@@ -210,10 +245,11 @@ pub async fn token(cmd: TokenCommand) -> Result<()> {
                     "active"
                 };
                 println!(
-                    "{}  {:<24} {:<28} {state}",
+                    "{:<16}  {:<24} {:<28} {state:<8} {}",
                     t.id,
                     t.principal,
-                    t.scopes.join(",")
+                    t.scopes.join(","),
+                    expiry(t.expires_ms, now)
                 );
             }
             Ok(())

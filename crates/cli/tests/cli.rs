@@ -1996,3 +1996,80 @@ fn an_erasure_with_a_read_only_key_says_what_it_could_not_do() {
     let (ok, text) = on(&["device", "list", "--data-dir", &dir], None);
     assert!(ok && text.contains("bed-10"), "{text}");
 }
+
+/// Flags beat MSEC_* variables also in the choice of broker: `--broker` with MSEC_MQTT set
+/// (or `--mqtt` with MSEC_BROKER) takes the flag; both kinds in one layer is an error.
+#[test]
+fn a_broker_flag_beats_the_other_kind_in_the_environment() {
+    let dir = tmp();
+    let keys = |env: &[(&str, &str)], flags: &[&str]| {
+        let mut args = vec!["keys", "init", "--data-dir", &dir];
+        args.extend_from_slice(flags);
+        let out = msec()
+            .envs(env.iter().copied())
+            .args(&args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = keys(
+        &[("MSEC_MQTT", "127.0.0.1:1884")],
+        &["--broker", "mqtt://127.0.0.1:1883"],
+    );
+    assert!(!err.contains("keep one"), "{err}");
+    let err = keys(
+        &[("MSEC_BROKER", "mqtt://127.0.0.1:1883")],
+        &["--mqtt", "127.0.0.1:1884"],
+    );
+    assert!(!err.contains("keep one"), "{err}");
+    let err = keys(
+        &[
+            ("MSEC_BROKER", "mqtt://127.0.0.1:1883"),
+            ("MSEC_MQTT", "127.0.0.1:1884"),
+        ],
+        &[],
+    );
+    assert!(err.contains("MSEC_MQTT and MSEC_BROKER; keep one"), "{err}");
+    let err = keys(
+        &[],
+        &[
+            "--broker",
+            "mqtt://127.0.0.1:1883",
+            "--mqtt",
+            "127.0.0.1:1884",
+        ],
+    );
+    assert!(
+        err.contains("by flags (--mqtt, --broker); keep one"),
+        "{err}"
+    );
+}
+
+/// A command that only reads makes no key: pointed at a PostgreSQL database from a directory
+/// without a key file, it says so, and leaves no key file to be "kept safe".
+#[test]
+fn reading_commands_make_no_encryption_key() {
+    let dir = tmp();
+    for args in [
+        vec!["device", "list"],
+        vec!["user", "list"],
+        vec!["token", "list"],
+        vec!["grant", "--list"],
+    ] {
+        let mut args = args;
+        args.extend([
+            "--data-dir",
+            &dir,
+            "--database",
+            "postgres://nobody@127.0.0.1:1/x",
+        ]);
+        let (ok, _, err) = run(&args);
+        assert!(!ok, "{args:?}");
+        assert!(err.contains("no key file at"), "{args:?}: {err}");
+        assert!(!err.contains("created encryption keys"), "{err}");
+        assert!(
+            !std::path::Path::new(&dir).join("keys.json").exists(),
+            "{args:?}"
+        );
+    }
+}

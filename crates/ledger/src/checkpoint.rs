@@ -229,6 +229,13 @@ fn alarm_message(origin: &str, time: u64, witness: &str, kind: &str, detail: &st
 /// Checks that the witness whose cosigner key is `verifier_key` signed this alarm (made with
 /// [`CosignerKey::sign_alarm`]) under the name `witness`, about the log `origin` at `time`.
 /// Whether `time` is recent is the caller's to judge.
+/// Checks that `verifier_key` is a log's verifier key (`name+hash+key`, an Ed25519 signed-note
+/// key), before anything is judged against it: a mistyped key must not read as a bad
+/// checkpoint, or as nothing to check.
+pub fn check_log_key(verifier_key: &str) -> Result<(), CheckpointError> {
+    VKey::parse(verifier_key, ED25519).map(|_| ())
+}
+
 pub fn verify_alarm(
     verifier_key: &str,
     origin: &str,

@@ -10,7 +10,9 @@ mod checkpoint;
 mod leaf;
 mod tree;
 
-pub use checkpoint::{verify_alarm, Checkpoint, CheckpointError, CosignerKey, NoteKey};
+pub use checkpoint::{
+    check_log_key, verify_alarm, Checkpoint, CheckpointError, CosignerKey, NoteKey,
+};
 pub use leaf::{encode_leaf, hash_leaf, Field, LEAF_TAG};
 pub use tree::{
     leaf_hash, node_hash, root_of, verify_consistency, verify_inclusion, Hash, ProofError, Tree,

@@ -439,3 +439,20 @@ fn consistency_verifier_accepts_only_true_histories() {
         "{verified} verified, {forks_refused} forks refused"
     );
 }
+
+/// A log's verifier key is checked on its own: garbage, a witness's key and a key with a
+/// damaged half are refused before anything is judged against them.
+#[test]
+fn log_keys_are_checked_before_use() {
+    let log = NoteKey::new("msec.example/log", [3; 32])
+        .unwrap()
+        .verifier_key();
+    let witness = msec_ledger::CosignerKey::new("w.example/w1", [9; 32])
+        .unwrap()
+        .verifier_key();
+    assert!(msec_ledger::check_log_key(&log).is_ok());
+    let damaged = format!("{}!", &log[..log.len() - 1]);
+    for bad in ["garbage", "", witness.as_str(), damaged.as_str()] {
+        assert!(msec_ledger::check_log_key(bad).is_err(), "{bad:?} accepted");
+    }
+}
