@@ -367,6 +367,8 @@ impl PlatformArgs {
                 witnesses.len()
             );
         }
+        // Before anything is created in the data directory.
+        msec_notary::check_witnesses(&witnesses, witness_quorum)?;
         let trusted_proxies = if self.trusted_proxies.is_empty() {
             file.trusted_proxies.unwrap_or_default()
         } else {

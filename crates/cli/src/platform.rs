@@ -128,9 +128,12 @@ async fn open_with(
 ) -> Result<Store> {
     let url = settings.database.clone();
     let shown = msec_store::redact(&url);
-    tokio::task::spawn_blocking(move || Store::open(&url, keys))
-        .await?
-        .with_context(|| format!("cannot open the database {shown}"))
+    match tokio::task::spawn_blocking(move || Store::open(&url, keys)).await? {
+        Ok(store) => Ok(store),
+        // Says already that it cannot open which database.
+        Err(e @ msec_store::StoreError::Open(_)) => Err(e.into()),
+        Err(e) => Err(anyhow::Error::from(e).context(format!("cannot open the database {shown}"))),
+    }
 }
 
 /// Runs a blocking database operation off the async workers, on the database the settings

@@ -2073,3 +2073,23 @@ fn reading_commands_make_no_encryption_key() {
         );
     }
 }
+
+/// One witness listed twice is refused before anything is made in the data directory.
+#[test]
+fn a_witness_listed_twice_is_refused_before_anything_is_created() {
+    let dir = tmp();
+    let w = msec_ledger::CosignerKey::new("w.example/w1", [9; 32])
+        .unwrap()
+        .verifier_key();
+    let (ok, _, err) = run(&[
+        "serve",
+        "--data-dir",
+        &dir,
+        "--witness",
+        &w,
+        "--witness",
+        &w,
+    ]);
+    assert!(!ok && err.contains("same witness"), "{err}");
+    assert!(!std::path::Path::new(&dir).exists(), "{dir} was created");
+}

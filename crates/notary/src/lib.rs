@@ -84,6 +84,38 @@ pub fn hex_hashes<S: serde::Serializer>(hs: &[Hash], s: S) -> Result<S::Ok, S::E
 
 const LOAD_CHUNK: u64 = 100_000;
 
+/// Refuses a witness list that cannot work: a quorum larger than the list, or one witness
+/// listed twice, by name or under another name with the same key (the signed message names no
+/// witness, so its one signature would verify for both), which would count twice towards the
+/// quorum. [`Notary::open`] checks it; callers can check before they create anything.
+pub fn check_witnesses(witnesses: &[Witness], quorum: usize) -> Result<(), NotaryError> {
+    if quorum > witnesses.len() {
+        return Err(NotaryError::Refused(format!(
+            "a quorum of {quorum} witness cosignatures needs at least {quorum} witnesses (got {})",
+            witnesses.len()
+        )));
+    }
+    let key_of = |w: &Witness| {
+        w.verifier_key
+            .trim()
+            .splitn(3, '+')
+            .nth(2)
+            .map(str::to_owned)
+    };
+    for (i, w) in witnesses.iter().enumerate() {
+        if let Some(twin) = witnesses[..i]
+            .iter()
+            .find(|o| o.name == w.name || key_of(o) == key_of(w))
+        {
+            return Err(NotaryError::Refused(format!(
+                "witnesses {:?} and {:?} are the same witness (same name or same key); each witness counts once towards the quorum",
+                twin.name, w.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Notary {
     /// Loads the log from `store` and checks it against the last checkpoint this platform
     /// published (kept in `state_file`): a database with fewer leaves, or with other leaves
@@ -95,33 +127,7 @@ impl Notary {
         witnesses: Vec<Witness>,
         quorum: usize,
     ) -> Result<Notary, NotaryError> {
-        if quorum > witnesses.len() {
-            return Err(NotaryError::Refused(format!(
-                "a quorum of {quorum} witness cosignatures needs at least {quorum} witnesses (got {})",
-                witnesses.len()
-            )));
-        }
-        // One witness listed twice, by name or under another name with the same key (the
-        // signed message names no witness, so its one signature would verify for both), would
-        // count twice towards the quorum.
-        let key_of = |w: &Witness| {
-            w.verifier_key
-                .trim()
-                .splitn(3, '+')
-                .nth(2)
-                .map(str::to_owned)
-        };
-        for (i, w) in witnesses.iter().enumerate() {
-            if let Some(twin) = witnesses[..i]
-                .iter()
-                .find(|o| o.name == w.name || key_of(o) == key_of(w))
-            {
-                return Err(NotaryError::Refused(format!(
-                    "witnesses {:?} and {:?} are the same witness (same name or same key); each witness counts once towards the quorum",
-                    twin.name, w.name
-                )));
-            }
-        }
+        check_witnesses(&witnesses, quorum)?;
         let mut tree = Tree::new();
         load_new_leaves(&mut store, &mut tree)?;
         let notary = Notary {
