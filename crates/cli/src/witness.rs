@@ -4,7 +4,8 @@
 //! (a split view), makes it refuse, report an alarm to the log, and exit non-zero.
 
 use anyhow::{bail, Context, Result};
-use msec_ledger::{verify_consistency, Checkpoint, CosignerKey, Hash};
+use msec_ledger::{Checkpoint, CosignerKey, Hash};
+use msec_notary::{Judgement, Refusal, WitnessState};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,28 +33,6 @@ pub struct WitnessArgs {
     /// Only create the key file (if missing) and print the verifier key
     #[arg(long, conflicts_with = "log")]
     init: bool,
-}
-
-/// What the witness remembers between runs.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct State {
-    log_key: String,
-    size: u64,
-    #[serde(with = "hex_hash")]
-    root: Hash,
-}
-
-mod hex_hash {
-    pub fn serialize<S: serde::Serializer>(h: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(h))
-    }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let s = <String as serde::Deserialize>::deserialize(d)?;
-        hex::decode(s)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| serde::de::Error::custom("64 hex digits"))
-    }
 }
 
 /// The longest one request to the log may take, answer included: a log that accepts a
@@ -285,7 +264,7 @@ fn check_and_cosign(
 ) -> Result<()> {
     // Only a missing file is a first contact: an unreadable one must not reset what this
     // witness has already vouched for.
-    let last: Option<State> = match std::fs::read_to_string(state_path) {
+    let last: Option<WitnessState> = match std::fs::read_to_string(state_path) {
         Ok(t) => Some(
             serde_json::from_str(&t)
                 .map_err(|e| stop(format!("{} is corrupt: {e}", state_path.display())))?,
@@ -311,74 +290,47 @@ fn check_and_cosign(
         }
     };
     let note = get(&format!("{base}/api/v1/log/checkpoint"))?;
-    let cp = Checkpoint::verify(&note, &log_key).map_err(|e| {
-        alarm(
-            &log_key,
-            "bad_signature",
-            format!("the checkpoint is not signed by the pinned log key: {e}"),
-        )
-    })?;
-    if let Some(last) = &last {
-        if cp.size < last.size {
-            return Err(alarm(
-                &log_key,
-                "rollback",
-                format!("the log shrank from {} to {} leaves", last.size, cp.size),
-            ));
-        }
-        if cp.size == last.size {
-            if cp.root != last.root {
-                return Err(alarm(
-                    &log_key,
-                    "split_view",
-                    format!("two different trees of size {}", cp.size),
-                ));
-            }
+    let mut consistency = |from: u64, to: u64| -> Result<Vec<Hash>, String> {
+        let proof: serde_json::Value = get(&format!(
+            "{base}/api/v1/log/consistency?from={from}&to={to}"
+        ))
+        .and_then(|text| Ok(serde_json::from_str(&text)?))
+        .map_err(|e| format!("{e:#}"))?;
+        proof["proof"]
+            .as_array()
+            .and_then(|hashes| {
+                hashes
+                    .iter()
+                    .map(|h| {
+                        h.as_str()
+                            .and_then(|h| hex::decode(h).ok())
+                            .and_then(|b| b.try_into().ok())
+                    })
+                    .collect()
+            })
+            .ok_or_else(|| "malformed consistency proof".to_string())
+    };
+    let judged = msec_notary::judge(last.as_ref(), &log_key, &note, &mut consistency);
+    match judged {
+        Err(Refusal::Alarm { kind, detail }) => Err(alarm(&log_key, kind, detail)),
+        Err(e @ Refusal::NoProof(_)) => Err(e.into()),
+        Ok(Judgement::Unchanged(cp)) => {
             // Already vouched for. The platform shows the cosignatures it holds: if ours is
             // missing (the last post failed after the state was saved), send it again.
             let ours = format!("\u{2014} {} ", key.name());
             if !note.lines().any(|l| l.starts_with(&ours)) {
                 post_cosignature(base, key, &cp, &note)?;
             }
-            return Ok(());
+            Ok(())
         }
-        if last.size > 0 {
-            let proof: serde_json::Value = serde_json::from_str(&get(&format!(
-                "{base}/api/v1/log/consistency?from={}&to={}",
-                last.size, cp.size
-            ))?)?;
-            let hashes: Vec<Hash> = proof["proof"]
-                .as_array()
-                .context("malformed consistency proof")?
-                .iter()
-                .map(|h| {
-                    h.as_str()
-                        .and_then(|h| hex::decode(h).ok())
-                        .and_then(|b| b.try_into().ok())
-                })
-                .collect::<Option<_>>()
-                .context("malformed consistency proof")?;
-            if !verify_consistency(last.size, cp.size, &last.root, &cp.root, &hashes) {
-                return Err(alarm(
-                    &log_key,
-                    "split_view",
-                    format!(
-                        "tree {} does not extend the tree {} this witness cosigned",
-                        cp.size, last.size
-                    ),
-                ));
-            }
+        Ok(Judgement::Extends(cp, state)) => {
+            // Remember before telling anyone: this witness must never sign two conflicting
+            // views.
+            crate::simrun::write_private(state_path, &serde_json::to_string_pretty(&state)?)
+                .map_err(|e| stop(format!("{e:#}")))?;
+            post_cosignature(base, key, &cp, &note)
         }
     }
-    // Remember before telling anyone: this witness must never sign two conflicting views.
-    let state = State {
-        log_key,
-        size: cp.size,
-        root: cp.root,
-    };
-    crate::simrun::write_private(state_path, &serde_json::to_string_pretty(&state)?)
-        .map_err(|e| stop(format!("{e:#}")))?;
-    post_cosignature(base, key, &cp, &note)
 }
 
 fn post_cosignature(base: &str, key: &CosignerKey, cp: &Checkpoint, note: &str) -> Result<()> {

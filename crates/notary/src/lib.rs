@@ -8,9 +8,11 @@
 
 mod audit;
 mod key;
+mod witness;
 
 pub use audit::{audit, AuditReport, TrustedCheckpoint};
 pub use key::{load_or_create_cosigner, load_or_create_seed, LogKey};
+pub use witness::{judge, Judgement, Refusal, WitnessState};
 
 use msec_ledger::{Checkpoint, CheckpointError, Hash, Tree};
 use msec_store::{RecordId, Store, StoreError};
