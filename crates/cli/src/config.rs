@@ -275,6 +275,7 @@ impl PlatformArgs {
         if !["postgres://", "postgresql://", "sqlite:"]
             .iter()
             .any(|scheme| database.starts_with(scheme))
+            || database == "sqlite:"
         {
             bail!(
                 "database {:?} must be postgres://USER@HOST:PORT/DB or sqlite:PATH",

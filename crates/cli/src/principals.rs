@@ -60,7 +60,7 @@ pub enum TokenCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
         /// Days until the token expires (1-365)
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=365))]
         days: u32,
         #[command(flatten)]
         platform: PlatformArgs,

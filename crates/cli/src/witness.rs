@@ -125,6 +125,13 @@ fn stop(e: impl std::fmt::Display) -> anyhow::Error {
 const RETRY_AT_MOST: Duration = Duration::from_secs(60);
 
 pub fn run(args: WitnessArgs) -> Result<()> {
+    if let Some(log) = args
+        .log
+        .as_deref()
+        .filter(|l| !l.starts_with("http://") && !l.starts_with("https://"))
+    {
+        bail!("--log {log:?} must be the platform's base URL, e.g. http://127.0.0.1:8080");
+    }
     let (key, created) = msec_notary::load_or_create_cosigner(&args.key)?;
     if created {
         eprintln!(

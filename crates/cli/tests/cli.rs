@@ -2093,3 +2093,62 @@ fn a_witness_listed_twice_is_refused_before_anything_is_created() {
     assert!(!ok && err.contains("same witness"), "{err}");
     assert!(!std::path::Path::new(&dir).exists(), "{dir} was created");
 }
+
+/// Malformed settings are refused up front, each with what to give instead, and create nothing.
+#[test]
+fn malformed_settings_say_what_to_give() {
+    let dir = tmp();
+    let witness_key = format!("{dir}-witness.json");
+    for (args, says) in [
+        (
+            vec![
+                "device",
+                "list",
+                "--data-dir",
+                &dir,
+                "--database",
+                "sqlite:",
+            ],
+            "sqlite:PATH",
+        ),
+        (
+            vec![
+                "device",
+                "list",
+                "--data-dir",
+                &dir,
+                "--broker",
+                "mqtt://u:p@h:1/path",
+            ],
+            "has a path or query",
+        ),
+        (
+            vec![
+                "token",
+                "create",
+                "--principal",
+                "x",
+                "--scopes",
+                "read",
+                "--days",
+                "400",
+                "--data-dir",
+                &dir,
+            ],
+            "1..=365",
+        ),
+        (
+            vec!["witness", "--key", &witness_key, "--log", "notaurl"],
+            "base URL",
+        ),
+    ] {
+        let (ok, _, err) = run(&args);
+        assert!(!ok && err.contains(says), "{args:?}: {err}");
+        assert!(
+            !err.contains("p@") && !err.contains(":p@"),
+            "a password shown: {err}"
+        );
+    }
+    assert!(!std::path::Path::new(&dir).exists());
+    assert!(!std::path::Path::new(&witness_key).exists());
+}

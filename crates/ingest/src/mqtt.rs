@@ -90,6 +90,11 @@ impl MqttConfig {
             }
             None => (None, rest),
         };
+        if rest.contains(['/', '?', '#']) {
+            return Err(format!(
+                "broker URL {shown:?} has a path or query; give mqtt://[USER:PASSWORD@]HOST[:PORT]"
+            ));
+        }
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) => (
                 h,
