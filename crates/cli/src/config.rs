@@ -15,8 +15,10 @@ const MAX_SKEW_SECS: i64 = 7 * 86_400;
 /// The largest `--max-age`: 30 days.
 const MAX_AGE_SECS: i64 = 30 * 86_400;
 
+/// Where the database and its keys are: all that commands which only read or change records
+/// need.
 #[derive(Debug, Args, Clone, Default)]
-pub struct PlatformArgs {
+pub struct StoreArgs {
     /// TOML file with the platform settings below (keys as the long flags with _ for -, e.g.
     /// max_skew = 120; --witness is witnesses = ["VKEY", …], --trusted-proxy is
     /// trusted_proxies = ["IP", …])
@@ -35,6 +37,37 @@ pub struct PlatformArgs {
         hide_env_values = true
     )]
     pub database: Option<String>,
+    /// Key file with the key-encryption key (created by `msec keys init`, or on first start)
+    /// [default: DATA_DIR/keys.json]. Setting MSEC_KEK=ID:HEX instead takes the key from the
+    /// environment (a secret store).
+    #[arg(long, env = "MSEC_KEYS", value_name = "FILE")]
+    pub keys: Option<PathBuf>,
+}
+
+/// The witnesses whose cosignatures count: for the running platform and for `msec audit`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct WitnessesArgs {
+    /// A witness whose cosignatures count (its verifier key, as `msec witness` prints it);
+    /// repeat for several (in MSEC_WITNESSES: comma-separated)
+    #[arg(
+        long = "witness",
+        env = "MSEC_WITNESSES",
+        value_name = "VKEY",
+        value_delimiter = ','
+    )]
+    pub witnesses: Vec<String>,
+    /// Witness cosignatures a checkpoint needs to be final [default: 1 if witnesses are given]
+    #[arg(long, env = "MSEC_WITNESS_QUORUM", value_name = "K")]
+    pub witness_quorum: Option<usize>,
+}
+
+/// Everything `serve`, `demo` and `sim` take.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PlatformArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub witnessing: WitnessesArgs,
     /// HTTP API and dashboard listen address [default: 127.0.0.1:8080]
     #[arg(long, env = "MSEC_HTTP", value_name = "ADDR")]
     pub http: Option<SocketAddr>,
@@ -58,23 +91,6 @@ pub struct PlatformArgs {
     /// Largest accepted reading envelope in bytes [default: 65536]
     #[arg(long, env = "MSEC_MAX_ENVELOPE_BYTES", value_name = "BYTES")]
     pub max_envelope_bytes: Option<usize>,
-    /// Key file with the key-encryption key (created by `msec keys init`, or on first start)
-    /// [default: DATA_DIR/keys.json]. Setting MSEC_KEK=ID:HEX instead takes the key from the
-    /// environment (a secret store).
-    #[arg(long, env = "MSEC_KEYS", value_name = "FILE")]
-    pub keys: Option<PathBuf>,
-    /// A witness whose cosignatures count (its verifier key, as `msec witness` prints it);
-    /// repeat for several (in MSEC_WITNESSES: comma-separated)
-    #[arg(
-        long = "witness",
-        env = "MSEC_WITNESSES",
-        value_name = "VKEY",
-        value_delimiter = ','
-    )]
-    pub witnesses: Vec<String>,
-    /// Witness cosignatures a checkpoint needs to be final [default: 1 if witnesses are given]
-    #[arg(long, env = "MSEC_WITNESS_QUORUM", value_name = "K")]
-    pub witness_quorum: Option<usize>,
     /// The address of a reverse proxy in front of msec whose X-Forwarded-For names the client
     /// (for login throttling and security events) and whose X-Forwarded-Proto says whether it
     /// came over HTTPS (for Secure session cookies); repeat for several (in
@@ -87,6 +103,17 @@ pub struct PlatformArgs {
         value_delimiter = ','
     )]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl StoreArgs {
+    /// The settings with nothing but these given (the rest from the file or defaults).
+    pub fn resolve(&self) -> Result<Settings> {
+        PlatformArgs {
+            store: self.clone(),
+            ..Default::default()
+        }
+        .resolve()
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -244,7 +271,7 @@ impl Settings {
 
 impl PlatformArgs {
     pub fn resolve(&self) -> Result<Settings> {
-        let file = match &self.config {
+        let file = match &self.store.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -263,11 +290,13 @@ impl PlatformArgs {
             None => FileSettings::default(),
         };
         let data_dir = self
+            .store
             .data_dir
             .clone()
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("msec-data"));
         let database = self
+            .store
             .database
             .clone()
             .or(file.database)
@@ -341,24 +370,28 @@ impl PlatformArgs {
                 msec_broker::MAX_PAYLOAD_BYTES
             );
         }
-        if std::env::var_os("MSEC_KEK").is_some() && (self.keys.is_some() || file.keys.is_some()) {
+        if std::env::var_os("MSEC_KEK").is_some()
+            && (self.store.keys.is_some() || file.keys.is_some())
+        {
             bail!("MSEC_KEK and a key file (--keys, MSEC_KEYS or keys in the config file) are both set: the key comes from one place; keep one");
         }
         let keys = self
+            .store
             .keys
             .clone()
             .or(file.keys)
             .unwrap_or_else(|| data_dir.join("keys.json"));
-        let witness_keys = if self.witnesses.is_empty() {
+        let witness_keys = if self.witnessing.witnesses.is_empty() {
             file.witnesses.unwrap_or_default()
         } else {
-            self.witnesses.clone()
+            self.witnessing.witnesses.clone()
         };
         let witnesses = witness_keys
             .iter()
             .map(|k| witness(k))
             .collect::<Result<Vec<_>>>()?;
         let witness_quorum = self
+            .witnessing
             .witness_quorum
             .or(file.witness_quorum)
             .unwrap_or(usize::from(!witnesses.is_empty()));
@@ -431,7 +464,10 @@ mod tests {
         )
         .unwrap();
         let args = PlatformArgs {
-            config: Some(file.clone()),
+            store: StoreArgs {
+                config: Some(file.clone()),
+                ..Default::default()
+            },
             max_skew: Some(60),
             ..Default::default()
         };
@@ -450,7 +486,10 @@ mod tests {
         let err = format!(
             "{:#}",
             PlatformArgs {
-                config: Some(file.clone()),
+                store: StoreArgs {
+                    config: Some(file.clone()),
+                    ..Default::default()
+                },
                 ..Default::default()
             }
             .resolve()
@@ -467,7 +506,10 @@ mod tests {
         )
         .unwrap();
         let with_file = |file: &std::path::Path| PlatformArgs {
-            config: Some(file.to_path_buf()),
+            store: StoreArgs {
+                config: Some(file.to_path_buf()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let err = format!("{:#}", with_file(&file).resolve().unwrap_err());
@@ -486,6 +528,27 @@ mod tests {
             ..Default::default()
         };
         assert!(format!("{:#}", both.resolve().unwrap_err()).contains("keep one"));
+        // A flag beats the other kind of broker in an MSEC_* variable; both kinds in the
+        // variables is pointed out. (The variables are set here only, in this one test.)
+        let mqtt_flag = PlatformArgs {
+            mqtt: Some("127.0.0.1:1884".parse().unwrap()),
+            broker: Some("mqtt://127.0.0.1:1883".into()),
+            ..Default::default()
+        };
+        std::env::set_var("MSEC_BROKER", "mqtt://127.0.0.1:1883");
+        assert_eq!(
+            mqtt_flag.resolve().unwrap().broker,
+            Broker::Embedded("127.0.0.1:1884".parse().unwrap())
+        );
+        std::env::set_var("MSEC_MQTT", "127.0.0.1:1884");
+        let err = format!("{:#}", mqtt_flag.resolve().unwrap_err());
+        assert!(err.contains("MSEC_MQTT and MSEC_BROKER; keep one"), "{err}");
+        std::env::remove_var("MSEC_BROKER");
+        assert_eq!(
+            mqtt_flag.resolve().unwrap().broker,
+            Broker::External("mqtt://127.0.0.1:1883".into())
+        );
+        std::env::remove_var("MSEC_MQTT");
         // A flag for one beats the file's other.
         let flag = PlatformArgs {
             mqtt: Some("127.0.0.1:1885".parse().unwrap()),
@@ -501,7 +564,10 @@ mod tests {
         };
         assert!(format!("{:#}", bad.resolve().unwrap_err()).contains("mqtt://"));
         let bad = PlatformArgs {
-            database: Some("msec.db".into()),
+            store: StoreArgs {
+                database: Some("msec.db".into()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert!(format!("{:#}", bad.resolve().unwrap_err()).contains("sqlite:PATH"));

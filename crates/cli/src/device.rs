@@ -1,7 +1,7 @@
 //! `msec device …`: the registry from the command line. Works on the database directly, so a
 //! running server picks up registrations and revocations within a second.
 
-use crate::config::PlatformArgs;
+use crate::config::StoreArgs;
 use crate::platform::{with_existing_store, with_store};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -63,7 +63,7 @@ pub enum DeviceCommand {
         #[arg(long, default_value = "")]
         label: String,
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
     /// List registered devices.
     List {
@@ -71,21 +71,21 @@ pub enum DeviceCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
     /// Show one device as JSON.
     Show {
         /// The device's id, as `msec device list` shows it
         id: String,
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
     /// Revoke a device: its readings are rejected (and logged) from now on.
     Revoke {
         /// The device's id, as `msec device list` shows it
         id: String,
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
 }
 

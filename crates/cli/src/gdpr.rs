@@ -1,7 +1,7 @@
 //! `msec keys`, `msec export`, `msec erase` and `msec consent`: encryption keys and the rights
 //! of data subjects.
 
-use crate::config::PlatformArgs;
+use crate::config::StoreArgs;
 use crate::platform::{with_existing_store, with_store};
 use anyhow::{bail, Context, Result};
 use msec_ledger::Tree;
@@ -15,13 +15,13 @@ pub enum KeysCommand {
     /// database backups: whoever has both can read everything.
     Init {
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
     /// Replace the key-encryption key: every data key is re-wrapped, no payload is re-encrypted,
     /// and the old key is destroyed (database backups taken before need the old key file).
     Rotate {
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
     /// Re-wrap every data key under MSEC_KEK's new key (rotating a key from the environment)
     ///
@@ -32,7 +32,7 @@ pub enum KeysCommand {
     #[command(verbatim_doc_comment)]
     Rewrap {
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
 }
 
@@ -53,14 +53,14 @@ pub enum ConsentCommand {
         #[arg(long)]
         purpose: String,
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
     /// Withdraw a consent by its id (logged as an administrative action).
     Withdraw {
         /// The consent's id, as `msec consent list` shows it
         id: i64,
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
     /// List a subject's consents, withdrawn ones included.
     List {
@@ -68,7 +68,7 @@ pub enum ConsentCommand {
         #[arg(long)]
         subject: String,
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
 }
 
@@ -81,7 +81,7 @@ pub struct ExportArgs {
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     #[command(flatten)]
-    platform: PlatformArgs,
+    platform: StoreArgs,
 }
 
 #[derive(clap::Args)]
@@ -97,7 +97,7 @@ pub struct EraseArgs {
     #[arg(long)]
     unknown_subject: bool,
     #[command(flatten)]
-    platform: PlatformArgs,
+    platform: StoreArgs,
 }
 
 pub async fn keys(cmd: KeysCommand) -> Result<()> {

@@ -1,7 +1,7 @@
 //! `msec log …` and `msec audit`: checking the transparency log offline, from the database and
 //! checkpoints a user kept, without trusting a running server.
 
-use crate::config::{PlatformArgs, Settings};
+use crate::config::{PlatformArgs, Settings, StoreArgs, WitnessesArgs};
 use crate::platform::with_existing_store;
 use anyhow::{bail, Context, Result};
 use msec_ledger::{verify_consistency, verify_inclusion, Checkpoint, Tree};
@@ -32,12 +32,12 @@ pub enum LogCommand {
         #[arg(long, value_name = "VKEY")]
         log_key: Option<String>,
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
     /// Print the newest checkpoint the platform published, with witness cosignatures.
     Checkpoint {
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
 }
 
@@ -54,7 +54,9 @@ pub struct AuditArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    platform: PlatformArgs,
+    platform: StoreArgs,
+    #[command(flatten)]
+    witnessing: WitnessesArgs,
 }
 
 /// The log's verifier key: given, or read from the data directory (never created here).
@@ -213,7 +215,12 @@ fn verify_record(
 }
 
 pub async fn audit(args: AuditArgs) -> Result<()> {
-    let settings = args.platform.resolve()?;
+    let settings = PlatformArgs {
+        store: args.platform.clone(),
+        witnessing: args.witnessing.clone(),
+        ..Default::default()
+    }
+    .resolve()?;
     let vkey = verifier_key(&settings, args.log_key.clone())?;
     let mut trusted = Vec::new();
     let state = settings.log_state_file();

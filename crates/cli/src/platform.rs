@@ -1,7 +1,7 @@
 //! Starting and stopping the whole platform: store, ingest, MQTT (embedded broker or an
 //! external one), the HTTP API and dashboard. `serve`, `demo` and the benchmark share it.
 
-use crate::config::{Broker, PlatformArgs, Settings};
+use crate::config::{Broker, Settings, StoreArgs};
 use anyhow::{bail, Context, Result};
 use msec_ingest::{Ingest, MqttConfig};
 use msec_notary::{LogKey, Notary};
@@ -140,7 +140,7 @@ async fn open_with(
 /// name, which it creates (with its key file) if there is none yet: for commands that add
 /// something, which may well come before the first `msec serve`.
 pub async fn with_store<T: Send + 'static>(
-    platform: &PlatformArgs,
+    platform: &StoreArgs,
     f: impl FnOnce(&mut Store) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let settings = platform.resolve()?;
@@ -150,7 +150,7 @@ pub async fn with_store<T: Send + 'static>(
 
 /// [`with_store`] for commands that read or change what exists (see [`require_database`]).
 pub async fn with_existing_store<T: Send + 'static>(
-    platform: &PlatformArgs,
+    platform: &StoreArgs,
     f: impl FnOnce(&mut Store) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let mut store = open_existing_store(&platform.resolve()?).await?;

@@ -33,7 +33,7 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "MS")]
     pub at: Option<i64>,
     #[command(flatten)]
-    pub platform: crate::config::PlatformArgs,
+    pub platform: crate::config::StoreArgs,
 }
 
 #[derive(Deserialize)]

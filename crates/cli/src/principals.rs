@@ -1,7 +1,7 @@
 //! `msec user …` and `msec token …`: people and service accounts. Passwords and token secrets
 //! are hashed here (msec-identity) before anything reaches the database, and shown only once.
 
-use crate::config::PlatformArgs;
+use crate::config::StoreArgs;
 use crate::platform::{with_existing_store, with_store};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -29,19 +29,19 @@ pub enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
     /// List users (never their password hashes).
     List {
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
     /// Disable a user: they can no longer log in.
     Disable {
         /// The user's id, as `msec user list` shows it
         id: String,
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
 }
 
@@ -63,19 +63,19 @@ pub enum TokenCommand {
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=365))]
         days: u32,
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
     /// List tokens (ids, principals, scopes, expiry — never secrets).
     List {
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
     /// Revoke a token by its id (the 16 hex digits after `msec_`).
     Revoke {
         /// The token's id, as `msec token list` shows it
         id: String,
         #[command(flatten)]
-        platform: PlatformArgs,
+        platform: StoreArgs,
     },
 }
 
@@ -293,7 +293,7 @@ pub struct GrantArgs {
     #[arg(long, conflicts_with_all = ["principal", "resource"])]
     list: bool,
     #[command(flatten)]
-    platform: PlatformArgs,
+    platform: StoreArgs,
 }
 
 #[derive(clap::Args)]
@@ -301,7 +301,7 @@ pub struct RevokeArgs {
     /// The grant id (see `msec grant --list`)
     id: i64,
     #[command(flatten)]
-    platform: PlatformArgs,
+    platform: StoreArgs,
 }
 
 pub async fn grant(a: GrantArgs) -> Result<()> {

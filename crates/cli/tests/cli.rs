@@ -1997,54 +1997,6 @@ fn an_erasure_with_a_read_only_key_says_what_it_could_not_do() {
     assert!(ok && text.contains("bed-10"), "{text}");
 }
 
-/// Flags beat MSEC_* variables also in the choice of broker: `--broker` with MSEC_MQTT set
-/// (or `--mqtt` with MSEC_BROKER) takes the flag; both kinds in one layer is an error.
-#[test]
-fn a_broker_flag_beats_the_other_kind_in_the_environment() {
-    let dir = tmp();
-    let keys = |env: &[(&str, &str)], flags: &[&str]| {
-        let mut args = vec!["keys", "init", "--data-dir", &dir];
-        args.extend_from_slice(flags);
-        let out = msec()
-            .envs(env.iter().copied())
-            .args(&args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
-    let err = keys(
-        &[("MSEC_MQTT", "127.0.0.1:1884")],
-        &["--broker", "mqtt://127.0.0.1:1883"],
-    );
-    assert!(!err.contains("keep one"), "{err}");
-    let err = keys(
-        &[("MSEC_BROKER", "mqtt://127.0.0.1:1883")],
-        &["--mqtt", "127.0.0.1:1884"],
-    );
-    assert!(!err.contains("keep one"), "{err}");
-    let err = keys(
-        &[
-            ("MSEC_BROKER", "mqtt://127.0.0.1:1883"),
-            ("MSEC_MQTT", "127.0.0.1:1884"),
-        ],
-        &[],
-    );
-    assert!(err.contains("MSEC_MQTT and MSEC_BROKER; keep one"), "{err}");
-    let err = keys(
-        &[],
-        &[
-            "--broker",
-            "mqtt://127.0.0.1:1883",
-            "--mqtt",
-            "127.0.0.1:1884",
-        ],
-    );
-    assert!(
-        err.contains("by flags (--mqtt, --broker); keep one"),
-        "{err}"
-    );
-}
-
 /// A command that only reads makes no key: pointed at a PostgreSQL database from a directory
 /// without a key file, it says so, and leaves no key file to be "kept safe".
 #[test]
@@ -2112,14 +2064,7 @@ fn malformed_settings_say_what_to_give() {
             "sqlite:PATH",
         ),
         (
-            vec![
-                "device",
-                "list",
-                "--data-dir",
-                &dir,
-                "--broker",
-                "mqtt://u:p@h:1/path",
-            ],
+            vec!["sim", "--data-dir", &dir, "--broker", "mqtt://u:p@h:1/path"],
             "has a path or query",
         ),
         (
