@@ -61,16 +61,9 @@ pub struct WitnessesArgs {
     pub witness_quorum: Option<usize>,
 }
 
-/// Everything `serve`, `demo` and `sim` take.
+/// Where MQTT traffic goes: for the platform and for `msec sim`.
 #[derive(Debug, Args, Clone, Default)]
-pub struct PlatformArgs {
-    #[command(flatten)]
-    pub store: StoreArgs,
-    #[command(flatten)]
-    pub witnessing: WitnessesArgs,
-    /// HTTP API and dashboard listen address [default: 127.0.0.1:8080]
-    #[arg(long, env = "MSEC_HTTP", value_name = "ADDR")]
-    pub http: Option<SocketAddr>,
+pub struct BrokerArgs {
     /// Listen address of the embedded MQTT broker [default: 127.0.0.1:1884]. It authenticates no
     /// client: beyond loopback, anyone who reaches it can read every reading (msec warns)
     #[arg(long, env = "MSEC_MQTT", value_name = "ADDR")]
@@ -82,6 +75,20 @@ pub struct PlatformArgs {
     /// First MQTT topic level; devices publish on ROOT/v1/TENANT/DEVICE/readings [default: msec]
     #[arg(long, env = "MSEC_TOPIC_ROOT", value_name = "ROOT")]
     pub topic_root: Option<String>,
+}
+
+/// Everything `serve` and `demo` take.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PlatformArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub witnessing: WitnessesArgs,
+    #[command(flatten)]
+    pub messaging: BrokerArgs,
+    /// HTTP API and dashboard listen address [default: 127.0.0.1:8080]
+    #[arg(long, env = "MSEC_HTTP", value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
     /// How far ahead of this server's clock a device's clock may run, in seconds, at most a week [default: 300]
     #[arg(long, env = "MSEC_MAX_SKEW", value_name = "SECS")]
     pub max_skew: Option<i64>,
@@ -320,9 +327,9 @@ impl PlatformArgs {
         let mqtt_from_env = std::env::var("MSEC_MQTT")
             .ok()
             .and_then(|v| v.parse::<SocketAddr>().ok())
-            .is_some_and(|v| Some(v) == self.mqtt);
-        let broker_from_env = std::env::var("MSEC_BROKER").ok() == self.broker;
-        let broker = match (self.broker.clone(), self.mqtt) {
+            .is_some_and(|v| Some(v) == self.messaging.mqtt);
+        let broker_from_env = std::env::var("MSEC_BROKER").ok() == self.messaging.broker;
+        let broker = match (self.messaging.broker.clone(), self.messaging.mqtt) {
             (Some(url), Some(addr)) => match (broker_from_env, mqtt_from_env) {
                 (true, false) => Broker::Embedded(addr),
                 (false, true) => Broker::External(url),
@@ -343,6 +350,7 @@ impl PlatformArgs {
             msec_ingest::MqttConfig::from_url(url, "check", "check").map_err(anyhow::Error::msg)?;
         }
         let topic_root = self
+            .messaging
             .topic_root
             .clone()
             .or(file.topic_root)
@@ -523,18 +531,17 @@ mod tests {
         let err = format!("{:#}", with_file(&file).resolve().unwrap_err());
         assert!(err.contains("keep one"), "{err}");
         let both = PlatformArgs {
-            mqtt: Some("127.0.0.1:1884".parse().unwrap()),
-            broker: Some("mqtt://127.0.0.1:1883".into()),
+            messaging: BrokerArgs {
+                mqtt: Some("127.0.0.1:1884".parse().unwrap()),
+                broker: Some("mqtt://127.0.0.1:1883".into()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert!(format!("{:#}", both.resolve().unwrap_err()).contains("keep one"));
         // A flag beats the other kind of broker in an MSEC_* variable; both kinds in the
         // variables is pointed out. (The variables are set here only, in this one test.)
-        let mqtt_flag = PlatformArgs {
-            mqtt: Some("127.0.0.1:1884".parse().unwrap()),
-            broker: Some("mqtt://127.0.0.1:1883".into()),
-            ..Default::default()
-        };
+        let mqtt_flag = both;
         std::env::set_var("MSEC_BROKER", "mqtt://127.0.0.1:1883");
         assert_eq!(
             mqtt_flag.resolve().unwrap().broker,
@@ -551,7 +558,10 @@ mod tests {
         std::env::remove_var("MSEC_MQTT");
         // A flag for one beats the file's other.
         let flag = PlatformArgs {
-            mqtt: Some("127.0.0.1:1885".parse().unwrap()),
+            messaging: BrokerArgs {
+                mqtt: Some("127.0.0.1:1885".parse().unwrap()),
+                ..Default::default()
+            },
             ..with_file(&file)
         };
         assert_eq!(
@@ -559,7 +569,10 @@ mod tests {
             Broker::Embedded("127.0.0.1:1885".parse().unwrap())
         );
         let bad = PlatformArgs {
-            broker: Some("tcp://x".into()),
+            messaging: BrokerArgs {
+                broker: Some("tcp://x".into()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert!(format!("{:#}", bad.resolve().unwrap_err()).contains("mqtt://"));

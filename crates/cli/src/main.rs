@@ -74,7 +74,9 @@ enum Command {
         /// Which pilots: park, home, truck (default: all three)
         pilots: Vec<msec_sim::Pilot>,
         #[command(flatten)]
-        platform: PlatformArgs,
+        store: config::StoreArgs,
+        #[command(flatten)]
+        messaging: config::BrokerArgs,
         #[command(flatten)]
         sim: SimArgs,
     },
@@ -342,11 +344,17 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Sim {
             pilots,
-            platform,
+            store,
+            messaging,
             sim,
         } => {
             let interrupted = platform::interrupts();
-            let settings = platform.resolve()?;
+            let settings = PlatformArgs {
+                store,
+                messaging,
+                ..Default::default()
+            }
+            .resolve()?;
             settings.create_data_dir()?;
             let pilots = if pilots.is_empty() {
                 vec![
