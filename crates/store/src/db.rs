@@ -487,10 +487,13 @@ impl Db {
         match self {
             Db::Sqlite(_) => sql
                 .replace("{BLOB}", "BLOB")
-                .replace("{SERIAL}", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+                .replace("{SERIAL}", "INTEGER PRIMARY KEY AUTOINCREMENT")
+                // A 64-bit key that SQLite makes the table's row id.
+                .replace("{INDEX}", "INTEGER"),
             Db::Postgres(_) => sql
                 .replace("{BLOB}", "BYTEA")
-                .replace("{SERIAL}", "BIGSERIAL PRIMARY KEY"),
+                .replace("{SERIAL}", "BIGSERIAL PRIMARY KEY")
+                .replace("{INDEX}", "BIGINT"),
         }
     }
 
@@ -571,12 +574,14 @@ impl Db {
     }
 
     /// Inserts sealed readings, skipping any (device, sequence) already stored, and returns
-    /// the positions (in `readings`) of those actually inserted. PostgreSQL gets one round trip
+    /// the positions (in `readings`) of those actually inserted. The k-th one inserted gets log
+    /// index `first_leaf + k`, where the caller appends its leaf. PostgreSQL gets one round trip
     /// per batch (UNNEST over arrays) because per-row round trips would cap ingest at the network
     /// latency; SQLite is in-process, so a cached prepared statement is fastest.
     pub(crate) fn insert_readings(
         &mut self,
         readings: &[SealedReading],
+        first_leaf: i64,
     ) -> Result<Vec<usize>, StoreError> {
         if readings.is_empty() {
             return Ok(Vec::new());
@@ -584,8 +589,8 @@ impl Db {
         match self {
             Db::Sqlite(c) => {
                 let mut stmt = c.prepare_cached(
-                    "INSERT INTO readings (device_id, sequence, issued_at, received_ms, digest, sealed) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                    "INSERT INTO readings (device_id, sequence, issued_at, received_ms, digest, sealed, leaf) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
                 )?;
                 let mut inserted = Vec::with_capacity(readings.len());
                 for (i, r) in readings.iter().enumerate() {
@@ -595,7 +600,8 @@ impl Db {
                         r.issued_at,
                         r.received_ms,
                         &r.digest[..],
-                        r.sealed
+                        r.sealed,
+                        first_leaf + inserted.len() as i64,
                     ])?;
                     if n == 1 {
                         inserted.push(i);
@@ -610,22 +616,39 @@ impl Db {
                 let received: Vec<i64> = readings.iter().map(|r| r.received_ms).collect();
                 let digests: Vec<&[u8]> = readings.iter().map(|r| &r.digest[..]).collect();
                 let sealed: Vec<&[u8]> = readings.iter().map(|r| r.sealed.as_slice()).collect();
+                // Numbered as if every one is new, as they are unless a batch is committed again
+                // (its COMMIT's answer was lost) or another process stored some of them.
+                let leaves: Vec<i64> = (0..readings.len() as i64).map(|i| first_leaf + i).collect();
                 let rows = c.query(
-                    "INSERT INTO readings (device_id, sequence, issued_at, received_ms, digest, sealed) \
-                     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[]) \
+                    "INSERT INTO readings (device_id, sequence, issued_at, received_ms, digest, sealed, leaf) \
+                     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[], $7::int8[]) \
                      ON CONFLICT DO NOTHING RETURNING device_id, sequence",
-                    &[&ids, &seqs, &issued, &received, &digests, &sealed],
+                    &[&ids, &seqs, &issued, &received, &digests, &sealed, &leaves],
                 )?;
                 let mut done = std::collections::HashSet::with_capacity(rows.len());
                 for row in rows {
                     done.insert((row.try_get::<_, String>(0)?, row.try_get::<_, i64>(1)?));
                 }
-                Ok(readings
+                let inserted: Vec<usize> = readings
                     .iter()
                     .enumerate()
                     .filter(|(_, r)| done.contains(&(r.device_id.clone(), r.sequence)))
                     .map(|(i, _)| i)
-                    .collect())
+                    .collect();
+                if inserted.len() < readings.len() {
+                    // Some were skipped: those inserted after the first gap are renumbered.
+                    let ids: Vec<&str> = inserted.iter().map(|&i| ids[i]).collect();
+                    let seqs: Vec<i64> = inserted.iter().map(|&i| seqs[i]).collect();
+                    let leaves: Vec<i64> =
+                        (0..inserted.len() as i64).map(|k| first_leaf + k).collect();
+                    c.execute(
+                        "UPDATE readings AS r SET leaf = u.leaf \
+                         FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS u(id, seq, leaf) \
+                         WHERE r.device_id = u.id AND r.sequence = u.seq AND r.leaf <> u.leaf",
+                        &[&ids, &seqs, &leaves],
+                    )?;
+                }
+                Ok(inserted)
             }
         }
     }

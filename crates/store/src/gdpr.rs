@@ -274,17 +274,10 @@ impl Store {
             // One past the newest exported reading: `sequence < before` below.
             let mut before = newest.map(|n| n.saturating_add(1));
             while let Some(below) = before {
-                // A reading's leaf is named `DEVICE/SEQUENCE`: one query a page.
                 let page = self.db.query(
-                    "SELECT r.sequence, l.idx FROM readings r LEFT JOIN log_leaves l \
-                     ON l.kind = $4 AND l.ref = r.device_id || '/' || r.sequence \
-                     WHERE r.device_id = $1 AND r.sequence < $2 ORDER BY r.sequence DESC LIMIT $3",
-                    &[
-                        P::Text(id),
-                        P::I64(below),
-                        P::I64(i64::from(EXPORT_PAGE)),
-                        P::Text(RecordKind::Reading.name()),
-                    ],
+                    "SELECT sequence, leaf FROM readings \
+                     WHERE device_id = $1 AND sequence < $2 ORDER BY sequence DESC LIMIT $3",
+                    &[P::Text(id), P::I64(below), P::I64(i64::from(EXPORT_PAGE))],
                     |r| Ok((r.i64(0)?, r.opt_i64(1)?)),
                 )?;
                 before = page.last().map(|(seq, _)| *seq);

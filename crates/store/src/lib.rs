@@ -788,7 +788,12 @@ impl Store {
                 ),
             });
         }
-        let inserted = self.db.insert_readings(&sealed)?;
+        // Device rows before the log's lock, the order of every other transaction that takes
+        // both (a revocation, say): on PostgreSQL the opposite order deadlocks with it. The
+        // lock comes before the readings, which are inserted with their log indices.
+        self.db.update_devices(&batch.devices)?;
+        let first_leaf = log::end(&mut self.db)?;
+        let inserted = self.db.insert_readings(&sealed, first_leaf)?;
         let mut leaves = Vec::with_capacity(inserted.len() + batch.events.len());
         for i in inserted {
             let r = &sealed[i];
@@ -850,10 +855,7 @@ impl Store {
                 ids.push(id);
             }
         }
-        // Device rows before the log's lock, the order of every other transaction that takes
-        // both (a revocation, say): on PostgreSQL the opposite order deadlocks with it.
-        self.db.update_devices(&batch.devices)?;
-        log::append(&mut self.db, &leaves)?;
+        self.db.insert_leaves(first_leaf, &leaves)?;
         Ok(ids)
     }
 

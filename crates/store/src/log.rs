@@ -309,12 +309,18 @@ pub(crate) fn append(db: &mut Db, leaves: &[(RecordId, Hash)]) -> Result<(), Sto
     if leaves.is_empty() {
         return Ok(());
     }
+    let next = end(db)?;
+    db.insert_leaves(next, leaves)
+}
+
+/// The index the next leaf gets. On PostgreSQL this takes the log's lock for the rest of the
+/// caller's transaction, so that indices stay contiguous across processes and connections
+/// (SQLite's BEGIN IMMEDIATE already serialises writers).
+pub(crate) fn end(db: &mut Db) -> Result<i64, StoreError> {
     if db.engine() == "postgres" {
-        // Serialises appends across processes and connections so indices stay contiguous.
-        // SQLite's BEGIN IMMEDIATE already serialises writers.
         db.query("SELECT pg_advisory_xact_lock(726373)", &[], |_| Ok(()))?;
     }
-    let next = db
+    Ok(db
         .query(
             "SELECT COALESCE(MAX(idx) + 1, 0) FROM log_leaves",
             &[],
@@ -322,8 +328,7 @@ pub(crate) fn append(db: &mut Db, leaves: &[(RecordId, Hash)]) -> Result<(), Sto
         )?
         .first()
         .copied()
-        .unwrap_or(0);
-    db.insert_leaves(next, leaves)
+        .unwrap_or(0))
 }
 
 /// What an audit scan of the records found, before the log itself is checked.
@@ -648,17 +653,33 @@ impl crate::Store {
         })
     }
 
-    /// The log index of a record's leaf.
+    /// The log index of a record's leaf: a reading's is kept in its row, other records' are
+    /// found by name in the log (an index that leaves readings out, see schema version 6).
     pub fn leaf_index(&mut self, id: &RecordId) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .db
-            .query(
-                "SELECT idx FROM log_leaves WHERE kind = $1 AND ref = $2",
+        let found = match id.kind {
+            RecordKind::Reading => {
+                let Some((device, seq)) = id
+                    .reference
+                    .rsplit_once('/')
+                    .and_then(|(d, s)| Some((d, s.parse::<i64>().ok()?)))
+                else {
+                    return Ok(None);
+                };
+                self.db.query(
+                    "SELECT leaf FROM readings WHERE device_id = $1 AND sequence = $2",
+                    &[P::Text(device), P::I64(seq)],
+                    |r| r.opt_i64(0),
+                )?
+            }
+            // The index's own condition, spelled out: neither SQLite nor a prepared PostgreSQL
+            // statement uses a partial index for a kind that is only a parameter.
+            _ => self.db.query(
+                "SELECT idx FROM log_leaves WHERE kind = $1 AND ref = $2 AND kind <> 'reading'",
                 &[P::Text(id.kind.name()), P::Text(&id.reference)],
-                |r| r.i64(0),
-            )?
-            .first()
-            .map(|&i| i as u64))
+                |r| r.i64(0).map(Some),
+            )?,
+        };
+        Ok(found.into_iter().flatten().next().map(|i| i as u64))
     }
 
     /// Leaf hashes from index `from` on, at most `limit`, in log order.

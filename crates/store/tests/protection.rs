@@ -844,9 +844,13 @@ fn restore_key_row(url: &str, subject: &str, (kek, wrapped): &KeyRow) {
 
 /// A database from before events had tenants (schema 4) keeps its events through migration 5:
 /// listed to administrators as platform-wide, to no tenant's auditors, and still verified.
-fn upgrade_keeps_untenanted_events(url: &str) {
+/// Through migration 6 its readings take their log indices into their rows, and every record
+/// is still found in the log.
+fn upgrade_keeps_records(url: &str) {
     let keys: Arc<dyn KekProvider> = Arc::new(MemoryKeys::new());
     let mut s = Store::open(url, keys.clone()).unwrap();
+    s.register_device(&new_device("old-bed", "ana", 31, "Bed", "Home"))
+        .unwrap();
     let event = NewEvent {
         at_ms: 1,
         reason: "bad_signature".into(),
@@ -857,20 +861,46 @@ fn upgrade_keeps_untenanted_events(url: &str) {
         nonce: msec_store::event_nonce(),
     };
     s.commit(&Batch {
+        readings: vec![reading("old-bed", 1), reading("old-bed", 2)],
         events: vec![event],
         ..Default::default()
     })
     .unwrap();
+    let records: Vec<RecordId> = ["device:old-bed", "reading:old-bed/1", "reading:old-bed/2"]
+        .iter()
+        .map(|r| r.parse().unwrap())
+        .chain(
+            s.security_events(10, None, None)
+                .unwrap()
+                .iter()
+                .map(|e| format!("event:{}", e.id).parse().unwrap()),
+        )
+        .collect();
+    let indices: Vec<Option<u64>> = records.iter().map(|r| s.leaf_index(r).unwrap()).collect();
+    assert!(indices.iter().all(Option::is_some), "{indices:?}");
     drop(s);
     // Back to schema 4, as an older msec left it.
+    let blob = if url.starts_with("postgres") {
+        "BYTEA"
+    } else {
+        "BLOB"
+    };
     raw(
         url,
-        "DROP INDEX security_events_tenant; ALTER TABLE security_events DROP COLUMN tenant; \
-         DROP INDEX security_events_nonce; ALTER TABLE security_events DROP COLUMN nonce; \
-         ALTER TABLE vault_state DROP COLUMN kek_id; DELETE FROM msec_schema WHERE version = 5;",
+        &format!(
+            "ALTER TABLE readings DROP COLUMN leaf; \
+             CREATE TABLE log_leaves_5 (idx BIGINT PRIMARY KEY, kind TEXT NOT NULL, \
+                 ref TEXT NOT NULL, hash {blob} NOT NULL, UNIQUE (kind, ref)); \
+             INSERT INTO log_leaves_5 SELECT idx, kind, ref, hash FROM log_leaves; \
+             DROP TABLE log_leaves; ALTER TABLE log_leaves_5 RENAME TO log_leaves; \
+             DELETE FROM msec_schema WHERE version = 6; \
+             DROP INDEX security_events_tenant; ALTER TABLE security_events DROP COLUMN tenant; \
+             DROP INDEX security_events_nonce; ALTER TABLE security_events DROP COLUMN nonce; \
+             ALTER TABLE vault_state DROP COLUMN kek_id; DELETE FROM msec_schema WHERE version = 5;"
+        ),
     );
     let mut s = Store::open(url, keys).unwrap();
-    assert_eq!(s.schema_version().unwrap(), 5);
+    assert_eq!(s.schema_version().unwrap(), 6);
     let all = s.security_events(10, None, None).unwrap();
     assert_eq!(
         all.iter()
@@ -883,21 +913,31 @@ fn upgrade_keeps_untenanted_events(url: &str) {
         .security_events(10, None, Some(&santander))
         .unwrap()
         .is_empty());
+    let after: Vec<Option<u64>> = records.iter().map(|r| s.leaf_index(r).unwrap()).collect();
+    assert_eq!(after, indices);
+    for r in &records {
+        let (index, leaf) = s.record_leaf(r).unwrap().expect("the record and its leaf");
+        assert_eq!(
+            s.leaf_hashes(index, 1).unwrap(),
+            [msec_ledger::leaf_hash(&leaf)],
+            "{r}"
+        );
+    }
     assert_eq!(findings(&mut s), []);
 }
 
 #[test]
-fn sqlite_upgrade_keeps_untenanted_events() {
+fn sqlite_upgrade_keeps_records() {
     let dir = std::env::temp_dir().join(msec_testkit::unique("msec-upgrade-"));
     std::fs::create_dir_all(&dir).unwrap();
-    upgrade_keeps_untenanted_events(dir.join("msec.db").to_str().unwrap());
+    upgrade_keeps_records(dir.join("msec.db").to_str().unwrap());
     std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
-fn postgres_upgrade_keeps_untenanted_events() {
+fn postgres_upgrade_keeps_records() {
     if let Some(url) = msec_testkit::postgres_url() {
-        upgrade_keeps_untenanted_events(&url);
+        upgrade_keeps_records(&url);
     }
 }
 

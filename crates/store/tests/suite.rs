@@ -36,7 +36,7 @@ fn reading(device: &str, seq: i64) -> NewReading {
 fn suite(url: &str) {
     let keys: Arc<dyn KekProvider> = Arc::new(MemoryKeys::new());
     let mut s = Store::open(url, keys.clone()).unwrap();
-    assert_eq!(s.schema_version().unwrap(), 5);
+    assert_eq!(s.schema_version().unwrap(), 6);
 
     // Registry: register, show, list, duplicate refusal, revoke.
     let d = s.register_device(&device("d1", 1)).unwrap();
@@ -525,6 +525,29 @@ fn suite(url: &str) {
             .sequence,
         5
     );
+
+    // A batch where some readings are already stored (another process stored them, or an
+    // earlier commit of it whose answer was lost): the new ones get the log's next indices.
+    s.commit(&Batch {
+        readings: vec![
+            reading("d1", 4),
+            reading("d1", 20),
+            reading("d1", 5),
+            reading("d1", 21),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let end = s.leaf_hashes(0, u64::MAX).unwrap().len() as u64;
+    for (seq, index) in [(20, end - 2), (21, end - 1)] {
+        let id = format!("reading:d1/{seq}").parse().unwrap();
+        let (at, leaf) = s.record_leaf(&id).unwrap().unwrap();
+        assert_eq!(at, index, "{id}");
+        assert_eq!(
+            s.leaf_hashes(at, 1).unwrap(),
+            [msec_ledger::leaf_hash(&leaf)]
+        );
+    }
 }
 
 #[test]
@@ -553,7 +576,7 @@ fn concurrent_first_opens(url: &str) {
             open.join().unwrap().unwrap();
         }
     });
-    assert_eq!(Store::open(url, keys).unwrap().schema_version().unwrap(), 5);
+    assert_eq!(Store::open(url, keys).unwrap().schema_version().unwrap(), 6);
 }
 
 #[test]
