@@ -14,7 +14,7 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "FILE")]
     pub policies: Option<PathBuf>,
     /// Who asks, e.g. user:maria
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub principal: String,
     /// The principal's roles, comma-separated, e.g. resident,caregiver (with --policies only;
     /// otherwise the user's stored roles count)
@@ -24,7 +24,7 @@ pub struct ExplainArgs {
     #[arg(long)]
     pub action: Action,
     /// Resource path, e.g. santander/home-007/bed/occupancy
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub resource: String,
     /// Declared purpose of the request, e.g. research
     #[arg(long)]

@@ -735,6 +735,24 @@ hours = [22, 6]
         "santander/home-007/plug/switch",
     ]);
     assert_eq!(out.trim(), "deny (rule caregivers-never-act)");
+    // An empty principal or resource is a mistake, not a question the rules answer.
+    for (flag, value) in [("--principal", ""), ("--resource", "")] {
+        let mut args = vec![
+            "--principal",
+            "user:olga",
+            "--action",
+            "read",
+            "--resource",
+            "x/y",
+        ];
+        let at = args.iter().position(|a| *a == flag).unwrap();
+        args[at + 1] = value;
+        let (ok, out, err) = explain(&args);
+        assert!(
+            !ok && err.contains(flag) && err.contains("a value is required"),
+            "{out}{err}"
+        );
+    }
     // 2025-11-24 23:00 UTC is inside the 22-6 window; 12:00 is not.
     let night = (1_764_025_200_000i64).to_string();
     let noon = (1_763_985_600_000i64).to_string();

@@ -7,7 +7,7 @@ use crate::problem::PathParam;
 use crate::{auth, AppState, Problem};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use msec_policy::Action;
 use msec_store::{ExportPart, StoreError};
@@ -41,6 +41,7 @@ enum Piece {
 pub(crate) async fn export(
     State(s): State<AppState>,
     Client(peer): Client,
+    method: Method,
     headers: HeaderMap,
     PathParam(subject): PathParam,
 ) -> Result<Response, Problem> {
@@ -57,6 +58,13 @@ pub(crate) async fn export(
         return Err(Problem::bad_request(format!(
             "{shown} is a tenant, not a data subject: read its devices' readings page by page (GET /api/v1/devices/{{id}}/readings)"
         )));
+    }
+    // Answered before an export takes one of the few places: nothing held, or erased.
+    let lookup = subject.clone();
+    s.db.call(move |db| db.exportable(&lookup)).await?;
+    // HEAD learns whether there is an export to fetch, without one being read for nothing.
+    if method == Method::HEAD {
+        return Ok(([(header::CONTENT_TYPE, "application/json")], Body::empty()).into_response());
     }
     let Ok(permit) = EXPORTS.try_acquire() else {
         return Err(Problem::new(

@@ -1737,6 +1737,12 @@ async fn a_subject_export_streams_the_whole_document() {
             ]
         );
         assert_eq!(doc["consents"], serde_json::json!([]));
+        // HEAD says whether there is an export without reading one; it knows what GET knows.
+        let head = http(srv, "HEAD", "/api/v1/subjects/resident-9/export", "text/plain", b"");
+        assert_eq!((head.status, head.body.as_str()), (200, ""), "{}", head.head);
+        assert!(head.headers.contains("content-type: application/json"), "{}", head.head);
+        let ghost = http(srv, "HEAD", "/api/v1/subjects/resident-10/export", "text/plain", b"");
+        assert_eq!(ghost.status, 404, "{}", ghost.head);
     })
     .await;
 }

@@ -201,6 +201,30 @@ impl Store {
         Ok(export)
     }
 
+    /// Whether there is an export of `subject` to make: `Erased` after an erasure, `NotFound`
+    /// when no device or consent is held about it. Cheap, so that a caller can answer before
+    /// it sets an export going.
+    pub fn exportable(&mut self, subject: &str) -> Result<(), StoreError> {
+        valid_subject(subject)?;
+        if self.is_erased(subject)? {
+            return Err(StoreError::Erased(format!(
+                "subject {subject:?} was erased; nothing about it can be decrypted any more"
+            )));
+        }
+        let held = self.db.query(
+            "SELECT (SELECT COUNT(*) FROM devices WHERE owner = $1) \
+             + (SELECT COUNT(*) FROM consents WHERE subject = $1)",
+            &[P::Text(subject)],
+            |r| r.i64(0),
+        )?;
+        if held.first().is_none_or(|&n| n == 0) {
+            return Err(StoreError::NotFound(format!(
+                "nothing is held about subject {subject:?}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Everything held about `subject`, decrypted, handed to `each` a page at a time (see
     /// [`ExportPart`] for the order), so that an export is never whole in memory. Fails before
     /// handing anything out with `Erased` after an erasure and `NotFound` when nothing is held;
@@ -211,12 +235,7 @@ impl Store {
         subject: &str,
         each: &mut dyn FnMut(ExportPart) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        valid_subject(subject)?;
-        if self.is_erased(subject)? {
-            return Err(StoreError::Erased(format!(
-                "subject {subject:?} was erased; nothing about it can be decrypted any more"
-            )));
-        }
+        self.exportable(subject)?;
         let ids = self.db.query(
             "SELECT id FROM devices WHERE owner = $1 ORDER BY id",
             &[P::Text(subject)],
@@ -227,11 +246,6 @@ impl Store {
             devices.extend(self.device(id)?);
         }
         let consents = self.consents(subject)?;
-        if devices.is_empty() && consents.is_empty() {
-            return Err(StoreError::NotFound(format!(
-                "nothing is held about subject {subject:?}"
-            )));
-        }
         let device_ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
         let consent_ids: Vec<i64> = consents.iter().map(|c| c.id).collect();
         each(ExportPart::Devices(devices))?;
