@@ -296,6 +296,12 @@ impl PlatformArgs {
             }
             None => FileSettings::default(),
         };
+        // Where a refused value came from, for the error: a flag (or its MSEC_* variable), or
+        // the config file, which the operator may not think of.
+        let from = |flagged: bool, flag: &str, key: &str| match &self.store.config {
+            Some(path) if !flagged => format!("{key} in the config file {}", path.display()),
+            _ => format!("--{flag} or MSEC_{}", flag.to_uppercase().replace('-', "_")),
+        };
         let data_dir = self
             .store
             .data_dir
@@ -314,8 +320,9 @@ impl PlatformArgs {
             || database == "sqlite:"
         {
             bail!(
-                "database {:?} must be postgres://USER@HOST:PORT/DB or sqlite:PATH",
-                msec_store::redact(&database)
+                "database {:?} ({}) must be postgres://USER@HOST:PORT/DB or sqlite:PATH",
+                msec_store::redact(&database),
+                from(self.store.database.is_some(), "database", "database")
             );
         }
         // One of the two, from the first layer (flags, MSEC_* variables, the file) that names
@@ -356,17 +363,26 @@ impl PlatformArgs {
             .or(file.topic_root)
             .unwrap_or_else(|| "msec".into());
         if topic_root.is_empty() || topic_root.contains(['+', '#', '/']) {
-            bail!("topic root {topic_root:?} must be one non-empty MQTT topic level without wildcards");
+            bail!(
+                "topic root {topic_root:?} ({}) must be one non-empty MQTT topic level without wildcards",
+                from(self.messaging.topic_root.is_some(), "topic-root", "topic_root")
+            );
         }
         let max_skew = self.max_skew.or(file.max_skew).unwrap_or(300);
         // A week is far beyond any clock a device could sensibly keep; past that a "skew"
         // would let any old reading through.
         if !(1..=MAX_SKEW_SECS).contains(&max_skew) {
-            bail!("max skew must be between 1 and {MAX_SKEW_SECS} seconds (a week)");
+            bail!(
+                "max skew {max_skew} ({}) must be between 1 and {MAX_SKEW_SECS} seconds (a week)",
+                from(self.max_skew.is_some(), "max-skew", "max_skew")
+            );
         }
         let max_age = self.max_age.or(file.max_age).unwrap_or(86_400);
         if !(1..=MAX_AGE_SECS).contains(&max_age) {
-            bail!("max age must be between 1 and {MAX_AGE_SECS} seconds (30 days)");
+            bail!(
+                "max age {max_age} ({}) must be between 1 and {MAX_AGE_SECS} seconds (30 days)",
+                from(self.max_age.is_some(), "max-age", "max_age")
+            );
         }
         let max_envelope_bytes = self
             .max_envelope_bytes
@@ -374,7 +390,12 @@ impl PlatformArgs {
             .unwrap_or(msec_envelope::DEFAULT_MAX_ENVELOPE_BYTES);
         if !(256..=msec_broker::MAX_PAYLOAD_BYTES).contains(&max_envelope_bytes) {
             bail!(
-                "max envelope bytes must be between 256 and {}",
+                "max envelope bytes {max_envelope_bytes} ({}) must be between 256 and {}",
+                from(
+                    self.max_envelope_bytes.is_some(),
+                    "max-envelope-bytes",
+                    "max_envelope_bytes"
+                ),
                 msec_broker::MAX_PAYLOAD_BYTES
             );
         }
@@ -405,7 +426,12 @@ impl PlatformArgs {
             .unwrap_or(usize::from(!witnesses.is_empty()));
         if witness_quorum > witnesses.len() {
             bail!(
-                "a witness quorum of {witness_quorum} needs at least that many --witness keys (got {})",
+                "a witness quorum of {witness_quorum} ({}) needs at least that many witness keys (got {})",
+                from(
+                    self.witnessing.witness_quorum.is_some(),
+                    "witness-quorum",
+                    "witness_quorum"
+                ),
                 witnesses.len()
             );
         }
@@ -604,5 +630,34 @@ mod tests {
                 "{age}"
             );
         }
+        // A value refused from the config file names the file and its key; from a flag, the
+        // flag, even with a config file given.
+        let dir = std::env::temp_dir().join(format!("msec-cfg-range-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("msec.toml");
+        std::fs::write(&file, "max_skew = 0\nmax_envelope_bytes = 10\n").unwrap();
+        let from_file = PlatformArgs {
+            store: StoreArgs {
+                config: Some(file.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let err = format!("{:#}", from_file.resolve().unwrap_err());
+        assert!(
+            err.contains("max_skew in the config file") && err.contains("msec.toml"),
+            "{err}"
+        );
+        let flagged = PlatformArgs {
+            max_skew: Some(60),
+            max_envelope_bytes: Some(10),
+            ..from_file
+        };
+        let err = format!("{:#}", flagged.resolve().unwrap_err());
+        assert!(
+            err.contains("(--max-envelope-bytes or MSEC_MAX_ENVELOPE_BYTES)"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).ok();
     }
 }
