@@ -13,13 +13,15 @@ use std::time::Duration;
 pub enum StoreError {
     #[error("cannot open the database: {0}")]
     Open(String),
-    #[error("conflict: {0}")]
+    // The kinds below carry a whole sentence for the person who asked (the CLI prints it as it
+    // is; the API maps the kind to a status): no prefix of their own.
+    #[error("{0}")]
     Conflict(String),
     #[error("database error: {0}")]
     Backend(String),
-    #[error("not found: {0}")]
+    #[error("{0}")]
     NotFound(String),
-    #[error("erased: {0}")]
+    #[error("{0}")]
     Erased(String),
     #[error("encryption keys: {0}")]
     Keys(String),

@@ -116,7 +116,7 @@ impl Keys {
             )?
             .into_iter()
             .next()
-            .ok_or_else(|| StoreError::NotFound(format!("device {device:?}")))?;
+            .ok_or_else(|| StoreError::NotFound(format!("no device {device:?} is registered")))?;
         self.owners.insert(device.to_string(), owner.clone());
         Ok(owner)
     }

@@ -630,7 +630,7 @@ impl crate::Store {
                     .reference
                     .rsplit_once('/')
                     .and_then(|(d, s)| Some((d, s.parse::<i64>().ok()?)))
-                    .ok_or_else(|| StoreError::NotFound(format!("record {id}")))?;
+                    .ok_or_else(|| StoreError::NotFound(format!("no record {id}")))?;
                 self.db.query(&sql, &[P::Text(device), P::I64(seq)], |r| {
                     row_leaf(id.kind, r, encode_leaf)
                 })?
@@ -642,7 +642,7 @@ impl crate::Store {
                 let n: i64 = id
                     .reference
                     .parse()
-                    .map_err(|_| StoreError::NotFound(format!("record {id}")))?;
+                    .map_err(|_| StoreError::NotFound(format!("no record {id}")))?;
                 self.db
                     .query(&sql, &[P::I64(n)], |r| row_leaf(id.kind, r, encode_leaf))?
             }
