@@ -139,14 +139,23 @@ pub async fn consent(cmd: ConsentCommand) -> Result<()> {
             purpose,
             platform,
         } => {
-            let c = with_store(&platform, move |s| {
-                Ok(s.give_consent(&subject, &grantee, &purpose)?)
+            let (c, known) = with_store(&platform, move |s| {
+                let c = s.give_consent(&subject, &grantee, &purpose)?;
+                Ok((c, !s.subject_tenants(&subject)?.is_empty()))
             })
             .await?;
             println!(
                 "consent {} recorded: {} allows {} for {}",
                 c.id, c.subject, c.grantee, c.purpose
             );
+            // Kept either way (a resident may consent before their devices are registered),
+            // but a misspelt subject would otherwise pass unnoticed.
+            if !known {
+                eprintln!(
+                    "note: no device owner or user is called {:?} yet; if that is a typo, withdraw consent {} and give it again",
+                    c.subject, c.id
+                );
+            }
             Ok(())
         }
         ConsentCommand::Withdraw { id, platform } => {

@@ -963,6 +963,43 @@ fn checkpoint_covering(http: &str, size: u64) -> String {
     note
 }
 
+/// A consent for a subject nobody is called is kept (a resident may consent before their
+/// devices are registered), with a note in case the name is a typo.
+#[test]
+fn consent_for_an_unknown_subject_is_kept_with_a_note() {
+    let dir = tmp();
+    let give = |subject: &str| {
+        run(&[
+            "consent",
+            "give",
+            "--subject",
+            subject,
+            "--grantee",
+            "caregiver:ana",
+            "--purpose",
+            "tele-assistance",
+            "--data-dir",
+            &dir,
+        ])
+    };
+    let (ok, out, err) = give("resident-0O7");
+    assert!(ok && out.contains("consent 1 recorded"), "{out}{err}");
+    assert!(
+        err.contains("note: no device owner or user is called \"resident-0O7\""),
+        "{err}"
+    );
+    let (ok, out, err) = run(&[
+        "consent",
+        "list",
+        "--subject",
+        "resident-0O7",
+        "--data-dir",
+        &dir,
+    ]);
+    assert!(ok && out.contains("caregiver:ana"), "{out}{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
     let dir = tmp();
@@ -1018,7 +1055,7 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
         "--data-dir",
         &dir,
     ]);
-    assert!(ok, "{err}");
+    assert!(ok && !err.contains("note:"), "{err}");
     let auth = admin_auth(&dir);
 
     let (http, mqtt) = (addr(), addr());
