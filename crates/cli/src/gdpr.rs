@@ -5,7 +5,8 @@ use crate::config::StoreArgs;
 use crate::platform::{with_existing_store, with_store};
 use anyhow::{bail, Context, Result};
 use msec_ledger::Tree;
-use std::path::PathBuf;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Subcommand)]
 pub enum KeysCommand {
@@ -175,14 +176,21 @@ pub async fn consent(cmd: ConsentCommand) -> Result<()> {
 }
 
 pub async fn export(args: ExportArgs) -> Result<()> {
-    let subject = args.subject.clone();
-    let doc = with_existing_store(&args.platform, move |s| {
-        let export = s.export_subject(&subject)?;
-        // Proofs against the newest checkpoint, computed here from the database's log.
+    let ExportArgs {
+        subject,
+        out,
+        platform,
+    } = args;
+    let shown = out.clone();
+    let readings = with_existing_store(&platform, move |s| {
+        // Before anything is written: nothing held, or erased.
+        s.exportable(&subject)?;
+        // Proofs against the newest checkpoint, from a tree of the log up to it.
         let checkpoint = s.latest_checkpoint()?;
+        let size = checkpoint.as_ref().map_or(0, |(size, _)| *size);
         let mut tree = Tree::new();
-        loop {
-            let chunk = s.leaf_hashes(tree.size(), 100_000)?;
+        while tree.size() < size {
+            let chunk = s.leaf_hashes(tree.size(), (size - tree.size()).min(100_000))?;
             if chunk.is_empty() {
                 break;
             }
@@ -190,48 +198,141 @@ pub async fn export(args: ExportArgs) -> Result<()> {
                 tree.push_hash(h);
             });
         }
-        let size = checkpoint.as_ref().map_or(0, |(size, _)| *size);
-        let proofs: Vec<_> = export
-            .records
-            .iter()
-            .map(|(record, index)| {
-                let proof = (*index < size)
-                    .then(|| tree.inclusion_proof(*index, size).ok())
-                    .flatten()
-                    .map(|p| p.iter().map(hex::encode).collect::<Vec<_>>());
-                serde_json::json!({
-                    "record": record,
-                    "index": index,
-                    "leaf_hash": tree.leaf(*index).map(hex::encode),
-                    "inclusion_proof": proof,
-                })
+        let mut sink = Sink::open(out.as_deref())?;
+        write!(
+            sink,
+            "{{\"format\":\"msec-subject-export/v1\",\"exported_ms\":{},\"checkpoint\":{},\"subject\":{}",
+            msec_store::now_ms(),
+            serde_json::to_string(&checkpoint.map(|(_, note)| note))?,
+            serde_json::to_string(&subject)?
+        )?;
+        // Written page by page as the store reads them: an export is never whole in memory.
+        let mut json = msec_store::ExportJson::default();
+        let mut readings = 0;
+        let mut unwritten = None;
+        let mut write = |part: msec_store::ExportPart| match part {
+            msec_store::ExportPart::Records(records) => {
+                let proofs: Vec<_> = records
+                    .iter()
+                    .map(|(record, index)| {
+                        let proof = (*index < size)
+                            .then(|| tree.inclusion_proof(*index, size).ok())
+                            .flatten()
+                            .map(|p| p.iter().map(hex::encode).collect::<Vec<_>>());
+                        serde_json::json!({
+                            "record": record,
+                            "index": index,
+                            "leaf_hash": tree.leaf(*index).map(hex::encode),
+                            "inclusion_proof": proof,
+                        })
+                    })
+                    .collect();
+                json.items(&mut sink, "proofs", &proofs)
+            }
+            msec_store::ExportPart::Readings(page) => {
+                readings += page.len();
+                json.part(&mut sink, msec_store::ExportPart::Readings(page))
+            }
+            part => json.part(&mut sink, part),
+        };
+        let exported = s.export_subject_in_parts(&subject, &mut |part| {
+            write(part).map_err(|e| {
+                unwritten = Some(e);
+                msec_store::StoreError::Invalid("the export could not be written".into())
             })
-            .collect();
-        Ok(serde_json::json!({
-            "format": "msec-subject-export/v1",
-            "subject": export.subject,
-            "exported_ms": msec_store::now_ms(),
-            "checkpoint": checkpoint.map(|(_, n)| n),
-            "devices": export.devices,
-            "readings": export.readings,
-            "consents": export.consents,
-            "proofs": proofs,
-        }))
+        });
+        if let Some(e) = unwritten {
+            return Err(anyhow::Error::new(e).context("cannot write the export"));
+        }
+        exported?;
+        json.finish(&mut sink)?;
+        sink.write_all(b"\n")?;
+        sink.finish()?;
+        Ok(readings)
     })
     .await?;
-    let text = serde_json::to_string_pretty(&doc)?;
-    match args.out {
-        Some(path) => {
-            crate::simrun::write_private(&path, &text)?;
-            eprintln!(
-                "wrote {} ({} readings, with inclusion proofs)",
-                path.display(),
-                doc["readings"].as_array().map_or(0, Vec::len)
-            );
-        }
-        None => println!("{text}"),
+    if let Some(path) = shown {
+        eprintln!(
+            "wrote {} ({readings} readings, with inclusion proofs)",
+            path.display()
+        );
     }
     Ok(())
+}
+
+/// Where `msec export` writes: standard output, or a private file (mode 0600) that takes its
+/// name only once complete, so that a failed export never leaves a truncated one under it.
+struct Sink {
+    out: Out,
+    /// The file being written and the name it gets when complete.
+    names: Option<(PathBuf, PathBuf)>,
+}
+
+enum Out {
+    Stdout(BufWriter<std::io::Stdout>),
+    File(BufWriter<std::fs::File>),
+}
+
+impl Sink {
+    fn open(path: Option<&Path>) -> Result<Sink> {
+        let Some(path) = path else {
+            return Ok(Sink {
+                out: Out::Stdout(BufWriter::new(std::io::stdout())),
+                names: None,
+            });
+        };
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options
+            .open(&partial)
+            .with_context(|| format!("cannot write {}", partial.display()))?;
+        Ok(Sink {
+            out: Out::File(BufWriter::new(file)),
+            names: Some((partial, path.to_path_buf())),
+        })
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.flush()?;
+        if let Out::File(w) = &self.out {
+            w.get_ref().sync_all()?;
+        }
+        if let Some((partial, path)) = self.names.take() {
+            std::fs::rename(&partial, &path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match &mut self.out {
+            Out::Stdout(w) => w.write(bytes),
+            Out::File(w) => w.write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.out {
+            Out::Stdout(w) => w.flush(),
+            Out::File(w) => w.flush(),
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // Not finished: the partial file goes.
+        if let Some((partial, _)) = self.names.take() {
+            let _ = std::fs::remove_file(partial);
+        }
+    }
 }
 
 pub async fn erase(args: EraseArgs) -> Result<()> {

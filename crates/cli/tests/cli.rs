@@ -1196,15 +1196,18 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
 
     // Export, then an independent Python verifier re-derives every leaf and checks the proofs.
     let export = format!("{dir}/export.json");
-    let (ok, _, err) = run(&[
-        "export",
-        "--subject",
-        "resident-007",
-        "--out",
-        &export,
-        "--data-dir",
-        &dir,
-    ]);
+    let export_to_file = || {
+        run(&[
+            "export",
+            "--subject",
+            "resident-007",
+            "--out",
+            &export,
+            "--data-dir",
+            &dir,
+        ])
+    };
+    let (ok, _, err) = export_to_file();
     assert!(ok, "{err}");
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&export).unwrap()).unwrap();
@@ -1283,6 +1286,12 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
     assert!(gone.contains("erased"), "{gone}");
     let (ok, _, err) = run(&["export", "--subject", "resident-007", "--data-dir", &dir]);
     assert!(!ok && err.contains("erased"), "{err}");
+    // A refused export leaves no file, whole or partial, and the earlier one untouched.
+    let before = std::fs::read(&export).unwrap();
+    let (ok, _, err) = export_to_file();
+    assert!(!ok && err.contains("erased"), "{err}");
+    assert_eq!(std::fs::read(&export).unwrap(), before);
+    assert!(!std::path::Path::new(&format!("{export}.partial")).exists());
     let (ok, out, err) = run(&["audit", "--data-dir", &dir]);
     assert!(ok && out.contains("0 finding(s)"), "{out}{err}");
 

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use msec_policy::Action;
-use msec_store::{ExportPart, StoreError};
+use msec_store::{ExportJson, StoreError};
 use std::io::Write;
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
@@ -199,64 +199,6 @@ impl Write for Chunks {
     }
 }
 
-/// The export's JSON, written as its parts come: `{"subject":…,"devices":[…],"readings":[…],
-/// "consents":[…],"records":[…]}`, the shape of `msec_store::SubjectExport`. The caller writes
-/// the opening and the subject.
-#[derive(Default)]
-struct ExportJson {
-    /// The array being written, and whether it has an item yet.
-    open: Option<(&'static str, bool)>,
-}
-
-impl ExportJson {
-    fn part(&mut self, out: &mut impl Write, part: ExportPart) -> std::io::Result<()> {
-        match part {
-            ExportPart::Devices(items) => self.items(out, "devices", &items),
-            ExportPart::Readings(items) => self.items(out, "readings", &items),
-            ExportPart::Consents(items) => {
-                // A subject without readings still has the (empty) array.
-                self.items(out, "readings", &[] as &[()])?;
-                self.items(out, "consents", &items)
-            }
-            ExportPart::Records(items) => self.items(out, "records", &items),
-        }
-    }
-
-    fn items<T: serde::Serialize>(
-        &mut self,
-        out: &mut impl Write,
-        array: &'static str,
-        items: &[T],
-    ) -> std::io::Result<()> {
-        if self.open.map(|(name, _)| name) != Some(array) {
-            if self.open.is_some() {
-                out.write_all(b"]")?;
-            }
-            write!(out, ",\"{array}\":[")?;
-            self.open = Some((array, false));
-        }
-        for item in items {
-            if let Some((_, any)) = &mut self.open {
-                if *any {
-                    out.write_all(b",")?;
-                }
-                *any = true;
-            }
-            serde_json::to_writer(&mut *out, item)?;
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self, out: &mut impl Write) -> std::io::Result<()> {
-        // A subject's records name at least its devices or its consents, so the last array
-        // is always "records"; close whatever is open all the same.
-        if self.open.is_some() {
-            out.write_all(b"]")?;
-        }
-        out.write_all(b"}")
-    }
-}
-
 /// Allows or refuses `action` on a subject's data, `TENANT/SUBJECT`, in every tenant it has
 /// data in (one, unless data predates that rule: an export holds them all); returns those
 /// tenants. A subject msec holds nothing about is checked under [`auth::NO_TENANT`], so that
@@ -285,31 +227,6 @@ pub(crate) async fn authorize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use msec_store::{Consent, ExportedReading, StoredReading, SubjectExport};
-
-    fn reading(sequence: i64) -> ExportedReading {
-        ExportedReading {
-            reading: StoredReading {
-                device_id: "d-1".into(),
-                sequence,
-                issued_at: 1_700_000_000 + sequence,
-                received_ms: 1,
-                measurements: serde_json::json!([{"n": "t", "u": "Cel", "v": 1.5}]),
-            },
-            envelope: "d28443".into(),
-        }
-    }
-
-    fn consent() -> Consent {
-        Consent {
-            id: 7,
-            subject: "bob".into(),
-            grantee: "clinic".into(),
-            purpose: "care \"night\"".into(),
-            given_ms: 1,
-            withdrawn_ms: None,
-        }
-    }
 
     async fn received(pieces: Vec<Piece>, close: bool) -> Result<Bytes, String> {
         let (tx, rx) = mpsc::channel(8);
@@ -347,60 +264,5 @@ mod tests {
             received(vec![chunk(b"\"a\"")], false).await,
             Err("still waiting".into())
         );
-    }
-
-    /// Written part by part, the export reads as the whole `SubjectExport` would serialize.
-    fn written(parts: Vec<ExportPart>) -> serde_json::Value {
-        let mut out = b"{\"subject\":\"bob\"".to_vec();
-        let mut json = ExportJson::default();
-        for part in parts {
-            json.part(&mut out, part).unwrap();
-        }
-        json.finish(&mut out).unwrap();
-        serde_json::from_slice(&out)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
-    }
-
-    fn whole(readings: Vec<ExportedReading>, records: Vec<(String, u64)>) -> serde_json::Value {
-        serde_json::to_value(SubjectExport {
-            subject: "bob".into(),
-            devices: vec![],
-            readings,
-            consents: vec![consent()],
-            records,
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn pages_make_the_same_document_as_the_whole() {
-        let records = |from: u64, to: u64| -> Vec<(String, u64)> {
-            (from..to)
-                .map(|i| (format!("reading:d-1/{i}"), i))
-                .collect()
-        };
-        let parts = vec![
-            ExportPart::Devices(vec![]),
-            ExportPart::Readings(vec![reading(3), reading(2)]),
-            ExportPart::Readings(vec![reading(1)]),
-            ExportPart::Consents(vec![consent()]),
-            ExportPart::Records(vec![]),
-            ExportPart::Records(records(0, 2)),
-            ExportPart::Records(records(2, 4)),
-        ];
-        assert_eq!(
-            written(parts),
-            whole(vec![reading(3), reading(2), reading(1)], records(0, 4))
-        );
-    }
-
-    #[test]
-    fn a_subject_without_readings_gets_empty_arrays() {
-        let parts = vec![
-            ExportPart::Devices(vec![]),
-            ExportPart::Consents(vec![consent()]),
-            ExportPart::Records(vec![("consent:7".into(), 0)]),
-        ];
-        assert_eq!(written(parts), whole(vec![], vec![("consent:7".into(), 0)]));
     }
 }

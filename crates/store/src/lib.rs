@@ -19,7 +19,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 pub use db::{redact, sqlite_path, StoreError};
-pub use gdpr::{Consent, Erasure, ExportPart, ExportedReading, SubjectExport};
+pub use gdpr::{Consent, Erasure, ExportJson, ExportPart, ExportedReading, SubjectExport};
 pub use log::{AuditScan, Finding, FindingKind, RecordId, RecordKind};
 pub use msec_vault::{create_private_dir, KekProvider};
 pub use principals::{valid_grant_resource, ApiToken, Grant, NewGrant, NewToken, NewUser, User};
