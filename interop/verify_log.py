@@ -114,7 +114,7 @@ def main():
     print(f"checkpoint signature ok: {origin} size {size}")
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     derived = derive(db)
-    hashes = []
+    hashes, names = [], []
     for idx, kind, ref, stored in db.execute("SELECT idx, kind, ref, hash FROM log_leaves ORDER BY idx"):
         if idx != len(hashes):
             fail(f"log index gap at {idx}")
@@ -124,6 +124,7 @@ def main():
         if leaf_hash(data) != bytes(stored):
             fail(f"leaf {idx}: record {kind}:{ref} does not match its leaf")
         hashes.append(leaf_hash(data))
+        names.append(f"{kind}:{ref}")
     if derived:
         fail(f"records without a leaf: {sorted(derived)[:5]}")
     print(f"re-derived {len(hashes)} leaves from the database rows")
@@ -140,6 +141,8 @@ def main():
             if p["inclusion_proof"] is None:
                 continue
             proof = [bytes.fromhex(h) for h in p["inclusion_proof"]]
+            if names[p["index"]] != p["record"]:
+                fail(f"export: {p['record']} is given leaf {p['index']}, which is {names[p['index']]}'s")
             if bytes.fromhex(p["leaf_hash"]) != hashes[p["index"]]:
                 fail(f"export: {p['record']} leaf hash differs from the re-derived one")
             if not verify_inclusion(bytes.fromhex(p["leaf_hash"]), p["index"], e_size, proof, e_root):

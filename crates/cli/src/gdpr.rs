@@ -185,12 +185,12 @@ pub async fn export(args: ExportArgs) -> Result<()> {
     let readings = with_existing_store(&platform, move |s| {
         // Before anything is written: nothing held, or erased.
         s.exportable(&subject)?;
-        // Proofs against the newest checkpoint, from a tree of the log up to it.
+        // Proofs against the newest checkpoint, from a tree of the log.
         let checkpoint = s.latest_checkpoint()?;
         let size = checkpoint.as_ref().map_or(0, |(size, _)| *size);
         let mut tree = Tree::new();
-        while tree.size() < size {
-            let chunk = s.leaf_hashes(tree.size(), (size - tree.size()).min(100_000))?;
+        loop {
+            let chunk = s.leaf_hashes(tree.size(), 100_000)?;
             if chunk.is_empty() {
                 break;
             }
@@ -260,51 +260,28 @@ pub async fn export(args: ExportArgs) -> Result<()> {
     Ok(())
 }
 
-/// Where `msec export` writes: standard output, or a private file (mode 0600) that takes its
-/// name only once complete, so that a failed export never leaves a truncated one under it.
-struct Sink {
-    out: Out,
-    /// The file being written and the name it gets when complete.
-    names: Option<(PathBuf, PathBuf)>,
-}
-
-enum Out {
+/// Where `msec export` writes: standard output, or a private file that takes its name only
+/// once complete, so that a failed export never leaves a truncated one under it.
+enum Sink {
     Stdout(BufWriter<std::io::Stdout>),
-    File(BufWriter<std::fs::File>),
+    File(msec_vault::PrivateFile),
 }
 
 impl Sink {
     fn open(path: Option<&Path>) -> Result<Sink> {
-        let Some(path) = path else {
-            return Ok(Sink {
-                out: Out::Stdout(BufWriter::new(std::io::stdout())),
-                names: None,
-            });
-        };
-        let mut partial = path.as_os_str().to_owned();
-        partial.push(".partial");
-        let partial = PathBuf::from(partial);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options
-            .open(&partial)
-            .with_context(|| format!("cannot write {}", partial.display()))?;
-        Ok(Sink {
-            out: Out::File(BufWriter::new(file)),
-            names: Some((partial, path.to_path_buf())),
+        Ok(match path {
+            None => Sink::Stdout(BufWriter::new(std::io::stdout())),
+            Some(path) => Sink::File(
+                msec_vault::PrivateFile::create(path)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+            ),
         })
     }
 
-    fn finish(mut self) -> Result<()> {
-        self.flush()?;
-        if let Out::File(w) = &self.out {
-            w.get_ref().sync_all()?;
-        }
-        if let Some((partial, path)) = self.names.take() {
-            std::fs::rename(&partial, &path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+    fn finish(self) -> Result<()> {
+        match self {
+            Sink::Stdout(mut w) => w.flush()?,
+            Sink::File(f) => f.commit()?,
         }
         Ok(())
     }
@@ -312,25 +289,16 @@ impl Sink {
 
 impl Write for Sink {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        match &mut self.out {
-            Out::Stdout(w) => w.write(bytes),
-            Out::File(w) => w.write(bytes),
+        match self {
+            Sink::Stdout(w) => w.write(bytes),
+            Sink::File(f) => f.write(bytes),
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        match &mut self.out {
-            Out::Stdout(w) => w.flush(),
-            Out::File(w) => w.flush(),
-        }
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        // Not finished: the partial file goes.
-        if let Some((partial, _)) = self.names.take() {
-            let _ = std::fs::remove_file(partial);
+        match self {
+            Sink::Stdout(w) => w.flush(),
+            Sink::File(f) => f.flush(),
         }
     }
 }

@@ -1291,7 +1291,12 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
     let (ok, _, err) = export_to_file();
     assert!(!ok && err.contains("erased"), "{err}");
     assert_eq!(std::fs::read(&export).unwrap(), before);
-    assert!(!std::path::Path::new(&format!("{export}.partial")).exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(".export.json"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     let (ok, out, err) = run(&["audit", "--data-dir", &dir]);
     assert!(ok && out.contains("0 finding(s)"), "{out}{err}");
 

@@ -38,7 +38,7 @@ impl From<rusqlite::Error> for StoreError {
             rusqlite::Error::SqliteFailure(f, _)
                 if f.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                StoreError::Conflict(e.to_string())
+                StoreError::Conflict(format!("the database refused the change: {e}"))
             }
             _ => StoreError::Backend(e.to_string()),
         }
@@ -48,7 +48,8 @@ impl From<rusqlite::Error> for StoreError {
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
         if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
-            return StoreError::Conflict(e.to_string());
+            let why = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
+            return StoreError::Conflict(format!("the database refused the change: {why}"));
         }
         // The Display of a postgres::Error hides the server's message; the source carries it.
         match std::error::Error::source(&e) {
@@ -624,19 +625,16 @@ impl Db {
                 let rows = c.query(
                     "INSERT INTO readings (device_id, sequence, issued_at, received_ms, digest, sealed, leaf) \
                      SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[], $7::int8[]) \
-                     ON CONFLICT DO NOTHING RETURNING device_id, sequence",
+                     ON CONFLICT DO NOTHING RETURNING leaf",
                     &[&ids, &seqs, &issued, &received, &digests, &sealed, &leaves],
                 )?;
-                let mut done = std::collections::HashSet::with_capacity(rows.len());
+                // Each row inserted says which position it came from, also when a batch holds
+                // one (device, sequence) twice and only the first is stored.
+                let mut inserted = Vec::with_capacity(rows.len());
                 for row in rows {
-                    done.insert((row.try_get::<_, String>(0)?, row.try_get::<_, i64>(1)?));
+                    inserted.push((row.try_get::<_, i64>(0)? - first_leaf) as usize);
                 }
-                let inserted: Vec<usize> = readings
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| done.contains(&(r.device_id.clone(), r.sequence)))
-                    .map(|(i, _)| i)
-                    .collect();
+                inserted.sort_unstable();
                 if inserted.len() < readings.len() {
                     // Some were skipped: those inserted after the first gap are renumbered.
                     let ids: Vec<&str> = inserted.iter().map(|&i| ids[i]).collect();

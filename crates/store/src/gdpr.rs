@@ -289,9 +289,12 @@ impl Store {
             // One past the newest exported reading: `sequence < before` below.
             let mut before = newest.map(|n| n.saturating_add(1));
             while let Some(below) = before {
+                // A reading's leaf as its row points to it, where the log names it so (see
+                // `leaf_index`).
                 let page = self.db.query(
-                    "SELECT sequence, leaf FROM readings \
-                     WHERE device_id = $1 AND sequence < $2 ORDER BY sequence DESC LIMIT $3",
+                    "SELECT r.sequence, l.idx FROM readings r LEFT JOIN log_leaves l \
+                     ON l.idx = r.leaf AND l.kind = 'reading' AND l.ref = r.device_id || '/' || r.sequence \
+                     WHERE r.device_id = $1 AND r.sequence < $2 ORDER BY r.sequence DESC LIMIT $3",
                     &[P::Text(id), P::I64(below), P::I64(i64::from(EXPORT_PAGE))],
                     |r| Ok((r.i64(0)?, r.opt_i64(1)?)),
                 )?;

@@ -100,7 +100,8 @@ impl RecordId {
 fn select(kind: RecordKind) -> &'static str {
     match kind {
         RecordKind::Reading => {
-            "SELECT device_id, sequence, issued_at, received_ms, digest, sealed FROM readings {WHERE}"
+            // `leaf` last: not part of the leaf, only where the audit checks the row's pointer.
+            "SELECT device_id, sequence, issued_at, received_ms, digest, sealed, leaf FROM readings {WHERE}"
         }
         RecordKind::Device => {
             "SELECT id, tenant, owner, kind, public_key, created_ms, profile FROM devices {WHERE}"
@@ -108,8 +109,12 @@ fn select(kind: RecordKind) -> &'static str {
         RecordKind::Event => {
             "SELECT id, at_ms, reason, device_id, source, detail FROM security_events {WHERE}"
         }
-        RecordKind::Admin => "SELECT id, at_ms, actor, action, target, detail FROM admin_actions {WHERE}",
-        RecordKind::Consent => "SELECT id, subject, grantee, purpose, given_ms FROM consents {WHERE}",
+        RecordKind::Admin => {
+            "SELECT id, at_ms, actor, action, target, detail FROM admin_actions {WHERE}"
+        }
+        RecordKind::Consent => {
+            "SELECT id, subject, grantee, purpose, given_ms FROM consents {WHERE}"
+        }
     }
 }
 
@@ -368,12 +373,19 @@ pub struct Finding {
 /// Re-derives the leaf hashes of one share of the records on a connection of its own, sorted.
 /// `readings` is the filter (a WHERE clause over `$1` and `$2`) that picks the share's
 /// readings; the small tables all go to share 0.
+/// In a derived record's pair, where the record is no reading (only a reading's row says
+/// where its leaf is).
+const NOT_A_READING: i64 = i64::MIN;
+/// A reading's row that says nothing of its leaf (NULL): no index is negative.
+const NO_LEAF: i64 = -1;
+
+/// Each record's leaf hash, with the log index its row gives for it (readings only).
 fn derive_share(
     url: &str,
     share: usize,
     readings: (&str, [i64; 2]),
     done: &AtomicU64,
-) -> Result<Vec<Hash>, StoreError> {
+) -> Result<Vec<(Hash, i64)>, StoreError> {
     let mut db = Db::open(url)?;
     let mut hashes = Vec::new();
     let seen = std::cell::Cell::new(0u64);
@@ -385,7 +397,11 @@ fn derive_share(
             if seen.get().is_multiple_of(4096) {
                 done.fetch_add(4096, Ordering::Relaxed);
             }
-            row_leaf(kind, r, hash_leaf)
+            let pointer = match kind {
+                RecordKind::Reading => r.opt_i64(6)?.unwrap_or(NO_LEAF),
+                _ => NOT_A_READING,
+            };
+            Ok((row_leaf(kind, r, hash_leaf)?, pointer))
         };
         if kind == RecordKind::Reading {
             let (filter, [a, b]) = readings;
@@ -524,18 +540,31 @@ impl crate::Store {
         // The shares are sorted runs, which this sort merges in linear time.
         derived.sort();
         let (mut unmatched, mut leftover) = (Vec::new(), std::collections::HashSet::new());
+        let mut misfiled = Vec::new();
         let mut d = derived.into_iter().peekable();
         for (hash, idx) in by_hash {
             while d
-                .next_if(|x| *x < hash)
-                .map(|x| leftover.insert(x))
+                .next_if(|x| x.0 < hash)
+                .map(|x| leftover.insert(x.0))
                 .is_some()
             {}
-            if d.next_if_eq(&hash).is_none() {
-                unmatched.push(idx);
+            match d.next_if(|x| x.0 == hash) {
+                None => unmatched.push(idx),
+                // A reading whose row points elsewhere: its proofs would fail.
+                Some((_, pointer)) if pointer != NOT_A_READING && pointer != idx => {
+                    misfiled.push((idx, pointer))
+                }
+                Some(_) => {}
             }
         }
-        leftover.extend(d);
+        leftover.extend(d.map(|x| x.0));
+        for (idx, pointer) in misfiled {
+            scan.findings.push(Finding {
+                kind: FindingKind::Modified,
+                record: self.leaf_name(idx)?,
+                detail: format!("its row names log leaf {pointer}, but its leaf is {idx}"),
+            });
+        }
         if !unmatched.is_empty() || !leftover.is_empty() {
             self.name_findings(unmatched, leftover, &mut scan.findings)?;
         }
@@ -566,7 +595,7 @@ impl crate::Store {
         for idx in unmatched {
             let record = self.leaf_name(idx)?;
             let modified = unlogged.remove(&record);
-            if self.consistent_now(&record)? {
+            if self.consistent_now(&record, Some(idx))? {
                 continue;
             }
             findings.push(if modified {
@@ -584,7 +613,7 @@ impl crate::Store {
             });
         }
         for record in unlogged {
-            if !self.consistent_now(&record)? {
+            if !self.consistent_now(&record, None)? {
                 findings.push(Finding {
                     kind: FindingKind::Inserted,
                     record,
@@ -595,14 +624,18 @@ impl crate::Store {
         Ok(())
     }
 
-    /// Whether the record named `kind:reference` exists and its leaf is in the log right now.
-    fn consistent_now(&mut self, record: &str) -> Result<bool, StoreError> {
+    /// Whether the record named `kind:reference` exists and its leaf is in the log right now,
+    /// at index `at` if given (a second leaf naming a record is not its leaf).
+    fn consistent_now(&mut self, record: &str, at: Option<i64>) -> Result<bool, StoreError> {
         let Ok(id) = record.parse::<RecordId>() else {
             return Ok(false);
         };
         let Some((idx, leaf)) = self.record_leaf(&id)? else {
             return Ok(false);
         };
+        if at.is_some_and(|at| at as u64 != idx) {
+            return Ok(false);
+        }
         Ok(self.leaf_hashes(idx, 1)?.first() == Some(&leaf_hash(&leaf)))
     }
 
@@ -665,10 +698,13 @@ impl crate::Store {
                 else {
                     return Ok(None);
                 };
+                // The row's pointer counts only where the log names this reading: a pointer
+                // changed behind msec's back must not lend another reading's leaf to proofs.
                 self.db.query(
-                    "SELECT leaf FROM readings WHERE device_id = $1 AND sequence = $2",
-                    &[P::Text(device), P::I64(seq)],
-                    |r| r.opt_i64(0),
+                    "SELECT l.idx FROM readings r JOIN log_leaves l ON l.idx = r.leaf \
+                     WHERE r.device_id = $1 AND r.sequence = $2 AND l.kind = 'reading' AND l.ref = $3",
+                    &[P::Text(device), P::I64(seq), P::Text(&id.reference)],
+                    |r| r.i64(0).map(Some),
                 )?
             }
             // The index's own condition, spelled out: neither SQLite nor a prepared PostgreSQL

@@ -362,6 +362,7 @@ fn protection(url: &str) {
               UPDATE readings SET sequence = 7 WHERE device_id = 'park-1' AND sequence = -6;
               INSERT INTO readings (device_id, sequence, issued_at, received_ms, digest, sealed)
                   SELECT device_id, -9223372036854775808, issued_at, received_ms, digest, sealed FROM readings WHERE device_id = 'park-1' AND sequence = 8;
+              UPDATE readings SET leaf = leaf + 1 WHERE device_id = 'park-1' AND sequence = 8;
               UPDATE security_events SET detail = 'nothing happened';");
     let event = findings(&mut s)
         .into_iter()
@@ -382,9 +383,14 @@ fn protection(url: &str) {
             (FindingKind::Deleted, "reading:park-1/4".into()),
             (FindingKind::Modified, "reading:park-1/6".into()),
             (FindingKind::Modified, "reading:park-1/7".into()),
+            // Its content matches its leaf, but its row points at another.
+            (FindingKind::Modified, "reading:park-1/8".into()),
             (FindingKind::Inserted, "reading:park-1/99".into()),
         ]
     );
+    // That pointer lends the reading no other record's leaf: it has none for proofs.
+    let misfiled: RecordId = "reading:park-1/8".parse().unwrap();
+    assert_eq!(s.leaf_index(&misfiled).unwrap(), None);
 }
 
 /// An audit of a database the platform keeps writing to reports nothing: records committed

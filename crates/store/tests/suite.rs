@@ -539,7 +539,7 @@ fn suite(url: &str) {
     })
     .unwrap();
     let end = s.leaf_hashes(0, u64::MAX).unwrap().len() as u64;
-    for (seq, index) in [(20, end - 2), (21, end - 1)] {
+    let logged_at = |s: &mut Store, seq: i64, index: u64| {
         let id = format!("reading:d1/{seq}").parse().unwrap();
         let (at, leaf) = s.record_leaf(&id).unwrap().unwrap();
         assert_eq!(at, index, "{id}");
@@ -547,7 +547,18 @@ fn suite(url: &str) {
             s.leaf_hashes(at, 1).unwrap(),
             [msec_ledger::leaf_hash(&leaf)]
         );
-    }
+    };
+    logged_at(&mut s, 20, end - 2);
+    logged_at(&mut s, 21, end - 1);
+    // One (device, sequence) twice in a batch: stored and logged once.
+    s.commit(&Batch {
+        readings: vec![reading("d1", 30), reading("d1", 30), reading("d1", 31)],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(s.leaf_hashes(0, u64::MAX).unwrap().len() as u64, end + 2);
+    logged_at(&mut s, 30, end);
+    logged_at(&mut s, 31, end + 1);
 }
 
 #[test]

@@ -344,20 +344,7 @@ impl KekProvider for FileKeys {
 /// its own (two writers never share one). Removed again if anything fails.
 fn private_temp(path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
     use std::io::Write;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        create_private_dir(dir)?;
-    }
-    // Process id and a counter: unique among this machine's writers whatever the clock.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    // Only a file this call created is removed on failure.
-    let mut file = options.open(&tmp)?;
+    let (tmp, mut file) = private_temp_file(path)?;
     match file.write_all(bytes).and_then(|()| file.sync_all()) {
         Ok(()) => Ok(tmp),
         Err(e) => {
@@ -367,8 +354,78 @@ fn private_temp(path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
     }
 }
 
-/// The rename (or link) itself is durable once the directory is synced (best effort: not every
-/// platform lets a directory be opened).
+/// A new, empty private file (mode 0600) beside `path`, under a name no other writer uses.
+fn private_temp_file(path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir)?;
+    }
+    // Process id and a counter: unique among this machine's writers whatever the clock.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    // New, never an existing file or a link someone left there.
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&tmp)?;
+    Ok((tmp, file))
+}
+
+/// A private file (mode 0600) written a piece at a time, for output too large to hold whole
+/// (an export): it is written under a temporary name and takes `path`'s only at
+/// [`PrivateFile::commit`]. Dropped uncommitted, it leaves nothing behind and `path` as it was.
+pub struct PrivateFile {
+    file: std::io::BufWriter<std::fs::File>,
+    tmp: Option<PathBuf>,
+    path: PathBuf,
+}
+
+impl PrivateFile {
+    pub fn create(path: &Path) -> std::io::Result<PrivateFile> {
+        let (tmp, file) = private_temp_file(path)?;
+        Ok(PrivateFile {
+            file: std::io::BufWriter::new(file),
+            tmp: Some(tmp),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Makes the file durable and gives it its name, replacing any file there.
+    pub fn commit(mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        self.file.flush()?;
+        self.file.get_ref().sync_all()?;
+        if let Some(tmp) = self.tmp.take() {
+            if let Err(e) = std::fs::rename(&tmp, &self.path) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        sync_parent(&self.path);
+        Ok(())
+    }
+}
+
+impl std::io::Write for PrivateFile {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.file.write(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for PrivateFile {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
 fn sync_parent(path: &Path) {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -383,14 +440,10 @@ fn sync_parent(path: &Path) {
 /// temporary file (see [`private_temp`]) renamed over `path`. A crash leaves the old file or the
 /// new one, never a torn one.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = private_temp(path, bytes)?;
-    let renamed = std::fs::rename(&tmp, path);
-    if renamed.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    renamed?;
-    sync_parent(path);
-    Ok(())
+    use std::io::Write;
+    let mut file = PrivateFile::create(path)?;
+    file.write_all(bytes)?;
+    file.commit()
 }
 
 /// [`write_private`] for a file that must not exist yet: fails with `AlreadyExists`, replacing
