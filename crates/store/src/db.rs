@@ -48,7 +48,11 @@ impl From<rusqlite::Error> for StoreError {
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
         if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
-            let why = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
+            // The server's message only: its DETAIL would show the conflicting key's values
+            // to whoever receives the error (an API client).
+            let why = e
+                .as_db_error()
+                .map_or(e.to_string(), |d| d.message().to_string());
             return StoreError::Conflict(format!("the database refused the change: {why}"));
         }
         // The Display of a postgres::Error hides the server's message; the source carries it.

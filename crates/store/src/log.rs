@@ -370,16 +370,17 @@ pub struct Finding {
     pub detail: String,
 }
 
-/// Re-derives the leaf hashes of one share of the records on a connection of its own, sorted.
-/// `readings` is the filter (a WHERE clause over `$1` and `$2`) that picks the share's
-/// readings; the small tables all go to share 0.
 /// In a derived record's pair, where the record is no reading (only a reading's row says
 /// where its leaf is).
 const NOT_A_READING: i64 = i64::MIN;
-/// A reading's row that says nothing of its leaf (NULL): no index is negative.
+/// A reading's row that says nothing of its leaf (NULL), or says the marker above: no index
+/// is negative, so it is reported like any pointer that misses.
 const NO_LEAF: i64 = -1;
 
-/// Each record's leaf hash, with the log index its row gives for it (readings only).
+/// Re-derives the leaf hashes of one share of the records on a connection of its own, sorted,
+/// each with the log index its row gives for it (readings only). `readings` is the filter (a
+/// WHERE clause over `$1` and `$2`) that picks the share's readings; the small tables all go to
+/// share 0.
 fn derive_share(
     url: &str,
     share: usize,
@@ -398,7 +399,10 @@ fn derive_share(
                 done.fetch_add(4096, Ordering::Relaxed);
             }
             let pointer = match kind {
-                RecordKind::Reading => r.opt_i64(6)?.unwrap_or(NO_LEAF),
+                RecordKind::Reading => r
+                    .opt_i64(6)?
+                    .filter(|&p| p != NOT_A_READING)
+                    .unwrap_or(NO_LEAF),
                 _ => NOT_A_READING,
             };
             Ok((row_leaf(kind, r, hash_leaf)?, pointer))
@@ -703,7 +707,8 @@ impl crate::Store {
                 self.db.query(
                     "SELECT l.idx FROM readings r JOIN log_leaves l ON l.idx = r.leaf \
                      WHERE r.device_id = $1 AND r.sequence = $2 AND l.kind = 'reading' AND l.ref = $3",
-                    &[P::Text(device), P::I64(seq), P::Text(&id.reference)],
+                    // The name as msec writes it (`d1/07` asks for `d1/7`).
+                    &[P::Text(device), P::I64(seq), P::Text(&format!("{device}/{seq}"))],
                     |r| r.i64(0).map(Some),
                 )?
             }

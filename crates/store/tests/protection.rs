@@ -363,6 +363,9 @@ fn protection(url: &str) {
               INSERT INTO readings (device_id, sequence, issued_at, received_ms, digest, sealed)
                   SELECT device_id, -9223372036854775808, issued_at, received_ms, digest, sealed FROM readings WHERE device_id = 'park-1' AND sequence = 8;
               UPDATE readings SET leaf = leaf + 1 WHERE device_id = 'park-1' AND sequence = 8;
+              INSERT INTO log_leaves (idx, kind, ref, hash)
+                  SELECT (SELECT MAX(idx) + 1 FROM log_leaves), kind, ref, hash FROM log_leaves
+                  WHERE kind = 'reading' AND ref = 'park-1/5';
               UPDATE security_events SET detail = 'nothing happened';");
     let event = findings(&mut s)
         .into_iter()
@@ -381,6 +384,8 @@ fn protection(url: &str) {
             (FindingKind::Modified, "reading:park-1/1".into()),
             (FindingKind::Modified, "reading:park-1/3".into()),
             (FindingKind::Deleted, "reading:park-1/4".into()),
+            // A second leaf naming a reading that has its own.
+            (FindingKind::Deleted, "reading:park-1/5".into()),
             (FindingKind::Modified, "reading:park-1/6".into()),
             (FindingKind::Modified, "reading:park-1/7".into()),
             // Its content matches its leaf, but its row points at another.

@@ -169,3 +169,49 @@ fn private_writes_replace_links_and_loose_modes_instead_of_following_them() {
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "again");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A private file written in pieces appears only when committed; dropped before, it leaves
+/// nothing behind and the file it would have replaced untouched.
+#[test]
+fn an_uncommitted_private_file_leaves_nothing() {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("msec-vault-pieces-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = dir.join("export.json");
+    std::fs::write(&target, "earlier").unwrap();
+    let names = || -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        n.sort();
+        n
+    };
+    let mut file = PrivateFile::create(&target).unwrap();
+    file.write_all(b"{\"half\":").unwrap();
+    file.flush().unwrap();
+    assert_eq!(names().len(), 2, "a temporary file beside it while written");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "earlier");
+    drop(file);
+    assert_eq!(names(), ["export.json"]);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "earlier");
+
+    let mut file = PrivateFile::create(&target).unwrap();
+    for piece in ["{\"whole\":", "true}"] {
+        file.write_all(piece.as_bytes()).unwrap();
+    }
+    file.commit().unwrap();
+    assert_eq!(names(), ["export.json"]);
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "{\"whole\":true}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
