@@ -963,26 +963,28 @@ fn checkpoint_covering(http: &str, size: u64) -> String {
     note
 }
 
+/// `msec consent give` of `subject`'s data to caregiver:ana for tele-assistance.
+fn give_consent(dir: &str, subject: &str) -> (bool, String, String) {
+    run(&[
+        "consent",
+        "give",
+        "--subject",
+        subject,
+        "--grantee",
+        "caregiver:ana",
+        "--purpose",
+        "tele-assistance",
+        "--data-dir",
+        dir,
+    ])
+}
+
 /// A consent for a subject nobody is called is kept (a resident may consent before their
 /// devices are registered), with a note in case the name is a typo.
 #[test]
 fn consent_for_an_unknown_subject_is_kept_with_a_note() {
     let dir = tmp();
-    let give = |subject: &str| {
-        run(&[
-            "consent",
-            "give",
-            "--subject",
-            subject,
-            "--grantee",
-            "caregiver:ana",
-            "--purpose",
-            "tele-assistance",
-            "--data-dir",
-            &dir,
-        ])
-    };
-    let (ok, out, err) = give("resident-0O7");
+    let (ok, out, err) = give_consent(&dir, "resident-0O7");
     assert!(ok && out.contains("consent 1 recorded"), "{out}{err}");
     assert!(
         err.contains("note: no device owner or user is called \"resident-0O7\""),
@@ -1043,18 +1045,7 @@ fn transparency_log_witness_audit_export_and_erasure_end_to_end() {
         &dir,
     ]);
     assert!(ok, "{err}");
-    let (ok, _, err) = run(&[
-        "consent",
-        "give",
-        "--subject",
-        "resident-007",
-        "--grantee",
-        "caregiver:ana",
-        "--purpose",
-        "tele-assistance",
-        "--data-dir",
-        &dir,
-    ]);
+    let (ok, _, err) = give_consent(&dir, "resident-007");
     assert!(ok && !err.contains("note:"), "{err}");
     let auth = admin_auth(&dir);
 
